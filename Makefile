@@ -1,0 +1,42 @@
+# Two commands for users: `make demo` and `make test`. Both set up everything they need, idempotently.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SYSTEM_PYTHON := /usr/bin/python3
+DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal python3-scipy \
+	python3-matplotlib python3-h5py python3-venv xvfb zip
+export QT_QPA_PLATFORM ?= offscreen
+
+.PHONY: demo test bench package clean system-deps venv
+
+system-deps: .stamp-system-deps
+.stamp-system-deps:
+	@if ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEB_PACKAGES); \
+		else \
+			echo "Missing Debian packages; run as root: apt-get install $(DEB_PACKAGES)"; exit 1; \
+		fi; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: requirements.txt requirements-dev.txt .stamp-system-deps
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+demo: venv
+	$(PY) -m smdownscale_demo demo-output
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) bench/run_bench.py
+
+package:
+	scripts/make-package
+
+clean:
+	rm -rf demo-output dist .pytest_cache

@@ -1,0 +1,1 @@
+"""The downscaling library. Imports nothing from qgis, processing or ui."""

@@ -1,0 +1,190 @@
+"""Errors, progress/cancel plumbing, atomic outputs and GeoTIFF conventions shared by core."""
+import contextlib
+import datetime as _dt
+import math
+import os
+import shutil
+
+NODATA = float("nan")
+
+#: Creation options for every raster the plugin writes: float32, tiled, compressed, NaN nodata.
+GTIFF_PROFILE = dict(
+    driver="GTiff", dtype="float32", nodata=NODATA, tiled=True, blockxsize=256, blockysize=256,
+    compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
+)
+
+
+class SmdError(ValueError):
+    """A problem with the user's input or files; the message says what to fix."""
+
+
+class Cancelled(SmdError):
+    """The run was cancelled by the user."""
+
+    def __init__(self, message="The run was cancelled; no output was written."):
+        super().__init__(message)
+
+
+class Progress:
+    """Progress reporting and cancellation through plain callables.
+
+    Parameters
+    ----------
+    callback : callable(fraction, message) or None
+        Receives a fraction in [0, 1] and an optional message.
+    is_cancelled : callable() -> bool or None
+        Polled by :meth:`check`; True raises :class:`Cancelled`.
+    """
+
+    def __init__(self, callback=None, is_cancelled=None, *, _start=0.0, _end=1.0, _log=None):
+        self._callback = callback
+        self._is_cancelled = is_cancelled
+        self._start = _start
+        self._end = _end
+        self._log = _log
+
+    @classmethod
+    def wrap(cls, progress=None, callback=None, is_cancelled=None, log=None):
+        """Return ``progress`` if given, else a new Progress (possibly silent)."""
+        if isinstance(progress, Progress):
+            return progress
+        return cls(callback, is_cancelled, _log=log)
+
+    def update(self, fraction, message=None):
+        self.check()
+        if self._callback is not None:
+            fraction = min(max(float(fraction), 0.0), 1.0)
+            self._callback(self._start + (self._end - self._start) * fraction, message)
+
+    def info(self, message):
+        """A log line (no progress change)."""
+        if self._log is not None:
+            self._log(message)
+
+    def check(self):
+        if self._is_cancelled is not None and self._is_cancelled():
+            raise Cancelled()
+
+    def sub(self, start, end):
+        """A child reporting 0..1 onto ``start..end`` of this one."""
+        span = self._end - self._start
+        return Progress(self._callback, self._is_cancelled, _start=self._start + span * start,
+                        _end=self._start + span * end, _log=self._log)
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Works for files and folders. On any exception (including :class:`Cancelled`) the
+    temporary is removed and an existing ``path`` is left untouched.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise SmdError(f"The output folder {parent!r} does not exist; create it or choose another output path.")
+    base = os.path.basename(path)
+    stem, ext = os.path.splitext(base)
+    # keep the extension so GDAL/OGR drivers guess the format from the temporary name
+    tmp = os.path.join(parent, f".{stem}.tmp-{os.getpid()}{ext}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        # sidecars GDAL may have written beside the temporary (e.g. .aux.xml)
+        for leftover in os.listdir(parent):
+            if leftover.startswith(os.path.basename(tmp)):
+                _remove(os.path.join(parent, leftover))
+        raise
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    aux = tmp + ".aux.xml"
+    if os.path.exists(aux):
+        os.replace(aux, path + ".aux.xml")
+
+
+def parse_date(text):
+    """ISO ``YYYY-MM-DD`` -> datetime.date, SmdError otherwise."""
+    try:
+        return _dt.date.fromisoformat(str(text).strip()[:10])
+    except ValueError as err:
+        raise SmdError(f"{text!r} is not a date in the form YYYY-MM-DD.") from err
+
+
+def day_of_year(date_text):
+    return parse_date(date_text).timetuple().tm_yday
+
+
+def read_band_dates(src, *, required=True):
+    """ISO dates from the band descriptions of an open rasterio dataset.
+
+    A single-band raster without a date description is static and returns ``[]``.
+    """
+    descriptions = list(src.descriptions or [])
+    dates = []
+    for band, text in enumerate(descriptions, start=1):
+        if not text:
+            if src.count == 1:
+                return []
+            if required:
+                raise SmdError(
+                    f"{src.name}: band {band} has no date. A time series needs every band "
+                    "described with its date as YYYY-MM-DD (GDAL band description).")
+            return []
+        dates.append(parse_date(text).isoformat())
+    if len(set(dates)) != len(dates):
+        raise SmdError(f"{src.name}: the band dates are not unique.")
+    return dates
+
+
+def series_profile(grid_profile, count):
+    """GTIFF_PROFILE + georeferencing + band count, with block sizes valid for small rasters."""
+    profile = dict(GTIFF_PROFILE)
+    profile.update(grid_profile)
+    profile["count"] = count
+    if profile["width"] < 256 or profile["height"] < 256:
+        # GDAL requires tile sizes that are multiples of 16; tiny rasters are written striped
+        profile["tiled"] = False
+        profile.pop("blockxsize", None)
+        profile.pop("blockysize", None)
+    return profile
+
+
+def write_series(path, bands, dates, grid_profile):
+    """Write an iterable of 2-D arrays as a float32 GeoTIFF series, bands described by date.
+
+    ``grid_profile`` holds crs, transform, width, height. ``dates`` may be ``None`` for a static
+    single-band raster. Written atomically.
+    """
+    import numpy as np
+    import rasterio
+
+    bands = list(bands) if not hasattr(bands, "__next__") else bands
+    count = len(dates) if dates else 1
+    profile = series_profile(grid_profile, count)
+    with atomic_output(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for index, band in enumerate(bands, start=1):
+                dst.write(np.asarray(band, dtype="float32"), index)
+                if dates:
+                    dst.set_band_description(index, dates[index - 1])
+    return path
+
+
+def is_nodata(values, nodata):
+    """Boolean mask of NaN and the nodata value."""
+    import numpy as np
+
+    mask = ~np.isfinite(values)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        mask |= values == nodata
+    return mask

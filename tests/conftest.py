@@ -1,0 +1,21 @@
+"""Makes the checkout importable as ``smdownscale`` whatever its folder is called."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN_PATH = os.path.join(ROOT, ".plugin-path")
+LINK = os.path.join(PLUGIN_PATH, "smdownscale")
+if not os.path.lexists(LINK):
+    os.makedirs(PLUGIN_PATH, exist_ok=True)
+    try:
+        os.symlink(ROOT, LINK)
+    except FileExistsError:
+        pass
+if PLUGIN_PATH not in sys.path:
+    sys.path.insert(0, PLUGIN_PATH)
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REALDATA = os.environ.get("SMDOWNSCALE_REALDATA") or next(
+    (p for p in (os.path.join(ROOT, "..", "shared", "realdata"), "/work/shared/realdata") if os.path.isdir(p)),
+    os.path.join(ROOT, "..", "shared", "realdata"))
+REALDATA = os.path.abspath(REALDATA)
