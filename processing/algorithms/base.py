@@ -1,0 +1,172 @@
+"""Base class and helpers shared by every smdownscale Processing algorithm.
+
+Algorithms are thin shells: they read parameters, convert QGIS objects into the plain inputs
+of a ``core`` function, call it with a :class:`~smdownscale.core.common.Progress` bound to the
+Processing feedback, and turn :class:`~smdownscale.core.common.SmdError` into
+``QgsProcessingException``.
+"""
+import importlib.util
+import os
+import sys
+
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ...core.common import Cancelled, Progress, SmdError
+
+ICONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "icons")
+
+#: group id -> (untranslated display name, icon file)
+GROUPS = {
+    "downscaling": ("Downscaling", "group_downscaling.svg"),
+    "dataprep": ("Data preparation", "group_dataprep.svg"),
+    "validation": ("Validation", "group_validation.svg"),
+}
+
+#: import name -> pip requirement (pins match requirements.txt: the model files are tested with these)
+PIP_REQUIREMENTS = {
+    "xgboost": "xgboost==2.1.3",
+    "lightgbm": "lightgbm==4.5.0",
+    "catboost": "catboost==1.2.7",
+    "sklearn": "scikit-learn==1.5.2",
+    "shap": "shap==0.46.0",
+}
+
+
+def tr(text, context="smdownscale"):
+    """Translate ``text`` in the plugin's translation context."""
+    return QCoreApplication.translate(context, text)
+
+
+def qgis_python_executable():
+    """The Python interpreter of the running QGIS (for the pip hint).
+
+    Inside the QGIS desktop ``sys.executable`` is the ``qgis`` binary itself, so look for the
+    interpreter beside the prefix QGIS's Python runs from.
+    """
+    exe = sys.executable or ""
+    if os.path.basename(exe).lower().startswith("python"):
+        return exe
+    if os.name == "nt":
+        candidates = [os.path.join(sys.exec_prefix, "python.exe"),
+                      os.path.join(os.path.dirname(exe), "python3.exe"),
+                      os.path.join(os.path.dirname(exe), "python.exe")]
+    else:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        candidates = [os.path.join(sys.exec_prefix, "bin", f"python{version}"),
+                      os.path.join(sys.exec_prefix, "bin", "python3")]
+    return next((path for path in candidates if os.path.isfile(path)), exe or "python3")
+
+
+def missing_packages(names):
+    """Import names in ``names`` that are not installed (checked without importing them)."""
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
+def pip_command(names):
+    """The exact command installing the packages ``names`` for the Python QGIS runs."""
+    requirements = " ".join(PIP_REQUIREMENTS.get(name, name) for name in names)
+    return f'"{qgis_python_executable()}" -m pip install {requirements}'
+
+
+def require_packages(*names):
+    """Raise ``QgsProcessingException`` naming the missing packages and the pip command."""
+    missing = missing_packages(names)
+    if missing:
+        raise QgsProcessingException(
+            tr("This algorithm needs the Python package(s) {} which are not installed for the "
+               "Python QGIS runs. Install them with:\n  {}\nthen restart QGIS.").format(
+                ", ".join(missing), pip_command(missing)))
+
+
+def feedback_progress(feedback):
+    """A core :class:`Progress` reporting into a ``QgsProcessingFeedback``.
+
+    Fractions become ``setProgress`` percentages, messages (when they change) become
+    ``pushInfo`` lines, and ``isCanceled`` is the cancel check.
+    """
+    if feedback is None:
+        return Progress()
+    last = {"message": None}
+
+    def callback(fraction, message):
+        feedback.setProgress(100.0 * fraction)
+        if message and message != last["message"]:
+            last["message"] = message
+            feedback.pushInfo(message)
+
+    return Progress(callback, feedback.isCanceled, _log=feedback.pushInfo)
+
+
+def run_core(function, *args, **kwargs):
+    """Call a core function, turning its errors into ``QgsProcessingException``.
+
+    ``SmdError`` (bad input, cancellation) keeps its message; a missing learner gives the pip
+    command. Other exceptions propagate unchanged so that bugs show their traceback.
+    """
+    try:
+        return function(*args, **kwargs)
+    except Cancelled as err:
+        raise QgsProcessingException(str(err)) from err
+    except SmdError as err:
+        raise QgsProcessingException(str(err)) from err
+    except ImportError as err:
+        name = (getattr(err, "name", None) or "").split(".")[0]
+        if name in PIP_REQUIREMENTS:
+            raise QgsProcessingException(
+                tr("The Python package {} could not be imported ({}). Install it with:\n  {}").format(
+                    name, err, pip_command([name]))) from err
+        raise
+
+
+class SmdAlgorithm(QgsProcessingAlgorithm):
+    """Plumbing shared by the provider's algorithms.
+
+    Subclasses set the class attributes ``ALG_ID`` (the id after ``smdownscale:``),
+    ``DISPLAY_NAME``, ``GROUP_ID`` (a key of :data:`GROUPS`), ``HELP`` (the short help, may use
+    simple HTML) and ``REQUIRES`` (import names checked before the run), and implement
+    ``initAlgorithm`` and ``processAlgorithm``.
+    """
+
+    ALG_ID = ""
+    DISPLAY_NAME = ""
+    GROUP_ID = "downscaling"
+    HELP = ""
+    REQUIRES = ()
+
+    def name(self):
+        return self.ALG_ID
+
+    def displayName(self):  # noqa: N802 (QGIS API names)
+        return tr(self.DISPLAY_NAME)
+
+    def group(self):
+        return tr(GROUPS[self.GROUP_ID][0])
+
+    def groupId(self):  # noqa: N802
+        return self.GROUP_ID
+
+    def shortHelpString(self):  # noqa: N802
+        return tr(self.HELP)
+
+    def icon(self):
+        return QIcon(os.path.join(ICONS_DIR, GROUPS[self.GROUP_ID][1]))
+
+    def tr(self, text):
+        return tr(text)
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    def require_packages(self):
+        """Fail early, before any work, when a learner this algorithm needs is missing."""
+        require_packages(*self.REQUIRES)
+
+    @staticmethod
+    def progress(feedback):
+        return feedback_progress(feedback)
+
+    @staticmethod
+    def run_core(function, *args, **kwargs):
+        return run_core(function, *args, **kwargs)

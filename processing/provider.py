@@ -1,0 +1,57 @@
+"""The ``smdownscale`` Processing provider."""
+import configparser
+import glob
+import os
+
+from qgis.core import Qgis, QgsMessageLog, QgsProcessingModelAlgorithm, QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .algorithms import algorithm_classes
+from .algorithms.base import ICONS_DIR, tr
+
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+
+
+def plugin_metadata(key, default=""):
+    """A value of the ``[general]`` section of metadata.txt."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(os.path.join(PLUGIN_DIR, "metadata.txt"), encoding="utf-8")
+    return parser.get("general", key, fallback=default)
+
+
+class SmDownscaleProvider(QgsProcessingProvider):
+    """Algorithms of :mod:`.algorithms` plus the Graphical Modeler models in ``models/``."""
+
+    def id(self):
+        return "smdownscale"
+
+    def name(self):
+        return tr("Soil moisture downscaling")
+
+    def longName(self):  # noqa: N802 (QGIS API name)
+        return tr("Soil moisture downscaling (smdownscale {})").format(self.versionInfo())
+
+    def icon(self):
+        return QIcon(os.path.join(ICONS_DIR, "smdownscale.svg"))
+
+    def svgIconPath(self):  # noqa: N802
+        return os.path.join(ICONS_DIR, "smdownscale.svg")
+
+    def versionInfo(self):  # noqa: N802
+        return plugin_metadata("version")
+
+    def loadAlgorithms(self):  # noqa: N802
+        classes, errors = algorithm_classes()
+        for name, error in errors.items():
+            QgsMessageLog.logMessage(f"smdownscale: algorithm module {name!r} not loaded: {error}",
+                                     "Processing", Qgis.Warning)
+        for cls in classes:
+            self.addAlgorithm(cls())
+        for path in sorted(glob.glob(os.path.join(MODELS_DIR, "*.model3"))):
+            model = QgsProcessingModelAlgorithm()
+            if model.fromFile(path):
+                self.addAlgorithm(model)
+            else:
+                QgsMessageLog.logMessage(f"smdownscale: could not read model {path}", "Processing",
+                                         Qgis.Warning)
