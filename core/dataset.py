@@ -1,0 +1,240 @@
+"""The prepared dataset: a folder of GeoTIFFs on the fine and coarse grids plus ``dataset.json``.
+
+Layout (see DESIGN.md)::
+
+    dataset.json                 manifest: dates, predictors, grids, options
+    fine/<name>.tif              every predictor on the fine grid (dynamic: one band per date)
+    coarse/<name>.tif            the predictors aggregated onto the coarse (soil-moisture) grid
+    coarse/soil_moisture.tif     the target on the coarse grid, one band per date, NaN invalid
+    coarse/valid_fraction.tif    per date, fraction of each coarse cell covered by fine pixels
+                                 where every predictor is valid (diagnostics)
+
+``doy`` (day of year) has no file: it is computed from the date when features are read.
+"""
+import json
+import os
+
+from .common import SmdError, day_of_year
+from .grids import Grid
+
+FORMAT = "smdownscale-dataset"
+VERSION = 1
+MANIFEST = "dataset.json"
+DOY = "doy"
+TARGET = "soil_moisture"
+VALID_FRACTION = "valid_fraction"
+
+
+def fine_path(folder, name):
+    return os.path.join(folder, "fine", f"{name}.tif")
+
+
+def coarse_path(folder, name):
+    return os.path.join(folder, "coarse", f"{name}.tif")
+
+
+class Dataset:
+    """Read access to a prepared dataset folder.
+
+    Open with :meth:`Dataset.open`. Raster handles are opened lazily and kept until
+    :meth:`close` (or the end of a ``with`` block), so block-wise reading stays cheap.
+    """
+
+    def __init__(self, folder, manifest):
+        self.folder = os.path.abspath(folder)
+        self.manifest = manifest
+        self.dates = list(manifest["dates"])
+        self.predictors = [dict(p) for p in manifest["predictors"]]
+        self.fine_grid = Grid.from_json(manifest["fine_grid"])
+        self.coarse_grid = Grid.from_json(manifest["coarse_grid"])
+        self.min_valid_fraction = float(manifest.get("min_valid_fraction", 0.5))
+        self.mask_classes = {k: list(v) for k, v in (manifest.get("mask_classes") or {}).items()}
+        self.target = manifest.get("target", TARGET)
+        self._by_name = {p["name"]: p for p in self.predictors}
+        self._handles = {}
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder):
+        """Open a prepared dataset folder; SmdError if it is missing or not a dataset."""
+        path = os.path.join(folder, MANIFEST)
+        if not os.path.isfile(path):
+            raise SmdError(f"{folder!r} is not a prepared dataset (no {MANIFEST}); run the "
+                           "preprocess step first.")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                manifest = json.load(handle)
+        except (OSError, json.JSONDecodeError) as err:
+            raise SmdError(f"{path}: cannot read the dataset manifest ({err}).") from err
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise SmdError(f"{path} is not a smdownscale dataset manifest.")
+        if manifest.get("version") != VERSION:
+            raise SmdError(f"{path}: dataset version {manifest.get('version')!r} is not supported "
+                           f"(this plugin reads version {VERSION}); run preprocess again.")
+        missing_keys = [k for k in ("dates", "predictors", "fine_grid", "coarse_grid")
+                        if k not in manifest]
+        if missing_keys:
+            raise SmdError(f"{path}: the manifest lacks {', '.join(missing_keys)}.")
+        dataset = cls(folder, manifest)
+        missing = [p for p in dataset.raster_paths() if not os.path.isfile(p)]
+        if missing:
+            raise SmdError(f"The dataset in {folder!r} is incomplete; missing: "
+                           f"{', '.join(os.path.relpath(p, folder) for p in missing)}.")
+        return dataset
+
+    def raster_paths(self):
+        """Every raster the manifest promises (valid_fraction is optional, not listed)."""
+        paths = []
+        for predictor in self.predictors:
+            if not predictor.get("derived"):
+                paths += [fine_path(self.folder, predictor["name"]),
+                          coarse_path(self.folder, predictor["name"])]
+        paths.append(coarse_path(self.folder, self.target))
+        return paths
+
+    def close(self):
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    # -- metadata --------------------------------------------------------------------------
+    @property
+    def predictor_names(self):
+        return [p["name"] for p in self.predictors]
+
+    @property
+    def categorical_names(self):
+        return [p["name"] for p in self.predictors if p.get("kind") == "categorical"]
+
+    def predictor(self, name):
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise SmdError(f"The dataset has no predictor {name!r}; it has "
+                           f"{', '.join(self.predictor_names)}.") from None
+
+    def categories(self, name):
+        """Class values of a categorical predictor (sorted), as recorded by preprocess."""
+        return list(self.predictor(name).get("categories", []))
+
+    def date_index(self, date):
+        try:
+            return self.dates.index(str(date)[:10])
+        except ValueError:
+            raise SmdError(f"The dataset has no date {date!r}; its dates run from "
+                           f"{self.dates[0]} to {self.dates[-1]}.") from None
+
+    def fine_block_windows(self, block_size=512):
+        """rasterio Windows tiling the fine grid in blocks of at most ``block_size`` pixels."""
+        from rasterio.windows import Window
+
+        block_size = max(1, int(block_size))
+        for row in range(0, self.fine_grid.height, block_size):
+            for col in range(0, self.fine_grid.width, block_size):
+                yield Window(col, row, min(block_size, self.fine_grid.width - col),
+                             min(block_size, self.fine_grid.height - row))
+
+    # -- reading ---------------------------------------------------------------------------
+    def _handle(self, path):
+        import rasterio
+
+        if path not in self._handles:
+            self._handles[path] = rasterio.open(path)
+        return self._handles[path]
+
+    def _band(self, name, date_index):
+        self._check_date_index(date_index)
+        return date_index + 1 if self.predictor(name).get("dynamic") else 1
+
+    def _check_date_index(self, date_index):
+        if not 0 <= int(date_index) < len(self.dates):
+            raise SmdError(f"Date index {date_index} is out of range (the dataset has "
+                           f"{len(self.dates)} dates).")
+
+    def _doy(self, date_index, shape):
+        import numpy as np
+
+        self._check_date_index(date_index)
+        return np.full(shape, day_of_year(self.dates[date_index]), dtype="float32")
+
+    def read_fine(self, name, date_index, window=None):
+        """One predictor on the fine grid (or a window of it), float32 (rows, cols), NaN nodata.
+
+        Static predictors ignore ``date_index``; ``doy`` is computed from the date.
+        """
+        if name == DOY and self.predictor(name).get("derived"):
+            shape = self.fine_grid.shape if window is None else (int(window.height), int(window.width))
+            return self._doy(date_index, shape)
+        band = self._band(name, date_index)
+        return self._handle(fine_path(self.folder, name)).read(band, window=window).astype(
+            "float32", copy=False)
+
+    def read_coarse(self, name, date_index):
+        """One predictor aggregated on the coarse grid, float32 (h, w), NaN where invalid."""
+        if name == DOY and self.predictor(name).get("derived"):
+            return self._doy(date_index, self.coarse_grid.shape)
+        band = self._band(name, date_index)
+        return self._handle(coarse_path(self.folder, name)).read(band).astype("float32", copy=False)
+
+    def read_target(self, date_index):
+        """Soil moisture on the coarse grid for one date, float32 (h, w), NaN where invalid."""
+        self._check_date_index(date_index)
+        return self._handle(coarse_path(self.folder, self.target)).read(date_index + 1).astype(
+            "float32", copy=False)
+
+    def read_valid_fraction(self, date_index):
+        """Fraction of each coarse cell covered by fine pixels valid in every predictor, or None."""
+        path = coarse_path(self.folder, VALID_FRACTION)
+        if not os.path.isfile(path):
+            return None
+        self._check_date_index(date_index)
+        return self._handle(path).read(date_index + 1).astype("float32", copy=False)
+
+    def fine_features(self, date_index, window=None):
+        """Feature matrix of a fine window: float32 (n_pixels, n_predictors), predictor order,
+        pixels in row-major order, NaN where a predictor has no data (``doy`` always filled)."""
+        import numpy as np
+
+        shape = self.fine_grid.shape if window is None else (int(window.height), int(window.width))
+        features = np.empty((shape[0] * shape[1], len(self.predictors)), dtype="float32")
+        for column, name in enumerate(self.predictor_names):
+            features[:, column] = self.read_fine(name, date_index, window).ravel()
+        return features
+
+    def coarse_features(self, date_index):
+        """Feature matrix of the coarse grid: float32 (h*w, n_predictors), row-major cells."""
+        import numpy as np
+
+        h, w = self.coarse_grid.shape
+        features = np.empty((h * w, len(self.predictors)), dtype="float32")
+        for column, name in enumerate(self.predictor_names):
+            features[:, column] = self.read_coarse(name, date_index).ravel()
+        return features
+
+
+def write_manifest(folder, *, dates, predictors, fine_grid, coarse_grid, min_valid_fraction,
+                   mask_classes, extra=None):
+    """Write ``dataset.json`` into ``folder`` (used by preprocess inside its temporary folder)."""
+    manifest = {"format": FORMAT, "version": VERSION, "dates": list(dates),
+                "predictors": list(predictors), "fine_grid": fine_grid.to_json(),
+                "coarse_grid": coarse_grid.to_json(),
+                "min_valid_fraction": float(min_valid_fraction),
+                "mask_classes": {k: list(v) for k, v in (mask_classes or {}).items()},
+                "target": TARGET}
+    if extra:
+        manifest.update(extra)
+    with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=1)
+    return manifest
