@@ -7,7 +7,7 @@ DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal p
 	python3-matplotlib python3-h5py python3-venv xvfb zip
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: demo test bench package clean system-deps venv
+.PHONY: demo test bench package clean system-deps venv plugin-link
 
 system-deps: .stamp-system-deps
 .stamp-system-deps:
@@ -26,14 +26,18 @@ $(VENV)/.stamp: requirements.txt requirements-dev.txt .stamp-system-deps
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
-demo: venv
-	$(PY) -m smdownscale_demo demo-output
+# tests and scripts import the checkout as `smdownscale` through this link
+plugin-link:
+	@mkdir -p .plugin-path && ln -sfn .. .plugin-path/smdownscale
+
+demo: venv plugin-link
+	PYTHONPATH=.plugin-path $(PY) scripts/demo.py demo-output
 
 test: venv
 	$(PY) -m pytest -q tests
 
-bench: venv
-	$(PY) bench/run_bench.py
+bench: venv plugin-link
+	PYTHONPATH=.plugin-path $(PY) bench/run_bench.py
 
 package:
 	scripts/make-package
