@@ -1,0 +1,322 @@
+"""Validation of soil-moisture rasters against in-situ stations (paper Section 3.4 / 4.2).
+
+For every product (a multi-band GeoTIFF series, bands described by ISO date) the stations are
+transformed into the raster's CRS, the pixel containing each station is read for the dates that
+the station and the raster share (1 x 1 windows, only the needed bands: a large raster is never
+read whole), and per site n, R, RMSE, bias and ubRMSE are computed (core.metrics). Sites that
+cannot be compared - outside the raster, only nodata at their pixel, no shared date - are listed
+in ``ValidationResult.unmatched`` with the reason, per product.
+
+Station readings: several readings of one site on one date (e.g. hourly) are averaged to a daily
+value; non-finite readings are ignored.
+"""
+import csv
+import html
+import json
+import math
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from . import metrics
+from .common import Progress, SmdError, atomic_output, is_nodata, parse_date, read_band_dates
+
+PER_SITE_FIELDS = ("product", "site_id", "x", "y", "n", "r", "rmse", "bias", "ubrmse")
+UNMATCHED_FIELDS = ("product", "site_id", "x", "y", "reason")
+SUMMARY_METRICS = ("r", "rmse", "bias", "ubrmse")
+
+
+class ValidationResult:
+    """Outcome of :func:`validate`.
+
+    Attributes
+    ----------
+    per_site : list of dict
+        One row per (product, site) compared: ``product, site_id, x, y, n, r, rmse, bias,
+        ubrmse`` (x, y in the stations' CRS; R is NaN with fewer than 3 pairs).
+    summary : list of dict
+        One row per product: ``product, n_sites, n_unmatched``, ``mean_<m>`` and ``median_<m>``
+        for m in r, rmse, bias, ubrmse (NaN-free sites only), and the paper's class counts
+        ``r_high`` (> 0.6), ``r_moderate`` (0.4..0.6), ``r_low`` (< 0.4), ``r_undefined``,
+        ``ubrmse_meets`` (< 0.04), ``ubrmse_acceptable`` (0.04..0.06), ``ubrmse_poor`` (> 0.06),
+        ``ubrmse_undefined``.
+    unmatched : list of dict
+        ``product, site_id, x, y, reason`` for every site that could not be compared.
+    """
+
+    def __init__(self, per_site, summary, unmatched):
+        self.per_site = per_site
+        self.summary = summary
+        self.unmatched = unmatched
+
+    def summary_for(self, product):
+        """The summary row of one product."""
+        for row in self.summary:
+            if row["product"] == product:
+                return row
+        raise KeyError(product)
+
+    def site(self, product, site_id):
+        """The per-site row of one product and site."""
+        for row in self.per_site:
+            if row["product"] == product and row["site_id"] == site_id:
+                return row
+        raise KeyError((product, site_id))
+
+    def to_dict(self):
+        return {"format": "smdownscale-validation", "version": 1, "summary": self.summary,
+                "per_site": self.per_site, "unmatched": self.unmatched}
+
+
+def _group_stations(stations):
+    """site_id -> {"x", "y", "values": {date: mean value}} (insertion ordered)."""
+    sites = OrderedDict()
+    sums = {}
+    count = 0
+    for row in stations:
+        count += 1
+        try:
+            site_id, date, value, x, y = (row.site_id, row.date, row.value, row.x, row.y) \
+                if hasattr(row, "site_id") else tuple(row)
+        except (TypeError, ValueError) as err:
+            raise SmdError(f"Station row {count} ({row!r}) is not (site_id, date, value, x, y).") from err
+        site_id = str(site_id)
+        date = parse_date(date).isoformat()
+        try:
+            x, y, value = float(x), float(y), float(value)
+        except (TypeError, ValueError) as err:
+            raise SmdError(f"Station {site_id!r} on {date}: value and coordinates must be numbers, "
+                           f"got value={value!r}, x={x!r}, y={y!r}.") from err
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise SmdError(f"Station {site_id!r} has no valid coordinates (x={x}, y={y}).")
+        site = sites.get(site_id)
+        if site is None:
+            site = sites[site_id] = {"x": x, "y": y}
+        elif not (math.isclose(site["x"], x, rel_tol=1e-9, abs_tol=1e-9)
+                  and math.isclose(site["y"], y, rel_tol=1e-9, abs_tol=1e-9)):
+            raise SmdError(f"Station {site_id!r} has two locations ({site['x']}, {site['y']}) and "
+                           f"({x}, {y}); give each location its own site id.")
+        if math.isfinite(value):
+            total, n = sums.get((site_id, date), (0.0, 0))
+            sums[(site_id, date)] = (total + value, n + 1)
+    if count == 0:
+        raise SmdError("The station list is empty: give at least one in-situ reading "
+                       "(site id, date, value, x, y).")
+    for site in sites.values():
+        site["values"] = {}
+    for (site_id, date), (total, n) in sums.items():
+        sites[site_id]["values"][date] = total / n
+    return sites
+
+
+def _open_product(name, path):
+    import rasterio
+
+    if not os.path.exists(path):
+        raise SmdError(f"Product {name!r}: the raster {path!r} does not exist.")
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as err:
+        raise SmdError(f"Product {name!r}: {path!r} cannot be read as a raster ({err}).") from err
+    try:
+        dates = read_band_dates(src)
+        if not dates:
+            raise SmdError(f"Product {name!r}: {path!r} has no dates. Describe every band with its "
+                           "date (YYYY-MM-DD) as a GDAL band description.")
+        if src.crs is None:
+            raise SmdError(f"Product {name!r}: {path!r} has no coordinate reference system.")
+    except BaseException:
+        src.close()
+        raise
+    return src, dates
+
+
+def _sample_site(src, row, col, band_indexes):
+    """Values of ``band_indexes`` (1-based) at pixel (row, col) as float64 with nodata -> NaN."""
+    from rasterio.windows import Window
+
+    values = src.read(band_indexes, window=Window(col, row, 1, 1)).reshape(-1).astype("float64")
+    nodatavals = [src.nodatavals[i - 1] for i in band_indexes]
+    invalid = np.array([bool(is_nodata(np.array([v]), nd)[0]) for v, nd in zip(values, nodatavals)])
+    scales = np.array([src.scales[i - 1] for i in band_indexes], dtype="float64")
+    offsets = np.array([src.offsets[i - 1] for i in band_indexes], dtype="float64")
+    values = values * scales + offsets
+    values[invalid] = np.nan
+    return values
+
+
+def _summary_row(name, rows, n_unmatched):
+    row = {"product": name, "n_sites": len(rows), "n_unmatched": n_unmatched}
+    for key in SUMMARY_METRICS:
+        stats = metrics.summarise(r[key] for r in rows)
+        row[f"mean_{key}"] = stats["mean"]
+        row[f"median_{key}"] = stats["median"]
+    for cls, n in metrics.r_classes(r["r"] for r in rows).items():
+        row[f"r_{cls}"] = n
+    for cls, n in metrics.ubrmse_classes(r["ubrmse"] for r in rows).items():
+        row[f"ubrmse_{cls}"] = n
+    return row
+
+
+def validate(products, stations, *, stations_crs="EPSG:4326", progress=None):
+    """Compare raster products with in-situ readings, per site and summarised per product.
+
+    Parameters
+    ----------
+    products : dict
+        Product name -> path of a GeoTIFF series whose band descriptions are ISO dates (e.g.
+        the downscaled 1 km result, the original 9 km SMAP, the global-model result). Any CRS.
+    stations : iterable
+        ``core.stations.Observation(site_id, date, value, x, y)`` rows (or 5-tuples in that
+        order), long format. Readings of one site on one date are averaged.
+    stations_crs : str or CRS
+        CRS of the station coordinates (default longitude/latitude, EPSG:4326).
+    progress : Progress or None
+
+    Returns
+    -------
+    ValidationResult
+
+    Raises
+    ------
+    SmdError
+        Empty station list, a date that is not YYYY-MM-DD, a product without band dates or
+        without CRS, an unknown ``stations_crs``, no products.
+    """
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+    from rasterio.warp import transform
+
+    progress = Progress.wrap(progress)
+    if not products:
+        raise SmdError("No product to validate: give at least one raster series.")
+    sites = _group_stations(stations)
+    try:
+        source_crs = CRS.from_user_input(stations_crs)
+    except CRSError as err:
+        raise SmdError(f"The stations' CRS {stations_crs!r} is not a known CRS (e.g. EPSG:4326).") from err
+
+    site_ids = list(sites)
+    xs = [sites[s]["x"] for s in site_ids]
+    ys = [sites[s]["y"] for s in site_ids]
+    per_site, summary, unmatched = [], [], []
+    for product_index, (name, path) in enumerate(products.items()):
+        product_progress = progress.sub(product_index / len(products), (product_index + 1) / len(products))
+        src, dates = _open_product(name, os.fspath(path))
+        with src:
+            band_of_date = {date: band for band, date in enumerate(dates, start=1)}
+            with rasterio.Env(CHECK_WITH_INVERT_PROJ=True):
+                raster_xs, raster_ys = transform(source_crs, src.crs, xs, ys)
+            product_rows, product_unmatched = [], []
+            for i, site_id in enumerate(site_ids):
+                product_progress.update(i / len(site_ids), f"{name}: site {site_id}")
+                site = sites[site_id]
+                base = {"product": name, "site_id": site_id, "x": site["x"], "y": site["y"]}
+                rx, ry = raster_xs[i], raster_ys[i]
+                row = col = -1
+                if math.isfinite(rx) and math.isfinite(ry):
+                    row, col = src.index(rx, ry)
+                if not (0 <= row < src.height and 0 <= col < src.width):
+                    product_unmatched.append({**base, "reason": "outside the raster"})
+                    continue
+                shared = sorted(set(site["values"]) & set(band_of_date))
+                if not shared:
+                    station_dates = sorted(site["values"])
+                    span = f"{station_dates[0]}..{station_dates[-1]}" if station_dates else "none valid"
+                    product_unmatched.append({**base, "reason": (
+                        f"no overlapping dates (station: {span}; raster: {dates[0]}..{dates[-1]})")})
+                    continue
+                predicted = _sample_site(src, row, col, [band_of_date[d] for d in shared])
+                if not np.isfinite(predicted).any():
+                    product_unmatched.append({**base, "reason": (
+                        f"only nodata at pixel (row {row}, col {col}) on the {len(shared)} shared dates")})
+                    continue
+                observed = np.array([site["values"][d] for d in shared], dtype="float64")
+                product_rows.append({**base, **metrics.all_metrics(predicted, observed)})
+            product_progress.update(1.0, f"{name}: {len(product_rows)} sites compared")
+        per_site.extend(product_rows)
+        unmatched.extend(product_unmatched)
+        summary.append(_summary_row(name, product_rows, len(product_unmatched)))
+    return ValidationResult(per_site, summary, unmatched)
+
+
+# ---------------------------------------------------------------- reports
+def _json_value(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _html_table(title, fields, rows):
+    head = "".join(f"<th>{html.escape(f)}</th>" for f in fields)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(f, '')))}</td>" for f in fields)
+                   + "</tr>\n" for r in rows)
+    return f"<h2>{html.escape(title)}</h2>\n<table>\n<tr>{head}</tr>\n{body}</table>\n"
+
+
+def write_validation_report(result, path):
+    """Write ``result`` as .csv, .json or .html (chosen by the extension of ``path``).
+
+    - ``.json``: ``{"summary": [...], "per_site": [...], "unmatched": [...]}``, NaN as null.
+    - ``.csv``: one row per (product, site): the per-site metrics, then the unmatched sites with
+      empty metrics and their reason in ``status`` (``ok`` for compared sites). The per-product
+      summary goes to ``<stem>_summary.csv`` beside it.
+    - ``.html``: a self-contained page with the three tables.
+
+    Returns
+    -------
+    list of str
+        The files written.
+    """
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in (".csv", ".json", ".html", ".htm"):
+        raise SmdError(f"Unknown report format {ext or '(no extension)'!r}: use .csv, .json or .html.")
+    path = os.fspath(path)
+    if ext == ".json":
+        data = result.to_dict()
+        data = {k: ([{f: _json_value(v) for f, v in row.items()} for row in rows] if isinstance(rows, list) else rows)
+                for k, rows in data.items()}
+        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1, allow_nan=False)
+        return [path]
+    if ext == ".csv":
+        fields = PER_SITE_FIELDS + ("status",)
+        summary_path = os.path.splitext(path)[0] + "_summary.csv"
+        with atomic_output(path) as tmp, atomic_output(summary_path) as tmp_summary:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields)
+                writer.writeheader()
+                for row in result.per_site:
+                    writer.writerow({**{f: _cell(row[f]) for f in PER_SITE_FIELDS}, "status": "ok"})
+                for row in result.unmatched:
+                    writer.writerow({"product": row["product"], "site_id": row["site_id"],
+                                     "x": _cell(row["x"]), "y": _cell(row["y"]), "status": row["reason"]})
+            with open(tmp_summary, "w", newline="", encoding="utf-8") as fh:
+                summary_fields = list(result.summary[0]) if result.summary else ["product"]
+                writer = csv.DictWriter(fh, fieldnames=summary_fields)
+                writer.writeheader()
+                for row in result.summary:
+                    writer.writerow({f: _cell(v) for f, v in row.items()})
+        return [path, summary_path]
+    summary_fields = list(result.summary[0]) if result.summary else ["product"]
+    page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Soil-moisture validation</title>"
+            "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}</style>"
+            "</head><body>\n<h1>Soil-moisture validation against in-situ stations</h1>\n"
+            "<p>R: Pearson correlation; RMSE, bias (product - station) and ubRMSE in m3/m3 "
+            "(paper Eq. 5-8). Classes: R high &gt; 0.6, moderate 0.4-0.6, low &lt; 0.4; "
+            "ubRMSE meets &lt; 0.04, acceptable 0.04-0.06, poor &gt; 0.06.</p>\n"
+            + _html_table("Summary per product", summary_fields, result.summary)
+            + _html_table("Per site", PER_SITE_FIELDS, result.per_site)
+            + _html_table("Sites not compared", UNMATCHED_FIELDS, result.unmatched)
+            + "</body></html>\n")
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return [path]
