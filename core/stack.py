@@ -1,0 +1,539 @@
+"""Stacking ensemble of XGBoost, LightGBM and CatBoost with a non-negative linear meta-learner.
+
+The paper (Section 3.2.4, Figure 2) fits each base model with five-fold cross-validation, feeds
+the out-of-fold (OOF) predictions to a second-layer learner, and applies the base models refitted
+on the whole training set. :class:`StackEnsemble` does the same as scikit-learn's
+``StackingRegressor(final_estimator=LinearRegression(positive=True), cv=5)`` but talks to the
+boosters' native APIs so that the binned training data is built once per base model and shared
+by all folds (LightGBM ``Dataset.subset``, XGBoost ``QuantileDMatrix(ref=...)``, CatBoost
+``Pool.quantize`` + ``Pool.slice``), and so that every booster is saved in its own native format
+(see :mod:`.modelfile`; nothing is pickled).
+
+Heavy libraries are imported inside the methods that need them.
+"""
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from .common import Progress, SmdError
+
+BASE_MODELS = ("xgboost", "lightgbm", "catboost")
+
+#: Defaults for every base model; ``n_estimators`` and ``learning_rate`` are translated to each
+#: library's own name, every other key is passed to the library unchanged.
+DEFAULT_PARAMS = {
+    "xgboost": {"n_estimators": 300, "learning_rate": 0.1, "max_depth": 6, "min_child_weight": 1.0,
+                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0, "max_bin": 256},
+    "lightgbm": {"n_estimators": 300, "learning_rate": 0.1, "num_leaves": 31, "max_depth": -1,
+                 "min_child_samples": 20, "subsample": 0.8, "subsample_freq": 1,
+                 "colsample_bytree": 0.8, "reg_lambda": 0.0, "max_bin": 255},
+    "catboost": {"n_estimators": 300, "learning_rate": 0.1, "depth": 6, "l2_leaf_reg": 3.0,
+                 "border_count": 254},
+}
+
+#: Files each base model is stored in inside a model folder of the zip.
+MODEL_FILES = {"xgboost": "xgboost.ubj", "lightgbm": "lightgbm.txt", "catboost": "catboost.cbm"}
+
+
+def _category_label(value):
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def make_encoder(feature_names, categorical=None):
+    """JSON description of the one-hot encoding applied before the boosters.
+
+    Parameters
+    ----------
+    feature_names : list of str
+        Predictor names in column order.
+    categorical : dict name -> list of category values, optional
+        Categorical predictors and their categories (fixed at fit time).
+
+    Returns
+    -------
+    dict
+        ``{"feature_names", "categorical": {name: [values]}, "encoded_names"}``; a categorical
+        column ``lc`` with categories 1..4 becomes ``lc_1 .. lc_4`` in place (the paper's LC_1..4).
+    """
+    categorical = {str(k): [float(c) for c in v] for k, v in (categorical or {}).items()}
+    unknown = sorted(set(categorical) - set(feature_names))
+    if unknown:
+        raise SmdError(f"Categorical predictor(s) {unknown} are not among the predictors {list(feature_names)}.")
+    encoded = []
+    for name in feature_names:
+        if name in categorical:
+            if not categorical[name]:
+                raise SmdError(f"Categorical predictor {name!r} has no categories (no valid sample).")
+            encoded.extend(f"{name}_{_category_label(c)}" for c in categorical[name])
+        else:
+            encoded.append(name)
+    return {"feature_names": list(feature_names), "categorical": categorical, "encoded_names": encoded}
+
+
+def encode(X, encoder):
+    """Apply an encoder from :func:`make_encoder` to ``X`` (n, n_features) -> float32 (n, n_encoded).
+
+    A missing (NaN) category gives NaN in all its one-hot columns, so the boosters treat it as
+    missing; a category not seen at fit time gives zeros in all of them.
+    """
+    # Hand-written instead of sklearn's OneHotEncoder: it must round-trip through JSON (no
+    # pickle) and keep NaN as "missing" for the boosters rather than as an extra category.
+    X = np.asarray(X, dtype=np.float32)
+    names = encoder["feature_names"]
+    if X.ndim != 2 or X.shape[1] != len(names):
+        raise SmdError(f"Expected a feature array with {len(names)} columns ({', '.join(names)}), "
+                       f"got shape {X.shape}.")
+    categorical = encoder["categorical"]
+    if not categorical:
+        return X
+    out = np.empty((X.shape[0], len(encoder["encoded_names"])), dtype=np.float32)
+    col = 0
+    for j, name in enumerate(names):
+        if name in categorical:
+            values = X[:, j]
+            missing = np.isnan(values)
+            for category in categorical[name]:
+                column = (values == np.float32(category)).astype(np.float32)
+                column[missing] = np.nan
+                out[:, col] = column
+                col += 1
+        else:
+            out[:, col] = X[:, j]
+            col += 1
+    return out
+
+
+def _split_params(model_name, params, seed, n_threads):
+    """Native parameter dict and number of boosting rounds for one base model."""
+    merged = dict(DEFAULT_PARAMS[model_name])
+    merged.update(params or {})
+    rounds = int(merged.pop("n_estimators", merged.pop("num_boost_round", merged.pop("iterations", 300))))
+    learning_rate = float(merged.pop("learning_rate", 0.1))
+    if rounds < 1:
+        raise SmdError(f"{model_name}: n_estimators must be at least 1, got {rounds}.")
+    if model_name == "xgboost":
+        native = {"objective": "reg:squarederror", "eta": learning_rate, "tree_method": "hist",
+                  "seed": int(seed), "nthread": int(n_threads), "verbosity": 0}
+        rename = {"reg_lambda": "lambda", "reg_alpha": "alpha"}
+        native.update({rename.get(k, k): v for k, v in merged.items()})
+    elif model_name == "lightgbm":
+        native = {"objective": "regression", "learning_rate": learning_rate, "seed": int(seed),
+                  "num_threads": int(n_threads), "verbosity": -1, "deterministic": True,
+                  "force_row_wise": True}
+        native.update(merged)
+    else:
+        native = {"loss_function": "RMSE", "learning_rate": learning_rate, "iterations": rounds,
+                  "random_seed": int(seed), "thread_count": int(n_threads), "verbose": False,
+                  "allow_writing_files": False}
+        native.update(merged)
+    return native, rounds
+
+
+class _Binned:
+    """Training data of one base model, binned once and sliced per fold."""
+
+    def __init__(self, model_name, X, y, native):
+        self.model_name = model_name
+        self.X = X
+        self.y = y
+        self.native = native
+        if model_name == "xgboost":
+            import xgboost as xgb
+
+            self.full = xgb.QuantileDMatrix(X, y, max_bin=int(native.get("max_bin", 256)),
+                                            nthread=native["nthread"])
+        elif model_name == "lightgbm":
+            import lightgbm as lgb
+
+            dataset_params = {k: native[k] for k in ("max_bin", "min_data_in_bin", "verbosity")
+                              if k in native}
+            self.full = lgb.Dataset(X, y, params=dataset_params, free_raw_data=False).construct()
+        else:
+            from catboost import Pool
+
+            self.full = Pool(X, y, thread_count=native["thread_count"])
+            self.full.quantize(border_count=int(native.get("border_count", 254)))
+
+    def subset(self, index):
+        if index is None:
+            return self.full
+        if self.model_name == "xgboost":
+            import xgboost as xgb
+
+            # cut points come from the reference (all training rows): binning is shared, labels are not
+            return xgb.QuantileDMatrix(self.X[index], self.y[index], ref=self.full,
+                                       nthread=self.native["nthread"])
+        if self.model_name == "lightgbm":
+            return self.full.subset(np.asarray(index, dtype=np.int32)).construct()
+        return self.full.slice(np.asarray(index, dtype=np.int64))
+
+
+def _train_booster(model_name, data, native, rounds):
+    if model_name == "xgboost":
+        import xgboost as xgb
+
+        return xgb.train(native, data, num_boost_round=rounds)
+    if model_name == "lightgbm":
+        import lightgbm as lgb
+
+        return lgb.train(native, data, num_boost_round=rounds)
+    from catboost import CatBoost
+
+    params = {k: v for k, v in native.items() if k != "border_count"}
+    return CatBoost(params).fit(data)
+
+
+def _predict_booster(model_name, booster, X, n_threads):
+    if model_name == "xgboost":
+        booster.set_param({"nthread": int(n_threads)})
+        return booster.inplace_predict(X).astype(np.float64)
+    if model_name == "lightgbm":
+        return booster.predict(X, num_threads=int(n_threads)).astype(np.float64)
+    return np.asarray(booster.predict(X, thread_count=int(n_threads)), dtype=np.float64)
+
+
+def _contributions(model_name, booster, X, n_threads):
+    """TreeSHAP (n, n_features + 1) with the expected value in the last column (native, exact)."""
+    if model_name == "xgboost":
+        import xgboost as xgb
+
+        booster.set_param({"nthread": int(n_threads)})
+        return booster.predict(xgb.DMatrix(X, nthread=int(n_threads)), pred_contribs=True).astype(np.float64)
+    if model_name == "lightgbm":
+        return np.asarray(booster.predict(X, pred_contrib=True, num_threads=int(n_threads)), dtype=np.float64)
+    from catboost import Pool
+
+    return np.asarray(booster.get_feature_importance(Pool(X, thread_count=int(n_threads)), type="ShapValues",
+                                                     thread_count=int(n_threads)), dtype=np.float64)
+
+
+def booster_to_bytes(model_name, booster):
+    """Native serialisation of one base model (XGBoost UBJSON, LightGBM text, CatBoost cbm)."""
+    if model_name == "xgboost":
+        return bytes(booster.save_raw(raw_format="ubj"))
+    if model_name == "lightgbm":
+        return booster.model_to_string().encode("utf-8")
+    # CatBoost writes cbm only to a file name
+    handle, path = tempfile.mkstemp(suffix=".cbm")
+    os.close(handle)
+    try:
+        booster.save_model(path, format="cbm")
+        with open(path, "rb") as stream:
+            return stream.read()
+    finally:
+        os.remove(path)
+
+
+def booster_from_bytes(model_name, data):
+    """Inverse of :func:`booster_to_bytes`; SmdError if the bytes are not a valid model."""
+    try:
+        if model_name == "xgboost":
+            import xgboost as xgb
+
+            booster = xgb.Booster()
+            booster.load_model(bytearray(data))
+            return booster
+        if model_name == "lightgbm":
+            import lightgbm as lgb
+
+            return lgb.Booster(model_str=data.decode("utf-8"))
+        from catboost import CatBoost
+
+        return CatBoost().load_model(blob=bytes(data))
+    except SmdError:
+        raise
+    except Exception as err:  # the libraries raise their own error types
+        raise SmdError(f"The {model_name} model in the model file cannot be read ({err}); "
+                       "the file is damaged or from an incompatible library version.") from err
+
+
+class StackEnsemble:
+    """Stacking regressor: boosted trees -> K-fold out-of-fold predictions -> positive linear fit.
+
+    Parameters
+    ----------
+    base_models : sequence of str
+        Any non-empty subset of ``("xgboost", "lightgbm", "catboost")``, in this order of use.
+    n_folds : int
+        Folds of the default splitter (``KFold(shuffle=True)``, or ``GroupKFold`` when groups are
+        given) used for the out-of-fold predictions.
+    params : dict model name -> dict, optional
+        Overrides of :data:`DEFAULT_PARAMS` per base model (``n_estimators``, ``learning_rate`` or
+        any native parameter of that library).
+    seed : int
+        Seed of the splitter and of every booster.
+    n_threads : int or None
+        Threads per booster; None = all cores.
+    feature_names : list of str or None
+        Predictor names in column order (default ``x0, x1, ...``).
+    categorical : dict name -> list of categories, or list of names, optional
+        Categorical predictors, one-hot encoded before the boosters. Given as names only, the
+        categories are the sorted distinct finite values seen by :meth:`fit`.
+
+    Attributes
+    ----------
+    boosters_ : dict name -> native booster refitted on all training rows
+    weights_ : ndarray (n_base,) non-negative meta-learner weights, ``intercept_`` : float
+    oof_ : ndarray (n_train, n_base) out-of-fold predictions the meta-learner was fitted on
+    folds_ : list of (train_index, test_index)
+    encoder_ : dict, JSON description of the one-hot encoding (:func:`make_encoder`)
+    """
+
+    def __init__(self, *, base_models=BASE_MODELS, n_folds=5, params=None, seed=42, n_threads=None,
+                 feature_names=None, categorical=None):
+        self.base_models = base_models
+        self.n_folds = n_folds
+        self.params = params
+        self.seed = seed
+        self.n_threads = n_threads
+        self.feature_names = feature_names
+        self.categorical = categorical
+
+    # -- checks -------------------------------------------------------------------------------
+    def _checked_base_models(self):
+        names = [self.base_models] if isinstance(self.base_models, str) else list(self.base_models)
+        if not names:
+            raise SmdError("base_models is empty; choose at least one of xgboost, lightgbm, catboost.")
+        unknown = [n for n in names if n not in BASE_MODELS]
+        if unknown or len(set(names)) != len(names):
+            raise SmdError(f"base_models={names!r}: use distinct names among {', '.join(BASE_MODELS)}.")
+        unknown_params = sorted(set(self.params or {}) - set(BASE_MODELS))
+        if unknown_params:
+            raise SmdError(f"params has entries for unknown base model(s) {unknown_params}; "
+                           f"use keys among {', '.join(BASE_MODELS)}.")
+        return names
+
+    def _threads(self):
+        return int(self.n_threads) if self.n_threads else (os.cpu_count() or 1)
+
+    def _check_fitted(self):
+        if not hasattr(self, "boosters_"):
+            raise SmdError("This StackEnsemble is not fitted yet; call fit() or load a model file.")
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, X, y, groups=None, cv=None, progress=None):
+        """Fit base models with K-fold OOF predictions, the meta-learner, then refit on all rows.
+
+        Parameters
+        ----------
+        X : array (n_samples, n_features)
+            Predictors; categorical columns hold category codes; NaN = missing.
+        y : array (n_samples,)
+        groups : array (n_samples,), optional
+            Group labels for a group splitter (spatial blocks, dates).
+        cv : sklearn splitter, optional
+            E.g. ``KFold``, ``GroupKFold``; every sample must be in exactly one test fold.
+        progress : Progress, optional
+
+        Returns
+        -------
+        self
+        """
+        from sklearn.linear_model import LinearRegression
+        from sklearn.model_selection import GroupKFold, KFold
+
+        progress = Progress.wrap(progress)
+        names = self._checked_base_models()
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.float32).ravel()
+        if X.ndim != 2 or X.shape[0] != y.shape[0]:
+            raise SmdError(f"X must be (n_samples, n_features) matching y; got X {X.shape}, y {y.shape}.")
+        if not np.all(np.isfinite(y)):
+            raise SmdError("The target contains NaN or infinite values; drop those samples first.")
+        feature_names = list(self.feature_names) if self.feature_names is not None else \
+            [f"x{j}" for j in range(X.shape[1])]
+        if len(feature_names) != X.shape[1]:
+            raise SmdError(f"feature_names has {len(feature_names)} names for {X.shape[1]} columns.")
+        categorical = self.categorical or {}
+        if not isinstance(categorical, dict):
+            categorical = {name: None for name in categorical}
+        categories = {}
+        for name, values in categorical.items():
+            if name not in feature_names:
+                raise SmdError(f"Categorical predictor {name!r} is not among {feature_names}.")
+            if values is None:
+                column = X[:, feature_names.index(name)]
+                values = np.unique(column[np.isfinite(column)]).tolist()
+            categories[name] = values
+        self.encoder_ = make_encoder(feature_names, categories)
+        Xe = encode(X, self.encoder_)
+
+        n_folds = int(self.n_folds)
+        if cv is None:
+            cv = GroupKFold(n_folds) if groups is not None else KFold(n_folds, shuffle=True, random_state=self.seed)
+        try:
+            folds = [(np.asarray(tr), np.asarray(te)) for tr, te in cv.split(Xe, y, groups)]
+        except ValueError as err:
+            raise SmdError(f"Cannot make the cross-validation folds: {err}. Use fewer folds or more "
+                           "samples/groups.") from err
+        covered = np.zeros(len(y), dtype=np.int64)
+        for _, test in folds:
+            np.add.at(covered, test, 1)
+        if len(folds) < 2 or not np.all(covered == 1):
+            raise SmdError("The cross-validation splitter must put every training sample in exactly one "
+                           "test fold (KFold/GroupKFold do; ShuffleSplit does not).")
+        self.folds_ = folds
+
+        threads = self._threads()
+        oof = np.zeros((len(y), len(names)), dtype=np.float64)
+        self.boosters_ = {}
+        steps = len(names) * (len(folds) + 1)
+        step = 0
+        for k, name in enumerate(names):
+            native, rounds = _split_params(name, (self.params or {}).get(name), self.seed, threads)
+            try:
+                binned = _Binned(name, Xe, y, native)
+                for fold, (train, test) in enumerate(folds):
+                    progress.update(step / steps, f"{name}: fold {fold + 1}/{len(folds)}")
+                    booster = _train_booster(name, binned.subset(train), native, rounds)
+                    oof[test, k] = _predict_booster(name, booster, Xe[test], threads)
+                    step += 1
+                progress.update(step / steps, f"{name}: refit on all training samples")
+                self.boosters_[name] = _train_booster(name, binned.subset(None), native, rounds)
+                step += 1
+            except SmdError:
+                raise
+            except Exception as err:  # bad native parameter, etc.
+                raise SmdError(f"Training {name} failed: {err}. Check its parameters.") from err
+        meta = LinearRegression(positive=True).fit(oof, y.astype(np.float64))
+        self.base_model_names_ = names
+        self.weights_ = np.asarray(meta.coef_, dtype=np.float64)
+        self.intercept_ = float(meta.intercept_)
+        self.oof_ = oof
+        self.n_features_in_ = X.shape[1]
+        progress.update(1.0, "stack fitted")
+        return self
+
+    # -- prediction ---------------------------------------------------------------------------
+    @property
+    def feature_names_(self):
+        return list(self.encoder_["feature_names"])
+
+    @property
+    def encoded_feature_names_(self):
+        return list(self.encoder_["encoded_names"])
+
+    def transform(self, X):
+        """One-hot encoded float32 features as the boosters see them."""
+        self._check_fitted()
+        return encode(X, self.encoder_)
+
+    def base_predict(self, X, *, encoded=False):
+        """Predictions of each refitted base model, (n_samples, n_base) float64."""
+        self._check_fitted()
+        Xe = np.asarray(X, dtype=np.float32) if encoded else encode(X, self.encoder_)
+        out = np.empty((Xe.shape[0], len(self.base_model_names_)), dtype=np.float64)
+        if Xe.shape[0] == 0:
+            return out
+        threads = self._threads()
+        for k, name in enumerate(self.base_model_names_):
+            out[:, k] = _predict_booster(name, self.boosters_[name], Xe, threads)
+        return out
+
+    def predict(self, X, *, encoded=False):
+        """Stack prediction ``intercept_ + base_predict(X) @ weights_``, (n_samples,) float64."""
+        self._check_fitted()
+        return self.intercept_ + self.base_predict(X, encoded=encoded) @ self.weights_
+
+    # -- SHAP -----------------------------------------------------------------------------------
+    def base_shap_values(self, X):
+        """TreeSHAP of every base model on the encoded features.
+
+        Returns
+        -------
+        dict name -> ndarray (n_samples, n_encoded + 1); the last column is the expected value,
+        so each row sums to that base model's prediction.
+        """
+        self._check_fitted()
+        Xe = encode(X, self.encoder_)
+        threads = self._threads()
+        return {name: _contributions(name, self.boosters_[name], Xe, threads) for name in self.base_model_names_}
+
+    def shap_values(self, X, *, collapse=True):
+        """Approximate SHAP of the stack: ``sum_k w_k * SHAP_k`` (paper, Section 5.1).
+
+        Parameters
+        ----------
+        X : array (n_samples, n_features)
+        collapse : bool
+            Sum one-hot columns back onto their categorical predictor.
+
+        Returns
+        -------
+        values : ndarray (n_samples, n_features) (or n_encoded if not collapsed)
+        expected : ndarray (n_samples,) ``intercept_ + sum_k w_k * E[f_k]``, so that
+            ``values.sum(1) + expected`` equals :meth:`predict`.
+        """
+        per_model = self.base_shap_values(X)
+        n = np.asarray(X).shape[0]
+        combined = np.zeros((n, len(self.encoded_feature_names_) + 1))
+        for k, name in enumerate(self.base_model_names_):
+            combined += self.weights_[k] * per_model[name]
+        values, expected = combined[:, :-1], combined[:, -1] + self.intercept_
+        if collapse:
+            values = self.collapse_encoded(values)
+        return values, expected
+
+    def collapse_encoded(self, values):
+        """Sum encoded columns (n, n_encoded) back to predictors (n, n_features)."""
+        values = np.asarray(values)
+        out = np.zeros((values.shape[0], len(self.feature_names_)), dtype=values.dtype)
+        col = 0
+        for j, name in enumerate(self.feature_names_):
+            width = len(self.encoder_["categorical"].get(name, [None]))
+            out[:, j] = values[:, col:col + width].sum(axis=1)
+            col += width
+        return out
+
+    # -- native serialisation (used by modelfile) -------------------------------------------------
+    def meta_dict(self):
+        """JSON-serialisable meta-learner and encoding (``meta.json``)."""
+        self._check_fitted()
+        return {"base_models": list(self.base_model_names_),
+                "weights": [float(w) for w in self.weights_],
+                "intercept": float(self.intercept_),
+                "encoder": self.encoder_,
+                "n_features": int(self.n_features_in_),
+                "n_folds": int(self.n_folds), "seed": int(self.seed),
+                "params": self.params or {}}
+
+    def to_members(self):
+        """Dict file name -> bytes: each booster natively plus ``meta.json``."""
+        members = {MODEL_FILES[name]: booster_to_bytes(name, self.boosters_[name])
+                   for name in self.base_model_names_}
+        members["meta.json"] = json.dumps(self.meta_dict(), indent=1, allow_nan=False).encode("utf-8")
+        return members
+
+    @classmethod
+    def from_members(cls, members, *, n_threads=None):
+        """Rebuild a fitted ensemble from :meth:`to_members` output (no pickle involved)."""
+        try:
+            meta = json.loads(members["meta.json"].decode("utf-8"))
+            names = list(meta["base_models"])
+            weights = np.asarray(meta["weights"], dtype=np.float64)
+            intercept = float(meta["intercept"])
+            encoder = meta["encoder"]
+            feature_names = list(encoder["feature_names"])
+        except (KeyError, ValueError, TypeError) as err:
+            raise SmdError(f"The model's meta.json is invalid ({err}).") from err
+        if (not names or any(n not in BASE_MODELS for n in names) or weights.shape != (len(names),)
+                or not np.all(np.isfinite(weights)) or not math.isfinite(intercept)):
+            raise SmdError("The model's meta.json has inconsistent base models/weights.")
+        model = cls(base_models=tuple(names), n_folds=meta.get("n_folds", 5), params=meta.get("params"),
+                    seed=meta.get("seed", 42), n_threads=n_threads, feature_names=feature_names,
+                    categorical=encoder.get("categorical"))
+        model.boosters_ = {}
+        for name in names:
+            if MODEL_FILES[name] not in members:
+                raise SmdError(f"The model file lacks {MODEL_FILES[name]} listed in meta.json.")
+            model.boosters_[name] = booster_from_bytes(name, members[MODEL_FILES[name]])
+        model.base_model_names_ = names
+        model.weights_ = weights
+        model.intercept_ = intercept
+        model.encoder_ = make_encoder(feature_names, encoder.get("categorical"))
+        model.n_features_in_ = len(feature_names)
+        return model
