@@ -1,0 +1,467 @@
+"""Import SMAP L4 soil-moisture granules (HDF5) as a GeoTIFF series on EASE-Grid 2.0 (EPSG:6933).
+
+SMAP L4 products (SPL4SMGP geophysical, SPL4SMAU analysis update) are stored on the global
+9 km EASE-Grid 2.0 ("M09"). The files' ``/x`` and ``/y`` arrays are rounded (spacing
+9008.054979 m instead of 9008.055210146 m), so the georeference is rebuilt from the grid
+definition (NSIDC ``EASE2_M09km.gpd``) and the subset's global column/row offset.
+"""
+import datetime as _dt
+import math
+import os
+import re
+
+import numpy as np
+
+from .. import common
+from ..common import SmdError
+
+#: Global EASE-Grid 2.0 9 km grid (NSIDC EASE2_M09km.gpd).
+M09_CELL_SIZE = 9008.055210146
+M09_ULX = -17367530.4451615
+M09_ULY = 7314540.8306386
+M09_COLUMNS = 3856
+M09_ROWS = 1624
+EASE2_EPSG = 6933
+
+#: Default variables: the product's surface soil moisture, in order of preference.
+SURFACE_SOIL_MOISTURE = ("Geophysical_Data/sm_surface", "Analysis_Data/sm_surface_analysis")
+
+#: Fill values used by SMAP besides the dataset's own _FillValue.
+SMAP_FILL = -9999.0
+
+#: SMAP's /time counts seconds from the J2000 epoch, labelled "2000-01-01 11:58:55.816" (UTC of
+#: 12:00:00 TT). The products count from 12:00:00 without leap seconds so that granule times fall
+#: on their nominal hours (checked on the real granules: time 633495600 is the file
+#: SMAP_L4_SM_aup_20200128T150000, i.e. 12:00:00 + t = 15:00:00; with 11:58:55.816 + t the
+#: 2015-04-01T00:00 granule would land on the previous day).
+J2000_LABEL = "2000-01-01 11:58:55.816"
+J2000_NOMINAL = _dt.datetime(2000, 1, 1, 12, 0, 0)
+
+_FILENAME_TIME = re.compile(r"(\d{8})T(\d{6})")
+_ROW_BLOCK = 256  # rows read at a time when checking /cell_row and /cell_column
+
+
+def parse_time_window(text):
+    """Parse a UTC time window such as ``"06:00-09:00"``.
+
+    Parameters
+    ----------
+    text : str or tuple of two str or None
+        ``"HH:MM-HH:MM"`` (also ``"HH:MM,HH:MM"``) or ``("HH:MM", "HH:MM")``; empty -> None.
+
+    Returns
+    -------
+    tuple of datetime.time or None
+        ``(start, end)``. The window is half-open ``[start, end)``; ``start > end`` wraps
+        past midnight.
+    """
+    if text is None:
+        return None
+    if isinstance(text, (tuple, list)):
+        parts = list(text)
+    else:
+        text = str(text).strip()
+        if not text:
+            return None
+        parts = re.split(r"\s*(?:-|,|to)\s*", text)
+    if len(parts) != 2:
+        raise SmdError(f"Time window {text!r} is not of the form HH:MM-HH:MM (UTC), e.g. 06:00-09:00.")
+    times = []
+    for part in parts:
+        match = re.fullmatch(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?", str(part).strip())
+        if not match:
+            raise SmdError(f"Time window {text!r}: {part!r} is not a time HH:MM (UTC).")
+        hour, minute, second = (int(g or 0) for g in match.groups())
+        if hour == 24 and minute == 0 and second == 0:
+            hour, minute, second = 23, 59, 59  # "24:00" = end of day
+        if hour > 23 or minute > 59 or second > 59:
+            raise SmdError(f"Time window {text!r}: {part!r} is not a valid time of day.")
+        times.append(_dt.time(hour, minute, second))
+    if times[0] == times[1]:
+        raise SmdError(f"Time window {text!r} is empty: start and end are the same time.")
+    return times[0], times[1]
+
+
+def _in_window(when, window):
+    if window is None:
+        return True
+    start, end = window
+    t = when.time()
+    if start < end:
+        return start <= t < end
+    return t >= start or t < end  # wraps past midnight
+
+
+def _text(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return _text(value.reshape(-1)[0])
+    return str(value)
+
+
+def _granule_time(h5, path):
+    """UTC datetime of a granule from /time (units attribute) or the filename timestamp."""
+    if "time" in h5:
+        dataset = h5["time"]
+        units = _text(dataset.attrs.get("units", "")).strip()
+        match = re.fullmatch(r"seconds since\s+(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s*(?:UTC|Z)?",
+                             units)
+        values = np.asarray(dataset[()], dtype="float64").reshape(-1)
+        if match and values.size and np.isfinite(values[0]):
+            epoch_text = f"{match.group(1)} {match.group(2)}"
+            if epoch_text.startswith(J2000_LABEL):
+                epoch = J2000_NOMINAL
+            else:
+                epoch = _dt.datetime.fromisoformat(epoch_text)
+            return epoch + _dt.timedelta(seconds=float(values[0])), "time"
+    match = _FILENAME_TIME.search(os.path.basename(path))
+    if match:
+        return _dt.datetime.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S"), "filename"
+    raise SmdError(
+        f"{path}: cannot tell the granule's time: it has no /time dataset with units "
+        "'seconds since ...' and its name has no YYYYMMDDThhmmss timestamp. Keep the original "
+        "SMAP file name (e.g. SMAP_L4_SM_gph_20190401T073000_Vv7032_001.h5).")
+
+
+def read_granule_time(path):
+    """UTC time (naive datetime) of a SMAP granule, from its /time or its file name."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            return _granule_time(h5, path)[0]
+    except OSError as err:
+        raise SmdError(f"{path} is not a readable HDF5 file ({err}).") from err
+
+
+def _datasets(h5):
+    """Paths of the 2-D datasets in a granule (excluding coordinate/index arrays)."""
+    import h5py
+
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and not name.startswith("Metadata"):
+            if name not in ("cell_row", "cell_column", "cell_lat", "cell_lon"):
+                found.append(name)
+
+    h5.visititems(visit)
+    return found
+
+
+def _resolve_variable(h5, path, variable):
+    available = _datasets(h5)
+    if variable:
+        wanted = str(variable).strip().strip("/")
+        if wanted in h5 and wanted in available:
+            return wanted
+        by_name = [name for name in available if name.split("/")[-1] == wanted]
+        if len(by_name) == 1:
+            return by_name[0]
+        raise SmdError(
+            f"{os.path.basename(path)} has no 2-D dataset {variable!r}. Available datasets: "
+            f"{', '.join(available) or 'none'}.")
+    for candidate in SURFACE_SOIL_MOISTURE:
+        if candidate in h5:
+            return candidate
+    raise SmdError(
+        f"{os.path.basename(path)} has no surface soil moisture ({' or '.join(SURFACE_SOIL_MOISTURE)}); "
+        f"choose one of its datasets as the variable: {', '.join(available) or 'none'}.")
+
+
+def _fill_values(dataset):
+    values = {SMAP_FILL}
+    for key in ("_FillValue", "missing_value", "fmissing_value"):
+        if key in dataset.attrs:
+            try:
+                values.add(float(np.asarray(dataset.attrs[key]).reshape(-1)[0]))
+            except (TypeError, ValueError):
+                pass
+    return values
+
+
+def _projection_name(h5):
+    """grid_mapping_name of the dataset's grid mapping variable, or None if not stated."""
+    for name in ("projection_information", "EASE2_global_projection"):
+        if name in h5:
+            return _text(h5[name].attrs.get("grid_mapping_name", "")).strip() or None
+    return None
+
+
+def _regular_offset(h5, name, axis, shape, path):
+    """Global offset from /cell_row (axis 0) or /cell_column (axis 1) if they form a regular block.
+
+    Returns the offset, or None when the index array is not a regular block (each pixel must map
+    to cell ``offset + its own row/column index``). Read in row blocks to keep memory flat.
+    """
+    dataset = h5[name]
+    if dataset.shape != shape:
+        raise SmdError(f"{path}: /{name} has shape {dataset.shape}, the data {shape}.")
+    fill = int(np.asarray(dataset.attrs.get("_FillValue", 4294967294)).reshape(-1)[0])
+    offset = None
+    for row_start in range(0, shape[0], _ROW_BLOCK):
+        block = dataset[row_start:row_start + _ROW_BLOCK].astype("int64")
+        rows, cols = np.indices(block.shape)
+        own_index = (rows + row_start) if axis == 0 else cols
+        valid = block != fill
+        if not valid.any():
+            continue
+        offsets = block[valid] - own_index[valid]
+        if offset is None:
+            offset = int(offsets[0])
+        if (offsets != offset).any():
+            return None
+    return offset
+
+
+def _snapped_offset(coords, axis, path):
+    """Global column (axis 1, /x) or row (axis 0, /y) offset from cell-centre coordinates.
+
+    Checks that the spacing is the M09 cell size and that every centre lies on the M09 grid.
+    Returns None when the coordinates are not EASE-Grid 2.0 9 km centres.
+    """
+    coords = np.asarray(coords, dtype="float64").reshape(-1)
+    if coords.size == 0:
+        return None
+    if axis == 1:
+        index = (coords - M09_ULX) / M09_CELL_SIZE - 0.5
+    else:
+        index = (M09_ULY - coords) / M09_CELL_SIZE - 0.5
+    nearest = np.round(index)
+    expected = nearest[0] + np.arange(coords.size)
+    # the files' coordinates drift by < 0.001 m per cell; 0.05 cell (450 m) tolerance
+    if np.abs(index - nearest).max() > 0.05 or (nearest != expected).any():
+        return None
+    return int(nearest[0])
+
+
+def _locate(h5, path, shape):
+    """(row_offset, column_offset) of a granule's data block on the global M09 grid."""
+    projection = _projection_name(h5)
+    ease_named = projection in (None, "lambert_cylindrical_equal_area")
+    rows, cols = shape
+    if shape == (M09_ROWS, M09_COLUMNS) and ease_named:
+        return 0, 0
+
+    row_offset = col_offset = None
+    irregular = []
+    if "cell_row" in h5:
+        row_offset = _regular_offset(h5, "cell_row", 0, shape, path)
+        if row_offset is None:
+            irregular.append("cell_row")
+    if "cell_column" in h5:
+        col_offset = _regular_offset(h5, "cell_column", 1, shape, path)
+        if col_offset is None:
+            irregular.append("cell_column")
+    if irregular:
+        raise SmdError(
+            f"{os.path.basename(path)} is not on the EASE-Grid 2.0 9 km grid: its /{' and /'.join(irregular)} "
+            f"do not map the pixels to a regular block of EASE cells (grid mapping: {projection or 'unknown'}). "
+            "The granule was probably reprojected by its producer; download it without reprojection "
+            "(native EASE-Grid 2.0, subsetting only).")
+
+    x_offset = y_offset = None
+    if ease_named and "x" in h5 and "y" in h5:
+        x, y = h5["x"][()], h5["y"][()]
+        if np.size(x) == cols and np.size(y) == rows:
+            x_offset = _snapped_offset(x, 1, path)
+            y_offset = _snapped_offset(y, 0, path)
+    if not ease_named and (row_offset is None or col_offset is None):
+        raise SmdError(
+            f"{os.path.basename(path)} is not on the EASE-Grid 2.0 9 km grid (grid mapping: {projection}) "
+            "and has no /cell_row and /cell_column to place it. Download the granule without "
+            "reprojection (native EASE-Grid 2.0, subsetting only).")
+    for name, from_index, from_coords in (("column", col_offset, x_offset), ("row", row_offset, y_offset)):
+        if from_index is not None and from_coords is not None and from_index != from_coords:
+            raise SmdError(
+                f"{os.path.basename(path)}: the /cell_{name} indices (offset {from_index}) disagree with "
+                f"the /{'x' if name == 'column' else 'y'} coordinates (offset {from_coords}); the file is "
+                "inconsistent and cannot be placed safely.")
+    row_offset = row_offset if row_offset is not None else y_offset
+    col_offset = col_offset if col_offset is not None else x_offset
+    if row_offset is None or col_offset is None:
+        raise SmdError(
+            f"{os.path.basename(path)}: cannot place the data on the EASE-Grid 2.0 9 km grid: its /x /y are "
+            "not 9 km EASE-Grid 2.0 cell centres and it lacks /cell_row and /cell_column. Only SMAP L4 "
+            "granules on their native 9 km grid (whole or subsetted) can be imported.")
+    if row_offset < 0 or col_offset < 0 or row_offset + rows > M09_ROWS or col_offset + cols > M09_COLUMNS:
+        raise SmdError(f"{os.path.basename(path)}: the data block falls outside the global 9 km EASE grid.")
+    return row_offset, col_offset
+
+
+def _scan_granule(path, variable):
+    try:
+        import h5py
+    except ImportError as err:  # pragma: no cover - h5py is a declared dependency
+        raise SmdError("Reading SMAP HDF5 needs the h5py package (Debian: python3-h5py).") from err
+    if not os.path.isfile(path):
+        raise SmdError(f"SMAP granule {path!r} does not exist.")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise SmdError(f"{path} is not a readable HDF5 file ({err}). Choose SMAP L4 .h5 granules.") from err
+    with h5:
+        name = _resolve_variable(h5, path, variable)
+        dataset = h5[name]
+        if dataset.ndim != 2:
+            raise SmdError(f"{path}: dataset {name} is not 2-D (shape {dataset.shape}).")
+        when, source = _granule_time(h5, path)
+        row_offset, col_offset = _locate(h5, path, dataset.shape)
+        return dict(path=path, variable=name, time=when, time_source=source, shape=dataset.shape,
+                    row_offset=row_offset, col_offset=col_offset, fills=_fill_values(dataset))
+
+
+def _extent_window(extent, rows, cols):
+    """Global (row0, row1, col0, col1) of the cells touching ``extent``, clipped to the union."""
+    row0, row1, col0, col1 = rows[0], rows[1], cols[0], cols[1]
+    if extent is None:
+        return row0, row1, col0, col1
+    try:
+        xmin, ymin, xmax, ymax = (float(v) for v in extent[:4])
+    except (TypeError, ValueError) as err:
+        raise SmdError(f"Extent {extent!r} is not (xmin, ymin, xmax, ymax[, crs]).") from err
+    crs = extent[4] if len(extent) > 4 and extent[4] else None
+    if not (xmin < xmax and ymin < ymax):
+        raise SmdError(f"Extent {extent!r} is empty: xmin must be < xmax and ymin < ymax.")
+    if crs is not None:
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+        from rasterio.warp import transform_bounds
+
+        try:
+            source_crs = CRS.from_user_input(crs)
+        except CRSError as err:
+            raise SmdError(f"Extent CRS {crs!r} is not recognised ({err}).") from err
+        if source_crs != CRS.from_epsg(EASE2_EPSG):
+            xmin, ymin, xmax, ymax = transform_bounds(source_crs, CRS.from_epsg(EASE2_EPSG),
+                                                      xmin, ymin, xmax, ymax, densify_pts=21)
+    # cells touching the extent (snap outward to whole cells)
+    c0 = int(math.floor((xmin - M09_ULX) / M09_CELL_SIZE))
+    c1 = int(math.ceil((xmax - M09_ULX) / M09_CELL_SIZE))
+    r0 = int(math.floor((M09_ULY - ymax) / M09_CELL_SIZE))
+    r1 = int(math.ceil((M09_ULY - ymin) / M09_CELL_SIZE))
+    row0, row1 = max(row0, r0), min(row1, r1)
+    col0, col1 = max(col0, c0), min(col1, c1)
+    if row0 >= row1 or col0 >= col1:
+        raise SmdError(f"Extent {extent!r} does not overlap the granules' data.")
+    return row0, row1, col0, col1
+
+
+def _read_block(granule, window):
+    """The granule's values inside the global window, NaN where absent or fill."""
+    import h5py
+
+    row0, row1, col0, col1 = window
+    out = np.full((row1 - row0, col1 - col0), np.nan, dtype="float32")
+    g_row0, g_col0 = granule["row_offset"], granule["col_offset"]
+    g_rows, g_cols = granule["shape"]
+    r0, r1 = max(row0, g_row0), min(row1, g_row0 + g_rows)
+    c0, c1 = max(col0, g_col0), min(col1, g_col0 + g_cols)
+    if r0 >= r1 or c0 >= c1:
+        return out
+    with h5py.File(granule["path"], "r") as h5:
+        values = h5[granule["variable"]][r0 - g_row0:r1 - g_row0, c0 - g_col0:c1 - g_col0].astype("float32")
+    for fill in granule["fills"]:
+        values[values == np.float32(fill)] = np.nan
+    out[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = values
+    return out
+
+
+def import_smap_l4(granule_paths, output_path, *, variable=None, time_window=None, extent=None,
+                   progress=None):
+    """Convert SMAP L4 HDF5 granules to a daily GeoTIFF series on EASE-Grid 2.0 (EPSG:6933).
+
+    Parameters
+    ----------
+    granule_paths : str or sequence of str
+        SMAP L4 ``.h5`` granules (SPL4SMGP or SPL4SMAU), global or subsetted, native 9 km grid.
+    output_path : str
+        GeoTIFF to write: float32, one band per date, band description ``YYYY-MM-DD``, NaN nodata.
+    variable : str, optional
+        Dataset path inside the granules, e.g. ``Geophysical_Data/sm_rootzone``; a bare name
+        (``sm_rootzone``) is looked up. Default: the product's surface soil moisture
+        (``Geophysical_Data/sm_surface`` or ``Analysis_Data/sm_surface_analysis``).
+    time_window : str or (str, str), optional
+        UTC window ``"06:00-09:00"``; only granules whose time is in ``[start, end)`` are kept.
+    extent : (xmin, ymin, xmax, ymax[, crs]), optional
+        Clip to the 9 km cells touching this box (default CRS EPSG:6933).
+    progress : Progress, optional
+
+    Returns
+    -------
+    dict
+        ``output``, ``dates``, ``variable``, ``granules_used`` (per date: list of file names),
+        ``granules_skipped`` (outside the time window), ``width``, ``height``, ``transform``,
+        ``row_offset``/``column_offset`` (global M09 index of the upper-left cell).
+
+    Notes
+    -----
+    Several granules on the same UTC date are averaged cell by cell over their valid values
+    (without a window: the daily mean of the 3-hourly granules; with a window: the mean of the
+    granules inside it). Granules may cover different subsets; the output covers their union.
+    """
+    from rasterio.crs import CRS
+    from rasterio.transform import Affine
+
+    progress = common.Progress.wrap(progress)
+    if isinstance(granule_paths, (str, os.PathLike)):
+        granule_paths = [granule_paths]
+    granule_paths = [os.fspath(p) for p in granule_paths]
+    if not granule_paths:
+        raise SmdError("No SMAP granules given; choose one or more SMAP L4 .h5 files.")
+    window = parse_time_window(time_window)
+
+    scan = progress.sub(0.0, 0.1)
+    granules = []
+    for index, path in enumerate(granule_paths):
+        scan.update(index / len(granule_paths), f"Reading {os.path.basename(path)}")
+        granules.append(_scan_granule(path, variable))
+    names = {g["variable"] for g in granules}
+    if len(names) > 1:
+        raise SmdError(f"The granules resolve to different variables ({', '.join(sorted(names))}); "
+                       "choose the variable explicitly.")
+
+    kept = [g for g in granules if _in_window(g["time"], window)]
+    skipped = [os.path.basename(g["path"]) for g in granules if g not in kept]
+    if not kept:
+        times = ", ".join(g["time"].strftime("%Y-%m-%d %H:%M") for g in granules)
+        raise SmdError(f"No granule falls inside the UTC time window {time_window!r} "
+                       f"(granule times: {times}). Widen the window or choose other granules.")
+
+    by_date = {}
+    for granule in sorted(kept, key=lambda g: g["time"]):
+        by_date.setdefault(granule["time"].date().isoformat(), []).append(granule)
+    dates = sorted(by_date)
+
+    union_rows = (min(g["row_offset"] for g in kept), max(g["row_offset"] + g["shape"][0] for g in kept))
+    union_cols = (min(g["col_offset"] for g in kept), max(g["col_offset"] + g["shape"][1] for g in kept))
+    out_window = _extent_window(extent, union_rows, union_cols)
+    row0, row1, col0, col1 = out_window
+    transform = Affine(M09_CELL_SIZE, 0.0, M09_ULX + col0 * M09_CELL_SIZE,
+                       0.0, -M09_CELL_SIZE, M09_ULY - row0 * M09_CELL_SIZE)
+    grid_profile = dict(crs=CRS.from_epsg(EASE2_EPSG), transform=transform,
+                        width=col1 - col0, height=row1 - row0)
+
+    write = progress.sub(0.1, 1.0)
+
+    def bands():
+        for index, date in enumerate(dates):
+            write.update(index / len(dates), f"Writing {date}")
+            total = np.zeros((row1 - row0, col1 - col0), dtype="float64")
+            count = np.zeros(total.shape, dtype="int32")
+            for granule in by_date[date]:
+                write.check()
+                values = _read_block(granule, out_window)
+                valid = np.isfinite(values)
+                total[valid] += values[valid]
+                count[valid] += 1
+            with np.errstate(invalid="ignore", divide="ignore"):
+                yield np.where(count > 0, total / np.maximum(count, 1), np.nan).astype("float32")
+        write.update(1.0, "Done")
+
+    common.write_series(output_path, bands(), dates, grid_profile)
+    return dict(output=output_path, dates=dates, variable=names.pop(),
+                granules_used={d: [os.path.basename(g["path"]) for g in by_date[d]] for d in dates},
+                granules_skipped=skipped, width=col1 - col0, height=row1 - row0,
+                transform=tuple(transform)[:6], row_offset=row0, column_offset=col0)
