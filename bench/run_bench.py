@@ -1,0 +1,312 @@
+"""Paper-scale benchmark: training and prediction against a naive scikit-learn baseline.
+
+Runs each phase in its own subprocess so that every phase's peak RSS is its own, and prints
+one JSON document. Usage: ``make bench`` (or ``bench/run_bench.py [--work DIR] [--phase P]``).
+
+Phases
+------
+data         synthetic scenario (500 x 450 km at 1 km, 214 daily dates, 5 partitions) + preprocess
+train        core.train.train_model, per partition, no global model
+naive_train  sklearn StackingRegressor(XGB, LGBM, CatBoost; LinearRegression(positive=True), cv=5)
+             per partition on the same samples and the same 7:3 split; then whole-array
+             prediction of PREDICT_DATES dates held in memory at once
+predict      core.predict.predict over all 214 dates (block-wise, end to end incl. I/O)
+raw          the same three boosters of the trained model called directly on the same pixels
+             (PREDICT_DATES dates, features already in memory): the boosters' own throughput
+big          one date of a 10,000 x 10,000 fine grid, block-wise; peak RSS
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PREDICT_DATES = 10      # dates used for the in-memory raw/naive prediction comparisons
+BIG_SIZE = 10_000
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def paths(work):
+    return {
+        "scenario": os.path.join(work, "scenario"),
+        "dataset": os.path.join(work, "dataset"),
+        "model": os.path.join(work, "model.smdmodel.zip"),
+        "prediction": os.path.join(work, "prediction.tif"),
+        "big_dataset": os.path.join(work, "big_dataset"),
+        "big_prediction": os.path.join(work, "big_prediction.tif"),
+    }
+
+
+def phase_data(work):
+    from smdownscale.core.preprocess import preprocess
+    from smdownscale.core.synthetic import make_scenario
+
+    p = paths(work)
+    started = time.time()
+    scenario = make_scenario(p["scenario"], size="bench")
+    generated = time.time() - started
+    started = time.time()
+    preprocess(scenario["predictors"], scenario["soil_moisture"], p["dataset"],
+               categorical=("lc",), mask_classes={"lc": [0]}, fine_resolution=1000.0)
+    return {"generate_s": round(generated, 1), "preprocess_s": round(time.time() - started, 1)}
+
+
+def _samples_and_split(work):
+    """The samples and the 7:3 split exactly as train_model makes them."""
+    from smdownscale.core.dataset import Dataset
+    from smdownscale.core.partitions import Partitions
+    from smdownscale.core.train import build_samples, split_train_test
+
+    p = paths(work)
+    dataset = Dataset.open(p["dataset"])
+    partitions = Partitions.from_file(os.path.join(p["scenario"], "partitions.gpkg"), "name")
+    samples = build_samples(dataset, partitions)
+    return dataset, partitions, samples, split_train_test
+
+
+def phase_train(work):
+    from smdownscale.core.train import train_model
+
+    p = paths(work)
+    from smdownscale.core.partitions import Partitions
+
+    partitions = Partitions.from_file(os.path.join(p["scenario"], "partitions.gpkg"), "name")
+    started = time.time()
+    report = train_model(p["dataset"], p["model"], partitions=partitions, train_global=False, seed=42)
+    wall = time.time() - started
+    rows = [row for row in report.rows() if row["model"] == "stacking"]
+    n_test = sum(row["n_test"] for row in rows)
+    n_train = sum(row["n_train"] for row in rows)
+    # pooled test RMSE over partitions (sample-weighted mean of squared errors)
+    rmse = float(np.sqrt(sum(row["rmse_test"] ** 2 * row["n_test"] for row in rows) / n_test))
+    return {"train_s": round(wall, 1), "samples": n_train + n_test, "test_rmse_stack": round(rmse, 5),
+            "per_partition": rows, "peak_rss_mb": round(peak_rss_mb())}
+
+
+def _naive_stack(seed, n_threads):
+    from catboost import CatBoostRegressor
+    from lightgbm import LGBMRegressor
+    from sklearn.ensemble import StackingRegressor
+    from sklearn.linear_model import LinearRegression
+    from sklearn.model_selection import KFold
+    from xgboost import XGBRegressor
+
+    from smdownscale.core.stack import DEFAULT_PARAMS
+
+    xgb = dict(DEFAULT_PARAMS["xgboost"])
+    lgb = dict(DEFAULT_PARAMS["lightgbm"])
+    cat = dict(DEFAULT_PARAMS["catboost"])
+    return StackingRegressor(
+        estimators=[
+            ("xgboost", XGBRegressor(tree_method="hist", random_state=seed, n_jobs=n_threads, **xgb)),
+            ("lightgbm", LGBMRegressor(random_state=seed, n_jobs=n_threads, verbosity=-1, **lgb)),
+            ("catboost", CatBoostRegressor(random_seed=seed, thread_count=n_threads, verbose=False,
+                                           allow_writing_files=False, **cat)),
+        ],
+        final_estimator=LinearRegression(positive=True),
+        cv=KFold(5, shuffle=True, random_state=seed))
+
+
+def phase_naive(work):
+    from smdownscale.core.stack import encode
+
+    dataset, partitions, samples, split_train_test = _samples_and_split(work)
+    from smdownscale.core.modelfile import load_model
+
+    model = load_model(paths(work)["model"])
+    encoder = next(iter(model.models.values())).encoder_
+    n_threads = os.cpu_count()
+    started = time.time()
+    fitted, squared_errors, n_test = {}, 0.0, 0
+    for index, name in enumerate(partitions.names):
+        mine = samples.partition == index
+        X, y = encode(samples.X[mine], encoder).astype("float64"), samples.y[mine].astype("float64")
+        train_index, test_index = split_train_test(samples, np.flatnonzero(mine), strategy="random", seed=42)
+        train_rows = np.searchsorted(np.flatnonzero(mine), train_index)
+        test_rows = np.searchsorted(np.flatnonzero(mine), test_index)
+        stack = _naive_stack(42, n_threads).fit(X[train_rows], y[train_rows])
+        squared_errors += float(np.sum((stack.predict(X[test_rows]) - y[test_rows]) ** 2))
+        n_test += test_rows.size
+        fitted[index] = stack
+    train_wall = time.time() - started
+
+    # whole arrays in memory: every pixel of PREDICT_DATES dates at once, float64
+    from smdownscale.core.partitions import partition_index_on_grid
+
+    pixel_partition = partition_index_on_grid(partitions, dataset.fine_grid, mode="centre").ravel()
+    started = time.time()
+    features = np.concatenate([dataset.fine_features(d, None) for d in range(PREDICT_DATES)])
+    which = np.tile(pixel_partition, PREDICT_DATES)
+    encoded = encode(features, encoder).astype("float64")
+    prediction = np.full(features.shape[0], np.nan)
+    for index, stack in fitted.items():
+        rows = which == index
+        prediction[rows] = stack.predict(encoded[rows])
+    predict_wall = time.time() - started
+    return {"train_s": round(train_wall, 1), "test_rmse_stack": round(float(np.sqrt(squared_errors / n_test)), 5),
+            "predict_pixels": int(features.shape[0]), "predict_s": round(predict_wall, 2),
+            "predict_pixels_per_s": round(features.shape[0] / predict_wall),
+            "peak_rss_mb": round(peak_rss_mb())}
+
+
+def phase_predict(work):
+    from smdownscale.core.predict import predict
+
+    p = paths(work)
+    started = time.time()
+    info = predict(p["dataset"], p["model"], p["prediction"])
+    wall = time.time() - started
+    from smdownscale.core.dataset import Dataset
+
+    dataset = Dataset.open(p["dataset"])
+    pixels = dataset.fine_grid.width * dataset.fine_grid.height * len(dataset.dates)
+    return {"predict_s": round(wall, 1), "grid_pixels": pixels, "pixels_per_s": round(pixels / wall),
+            "valid_pixels_predicted": info.get("pixels_predicted"),
+            "valid_pixels_per_s": round(info.get("pixels_predicted", 0) / wall),
+            "peak_rss_mb": round(peak_rss_mb())}
+
+
+def phase_raw(work):
+    """The trained boosters called directly (native predict) on the same pixels."""
+    from smdownscale.core.modelfile import load_model
+    from smdownscale.core.partitions import Partitions, partition_index_on_grid
+    from smdownscale.core.dataset import Dataset
+    from smdownscale.core.stack import encode
+
+    p = paths(work)
+    dataset = Dataset.open(p["dataset"])
+    model = load_model(p["model"])
+    partitions = Partitions.from_json(model.partitions_json)
+    pixel_partition = partition_index_on_grid(partitions, dataset.fine_grid, mode="centre").ravel()
+    features = np.concatenate([dataset.fine_features(d, None) for d in range(PREDICT_DATES)])
+    which = np.tile(pixel_partition, PREDICT_DATES)
+    valid = np.isfinite(features).all(axis=1) & (which >= 0)
+    encoder = next(iter(model.models.values())).encoder_
+    encoded = encode(features[valid], encoder)
+    which = which[valid]
+    started = time.time()
+    for index, name in enumerate(partitions.names):
+        rows = encoded[which == index]
+        model.models[name].base_predict(rows, encoded=True)
+    wall = time.time() - started
+    all_pixels = features.shape[0]
+    return {"pixels": int(all_pixels), "valid_pixels": int(valid.sum()), "boosters_s": round(wall, 2),
+            "pixels_per_s": round(all_pixels / wall), "valid_pixels_per_s": round(valid.sum() / wall)}
+
+
+def phase_big(work):
+    """One date on a 10,000 x 10,000 grid (50 m pixels over the scenario), block-wise."""
+    from smdownscale.core.predict import predict
+
+    p = paths(work)
+    make_big_dataset(p["dataset"], p["big_dataset"], BIG_SIZE)
+    before = peak_rss_mb()
+    started = time.time()
+    predict(p["big_dataset"], p["model"], p["big_prediction"])
+    return {"grid": f"{BIG_SIZE}x{BIG_SIZE}", "predict_s": round(time.time() - started, 1),
+            "peak_rss_mb": round(peak_rss_mb()), "peak_rss_before_predict_mb": round(before)}
+
+
+def make_big_dataset(source_folder, folder, size):
+    """A one-date prepared dataset on a size x size grid, written window by window.
+
+    Each fine predictor of the bench dataset's first date is upsampled (nearest) to 50 m, so the
+    big grid covers the same area as the partitions.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    from smdownscale.core.common import series_profile
+
+    if os.path.exists(os.path.join(folder, "dataset.json")):
+        return
+    with open(os.path.join(source_folder, "dataset.json")) as handle:
+        manifest = json.load(handle)
+    os.makedirs(os.path.join(folder, "fine"), exist_ok=True)
+    grid = manifest["fine_grid"]
+    a, b, c, d, e, f = grid["transform"][:6]
+    factor = 20
+    big_grid = dict(grid, transform=[a / factor, b, c, d, e / factor, f], width=size, height=size)
+    date = manifest["dates"][0]
+    for predictor in manifest["predictors"]:
+        if predictor.get("derived"):
+            continue
+        name = predictor["name"]
+        with rasterio.open(os.path.join(source_folder, "fine", f"{name}.tif")) as src:
+            values = src.read(1)
+        profile = series_profile({"crs": rasterio.crs.CRS.from_wkt(grid["crs"]),
+                                  "transform": rasterio.Affine(*big_grid["transform"]),
+                                  "width": size, "height": size}, 1)
+        with rasterio.open(os.path.join(folder, "fine", f"{name}.tif"), "w", **profile) as dst:
+            if predictor.get("dynamic"):
+                dst.set_band_description(1, date)
+            step = 1000
+            for row in range(0, size, step):
+                rows = np.arange(row, min(row + step, size)) // factor
+                rows = np.clip(rows, 0, values.shape[0] - 1)
+                cols = np.clip(np.arange(size) // factor, 0, values.shape[1] - 1)
+                dst.write(values[np.ix_(rows, cols)], 1, window=Window(0, row, size, rows.size))
+    manifest = dict(manifest, dates=[date], fine_grid=big_grid)
+    with open(os.path.join(folder, "dataset.json"), "w") as handle:
+        json.dump(manifest, handle)
+    if os.path.isdir(os.path.join(source_folder, "coarse")):
+        os.symlink(os.path.join(source_folder, "coarse"), os.path.join(folder, "coarse"))
+
+
+PHASES = {"data": phase_data, "train": phase_train, "naive": phase_naive, "predict": phase_predict,
+          "raw": phase_raw, "big": phase_big}
+
+
+def run_phase(name, work):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".plugin-path"))
+    completed = subprocess.run([sys.executable, __file__, "--work", work, "--phase", name],
+                               capture_output=True, text=True, env=env)
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stderr[-3000:])
+        return {"error": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "failed"}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=os.path.join(HERE, "output"))
+    parser.add_argument("--phase", choices=sorted(PHASES))
+    parser.add_argument("--skip", nargs="*", default=[], help="phases to skip (e.g. data when it exists)")
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    if args.phase:
+        print(json.dumps(PHASES[args.phase](args.work)))
+        return
+    results = {"machine": {"cpus": os.cpu_count()}}
+    for name in ("data", "train", "naive", "predict", "raw", "big"):
+        if name in args.skip:
+            continue
+        print(f"phase {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_phase(name, args.work)
+        print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
+    train, naive, pred, raw = (results.get(k, {}) for k in ("train", "naive", "predict", "raw"))
+    try:
+        results["ratios"] = {
+            "training_speedup_vs_naive": round(naive["train_s"] / train["train_s"], 2),
+            "test_rmse_ours_minus_naive": round(train["test_rmse_stack"] - naive["test_rmse_stack"], 5),
+            "prediction_vs_raw_boosters": round(pred["pixels_per_s"] / raw["pixels_per_s"], 2),
+            "prediction_vs_naive": round(pred["pixels_per_s"] / naive["predict_pixels_per_s"], 2),
+        }
+    except (KeyError, TypeError, ZeroDivisionError):
+        pass
+    print(json.dumps(results, indent=1))
+    with open(os.path.join(args.work, "bench.json"), "w") as handle:
+        json.dump(results, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
