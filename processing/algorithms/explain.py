@@ -1,0 +1,122 @@
+"""smdownscale:explain - SHAP importance of the predictors of a trained model."""
+import os
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from .base import SmdAlgorithm, tr
+from .train import dataset_folder_error
+
+
+def table_fields():
+    fields = QgsFields()
+    fields.append(QgsField("partition", QVariant.String))
+    fields.append(QgsField("predictor", QVariant.String))
+    fields.append(QgsField("mean_abs_shap", QVariant.Double))
+    return fields
+
+
+def row_values(row):
+    """(partition, predictor, mean_abs_shap) from a dict row or a tuple row."""
+    if isinstance(row, dict):
+        return row["partition"], row["predictor"], row["mean_abs_shap"]
+    return tuple(row[:3])
+
+
+class ExplainAlgorithm(SmdAlgorithm):
+    MODEL = "MODEL"
+    DATASET = "DATASET"
+    MAX_SAMPLES = "MAX_SAMPLES"
+    SEED = "SEED"
+    OUTPUT_TABLE = "OUTPUT_TABLE"
+
+    ALG_ID = "explain"
+    DISPLAY_NAME = "Explain model (SHAP importance)"
+    GROUP_ID = "downscaling"
+    REQUIRES = ("shap", "xgboost", "lightgbm", "catboost")
+    HELP = (
+        "Computes how much each predictor drives the trained model: the mean absolute SHAP "
+        "value per predictor and partition (m3/m3), on a sample of the dataset's coarse cells. "
+        "One-hot land-cover columns are summed back into one <i>lc</i> entry."
+        "<h3>Inputs</h3><b>Model</b>: .smdmodel.zip from <i>Train downscaling model</i>. "
+        "<b>Prepared dataset</b>: the dataset it was trained on (or one with the same predictors). "
+        "Advanced: the number of samples explained per partition and the sampling seed."
+        "<h3>Output</h3>A table (partition, predictor, mean_abs_shap), largest first within each "
+        "partition.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        param = QgsProcessingParameterFile(self.MODEL, tr("Model file"), extension="zip")
+        param.setHelp(tr("The .smdmodel.zip written by Train downscaling model."))
+        self.addParameter(param)
+        param = QgsProcessingParameterFile(
+            self.DATASET, tr("Prepared dataset folder"), behavior=QgsProcessingParameterFile.Folder)
+        param.setHelp(tr("Folder written by Prepare downscaling dataset (holds dataset.json)."))
+        self.addParameter(param)
+        param = QgsProcessingParameterNumber(
+            self.MAX_SAMPLES, tr("Samples explained per partition"),
+            QgsProcessingParameterNumber.Integer, defaultValue=2000, minValue=10)
+        param.setHelp(tr("More samples = steadier importances, longer run."))
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+        param = QgsProcessingParameterNumber(
+            self.SEED, tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0)
+        param.setHelp(tr("Seed of the sample drawn."))
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+        param = QgsProcessingParameterFeatureSink(
+            self.OUTPUT_TABLE, tr("SHAP importance table"), QgsProcessing.TypeVector)
+        param.setHelp(tr("Table of mean |SHAP| per partition and predictor."))
+        self.addParameter(param)
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        error = dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
+        if error:
+            return False, error
+        model = self.parameterAsFile(parameters, self.MODEL, context)
+        if not os.path.isfile(model):
+            return False, tr("Model file {!r} does not exist; train a model first.").format(model)
+        return True, ""
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.require_packages()
+        from ...core.explain import explain
+
+        dataset = self.parameterAsFile(parameters, self.DATASET, context)
+        error = dataset_folder_error(dataset)
+        if error:
+            raise QgsProcessingException(error)
+        rows = self.run_core(
+            explain, self.parameterAsFile(parameters, self.MODEL, context), dataset,
+            max_samples=self.parameterAsInt(parameters, self.MAX_SAMPLES, context),
+            seed=self.parameterAsInt(parameters, self.SEED, context), progress=self.progress(feedback))
+        fields = table_fields()
+        sink, sink_id = self.parameterAsSink(parameters, self.OUTPUT_TABLE, context, fields,
+                                             QgsWkbTypes.NoGeometry, QgsCoordinateReferenceSystem())
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT_TABLE))
+        for row in rows:
+            partition, predictor, value = row_values(row)
+            feature = QgsFeature(fields)
+            feature.setAttributes([str(partition), str(predictor), float(value)])
+            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+            feedback.pushInfo(f"{partition} {predictor}: {float(value):.5f}")
+        return {self.OUTPUT_TABLE: sink_id}
+
+
+ALGORITHMS = [ExplainAlgorithm]

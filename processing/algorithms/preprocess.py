@@ -1,0 +1,166 @@
+"""smdownscale:preprocess - align predictors and the coarse soil moisture into a dataset folder."""
+import os
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from ..layers import crs_wkt, raster_path
+from .base import SmdAlgorithm, tr
+
+
+def split_names(text):
+    """``"lc, soil"`` -> ``["lc", "soil"]`` (empty items dropped)."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+class PreprocessAlgorithm(SmdAlgorithm):
+    PREDICTORS = "PREDICTORS"
+    CATEGORICAL = "CATEGORICAL"
+    MASK_CLASSES = "MASK_CLASSES"
+    COARSE_SM = "COARSE_SM"
+    FINE_RESOLUTION = "FINE_RESOLUTION"
+    TARGET_CRS = "TARGET_CRS"
+    MIN_VALID_FRACTION = "MIN_VALID_FRACTION"
+    OUTPUT = "OUTPUT"
+
+    ALG_ID = "preprocess"
+    DISPLAY_NAME = "Prepare downscaling dataset"
+    GROUP_ID = "downscaling"
+    HELP = (
+        "Aligns the predictor rasters and the coarse soil-moisture series into a prepared "
+        "dataset folder that <i>Train downscaling model</i> and <i>Predict fine soil moisture</i> read."
+        "<h3>Inputs</h3>"
+        "<b>Predictors</b>: one GeoTIFF per predictor; the predictor name is the file name without "
+        "extension (e.g. <code>ndvi.tif</code> is <i>ndvi</i>). A time series is one multi-band "
+        "raster whose band descriptions are the dates (YYYY-MM-DD); a static predictor (DEM, soil "
+        "texture, land cover) has one band. Nodata = the raster nodata value or NaN. The day of "
+        "year (<i>doy</i>) is added automatically.<br>"
+        "<b>Categorical predictors</b>: names aggregated by majority instead of mean (default "
+        "<code>lc</code>).<br>"
+        "<b>Mask classes</b>: classes to drop, e.g. <code>lc:0</code> removes water, "
+        "<code>lc:0,5</code> water and class 5.<br>"
+        "<b>Coarse soil moisture</b>: the target series (e.g. SMAP L4 9 km, m3/m3), one band per "
+        "date with the date as band description. Only dates present in every dynamic predictor "
+        "are kept.<br>"
+        "<b>Fine resolution / target CRS</b>: the output grid (default 1000 m in the predictors' "
+        "CRS).<br>"
+        "<b>Minimum valid fraction</b>: a coarse cell is used for training only if at least this "
+        "share of its fine pixels has all predictors."
+        "<h3>Output</h3>A folder with <code>dataset.json</code>, <code>fine/</code> and "
+        "<code>coarse/</code> GeoTIFFs.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        param = QgsProcessingParameterMultipleLayers(
+            self.PREDICTORS, tr("Predictor rasters"), QgsProcessing.TypeRaster)
+        param.setHelp(tr("One GeoTIFF per predictor, named after the predictor; time series "
+                         "with one band per date (band description YYYY-MM-DD)."))
+        self.addParameter(param)
+        param = QgsProcessingParameterString(
+            self.CATEGORICAL, tr("Categorical predictors (comma-separated names)"), defaultValue="lc",
+            optional=True)
+        param.setHelp(tr("Predictor names aggregated by majority (mode) onto the coarse grid."))
+        self.addParameter(param)
+        param = QgsProcessingParameterString(
+            self.MASK_CLASSES, tr("Classes to mask (e.g. lc:0)"), optional=True)
+        param.setHelp(tr("name:class,class;name:class - pixels of these classes are excluded "
+                         "(e.g. lc:0 drops water)."))
+        self.addParameter(param)
+        param = QgsProcessingParameterRasterLayer(self.COARSE_SM, tr("Coarse soil moisture series"))
+        param.setHelp(tr("Soil moisture (m3/m3) on the coarse grid, one band per date described "
+                         "YYYY-MM-DD."))
+        self.addParameter(param)
+        param = QgsProcessingParameterNumber(
+            self.FINE_RESOLUTION, tr("Fine resolution (target CRS units)"),
+            QgsProcessingParameterNumber.Double, defaultValue=1000.0, minValue=1e-9)
+        param.setHelp(tr("Pixel size of the fine output grid, in units of the target CRS."))
+        self.addParameter(param)
+        param = QgsProcessingParameterCrs(self.TARGET_CRS, tr("Target CRS"), optional=True)
+        param.setHelp(tr("CRS of the fine grid; empty = the CRS of the first predictor."))
+        self.addParameter(param)
+        param = QgsProcessingParameterNumber(
+            self.MIN_VALID_FRACTION, tr("Minimum valid fraction of a coarse cell"),
+            QgsProcessingParameterNumber.Double, defaultValue=0.5, minValue=0.0, maxValue=1.0)
+        param.setHelp(tr("Coarse cells with fewer valid fine pixels are not used for training."))
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+        param = QgsProcessingParameterFolderDestination(self.OUTPUT, tr("Prepared dataset folder"))
+        param.setHelp(tr("Folder written with dataset.json, fine/ and coarse/."))
+        self.addParameter(param)
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        layers = self.parameterAsLayerList(parameters, self.PREDICTORS, context)
+        if not layers:
+            return False, tr("Choose at least one predictor raster.")
+        coarse = self.parameterAsRasterLayer(parameters, self.COARSE_SM, context)
+        for layer in layers + [coarse]:
+            if layer is not None and not layer.crs().isValid():
+                return False, tr("Raster {!r} has no coordinate reference system. Assign one "
+                                 "(Raster > Projections > Assign Projection) and run again."
+                                 ).format(layer.name())
+        names = [os.path.splitext(os.path.basename(layer.source()))[0] for layer in layers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            return False, tr("Two predictor files share the name {}; the file name is the "
+                             "predictor name, so rename one.").format(", ".join(duplicates))
+        unknown = [name for name in split_names(
+            self.parameterAsString(parameters, self.CATEGORICAL, context)) if name not in names]
+        if unknown:
+            return False, tr("Categorical predictor(s) {} are not among the predictors ({})."
+                             ).format(", ".join(unknown), ", ".join(names))
+        mask_text = self.parameterAsString(parameters, self.MASK_CLASSES, context)
+        if mask_text.strip():
+            from ...core.common import SmdError
+            from ...core.preprocess import parse_mask_classes
+
+            try:
+                mask = parse_mask_classes(mask_text)
+            except SmdError as err:
+                return False, str(err)
+            missing = [name for name in mask if name not in names]
+            if missing:
+                return False, tr("Mask classes refer to {} which is not a predictor ({})."
+                                 ).format(", ".join(missing), ", ".join(names))
+        return True, ""
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        from ...core.preprocess import parse_mask_classes, preprocess
+
+        layers = self.parameterAsLayerList(parameters, self.PREDICTORS, context)
+        predictor_paths = [raster_path(layer, tr("Predictors")) for layer in layers]
+        coarse_path = raster_path(self.parameterAsRasterLayer(parameters, self.COARSE_SM, context),
+                                  tr("Coarse soil moisture"))
+        categorical = tuple(split_names(self.parameterAsString(parameters, self.CATEGORICAL, context)))
+        mask_text = self.parameterAsString(parameters, self.MASK_CLASSES, context)
+        mask_classes = self.run_core(parse_mask_classes, mask_text) if mask_text.strip() else None
+        crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
+        output = self.parameterAsString(parameters, self.OUTPUT, context)
+        if not output:
+            raise QgsProcessingException(tr("Choose an output folder for the prepared dataset."))
+        feedback.pushInfo(tr("Predictors: {}").format(", ".join(
+            os.path.splitext(os.path.basename(path))[0] for path in predictor_paths)))
+        dataset = self.run_core(
+            preprocess, predictor_paths, coarse_path, output,
+            categorical=categorical, mask_classes=mask_classes,
+            fine_resolution=self.parameterAsDouble(parameters, self.FINE_RESOLUTION, context),
+            target_crs=crs_wkt(crs) if crs.isValid() else None,
+            min_valid_fraction=self.parameterAsDouble(parameters, self.MIN_VALID_FRACTION, context),
+            progress=self.progress(feedback))
+        feedback.pushInfo(tr("Prepared {} dates, {} predictors, fine grid {} x {}.").format(
+            len(dataset.dates), len(dataset.predictor_names), dataset.fine_grid.width,
+            dataset.fine_grid.height))
+        return {self.OUTPUT: output}
+
+
+ALGORITHMS = [PreprocessAlgorithm]

@@ -1,0 +1,210 @@
+"""smdownscale:validate - compare soil-moisture rasters with in-situ stations."""
+import math
+
+from qgis.core import (
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterRasterLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from ..layers import UbrmseStyle, crs_wkt, observations_from_source, raster_path, style_on_load
+from .base import SmdAlgorithm, tr
+
+METRIC_FIELDS = ("r", "rmse", "bias", "ubrmse")
+
+
+def output_fields():
+    fields = QgsFields()
+    fields.append(QgsField("product", QVariant.String))
+    fields.append(QgsField("site_id", QVariant.String))
+    fields.append(QgsField("n", QVariant.Int))
+    for name in METRIC_FIELDS:
+        fields.append(QgsField(name, QVariant.Double))
+    return fields
+
+
+def unique_product_names(layers):
+    """Layer names made unique (``name``, ``name_2``...), in order."""
+    names = []
+    for layer in layers:
+        base = layer.name() or "product"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _number(value):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+class ValidateAlgorithm(SmdAlgorithm):
+    DOWNSCALED = "DOWNSCALED"
+    OTHER_PRODUCTS = "OTHER_PRODUCTS"
+    STATIONS = "STATIONS"
+    SITE_FIELD = "SITE_FIELD"
+    DATE_FIELD = "DATE_FIELD"
+    VALUE_FIELD = "VALUE_FIELD"
+    OUTPUT = "OUTPUT"
+    OUTPUT_REPORT = "OUTPUT_REPORT"
+    MEAN_R = "MEAN_R"
+    MEDIAN_R = "MEDIAN_R"
+    MEAN_UBRMSE = "MEAN_UBRMSE"
+    MEAN_BIAS = "MEAN_BIAS"
+
+    ALG_ID = "validate"
+    DISPLAY_NAME = "Validate against stations"
+    GROUP_ID = "validation"
+    HELP = (
+        "Compares soil-moisture rasters with in-situ station readings, site by site, with the "
+        "paper's metrics: R, RMSE, bias (estimate minus station) and unbiased RMSE, all in m3/m3."
+        "<h3>Inputs</h3>"
+        "<b>Downscaled soil moisture</b>: a series raster (band description = date YYYY-MM-DD), "
+        "e.g. the output of <i>Predict fine soil moisture</i>.<br>"
+        "<b>Other products</b>: optional rasters of the same kind (e.g. the coarse SMAP series) "
+        "compared side by side; each is named after its layer.<br>"
+        "<b>Stations</b>: a point layer in long format, one feature per site and date, with a "
+        "site id field, a date field (date or text YYYY-MM-DD) and a soil-moisture value field "
+        "(m3/m3). Any CRS: points are reprojected onto each raster. The pixel under each station "
+        "is compared on the dates both have values."
+        "<h3>Outputs</h3><b>Validation points</b>: one feature per site and product with n, r, "
+        "rmse, bias and ubrmse, styled by ubRMSE (meets < 0.04, acceptable 0.04 - 0.06, poor). "
+        "<b>Report</b> (.html, .csv or .json) with per-site rows, the summary per product and "
+        "the sites that could not be matched. <b>MEAN_R, MEDIAN_R, MEAN_UBRMSE, MEAN_BIAS</b>: "
+        "the summary of the downscaled product over the sites.")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        param = QgsProcessingParameterRasterLayer(self.DOWNSCALED, tr("Downscaled soil moisture"))
+        param.setHelp(tr("Series raster, one band per date described YYYY-MM-DD."))
+        self.addParameter(param)
+        param = QgsProcessingParameterMultipleLayers(
+            self.OTHER_PRODUCTS, tr("Other products to compare"), QgsProcessing.TypeRaster,
+            optional=True)
+        param.setHelp(tr("Further series rasters (e.g. SMAP 9 km) validated side by side."))
+        self.addParameter(param)
+        param = QgsProcessingParameterFeatureSource(
+            self.STATIONS, tr("Station observations"), [QgsProcessing.TypeVectorPoint])
+        param.setHelp(tr("Points, one per site and date, with site id, date and value fields."))
+        self.addParameter(param)
+        for name, label, default, kind, help_text in (
+                (self.SITE_FIELD, "Site id field", "site_id", QgsProcessingParameterField.Any,
+                 "Identifies the station; readings with the same id form one site."),
+                (self.DATE_FIELD, "Date field", "date", QgsProcessingParameterField.Any,
+                 "Date of the reading (date type or text YYYY-MM-DD)."),
+                (self.VALUE_FIELD, "Soil moisture field (m3/m3)", "sm", QgsProcessingParameterField.Numeric,
+                 "Volumetric soil moisture measured at the station.")):
+            param = QgsProcessingParameterField(name, tr(label), defaultValue=default,
+                                                parentLayerParameterName=self.STATIONS, type=kind)
+            param.setHelp(tr(help_text))
+            self.addParameter(param)
+        param = QgsProcessingParameterFeatureSink(
+            self.OUTPUT, tr("Validation points"), QgsProcessing.TypeVectorPoint)
+        param.setHelp(tr("One point per site and product with n, r, rmse, bias, ubrmse."))
+        self.addParameter(param)
+        param = QgsProcessingParameterFileDestination(
+            self.OUTPUT_REPORT, tr("Validation report"), tr("HTML (*.html);;CSV (*.csv);;JSON (*.json)"),
+            optional=True, createByDefault=True)
+        param.setHelp(tr("Per-site metrics, the summary per product and unmatched sites."))
+        self.addParameter(param)
+        self.addOutput(QgsProcessingOutputNumber(self.MEAN_R, tr("Mean R (downscaled)")))
+        self.addOutput(QgsProcessingOutputNumber(self.MEDIAN_R, tr("Median R (downscaled)")))
+        self.addOutput(QgsProcessingOutputNumber(self.MEAN_UBRMSE, tr("Mean ubRMSE (downscaled)")))
+        self.addOutput(QgsProcessingOutputNumber(self.MEAN_BIAS, tr("Mean bias (downscaled)")))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        layers = [self.parameterAsRasterLayer(parameters, self.DOWNSCALED, context)]
+        layers += self.parameterAsLayerList(parameters, self.OTHER_PRODUCTS, context)
+        for layer in layers:
+            if layer is not None and not layer.crs().isValid():
+                return False, tr("Raster {!r} has no coordinate reference system; assign one "
+                                 "first.").format(layer.name())
+        source = self.parameterAsSource(parameters, self.STATIONS, context)
+        if source is None:
+            return False, tr("The station layer could not be loaded.")
+        if not source.sourceCrs().isValid():
+            return False, tr("The station layer has no coordinate reference system; assign one first.")
+        names = source.fields().names()
+        for param in (self.SITE_FIELD, self.DATE_FIELD, self.VALUE_FIELD):
+            field = self.parameterAsString(parameters, param, context)
+            if field not in names:
+                return False, tr("The station layer has no field {!r} (parameter {}). Fields: {}."
+                                 ).format(field, param, ", ".join(names))
+        return True, ""
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        from ...core.validate import validate, write_validation_report
+
+        layers = [self.parameterAsRasterLayer(parameters, self.DOWNSCALED, context)]
+        layers += self.parameterAsLayerList(parameters, self.OTHER_PRODUCTS, context)
+        names = unique_product_names(layers)
+        products = {name: raster_path(layer, name) for name, layer in zip(names, layers)}
+        source = self.parameterAsSource(parameters, self.STATIONS, context)
+        if source is None:
+            raise QgsProcessingException(tr("The station layer could not be loaded."))
+        observations, skipped = observations_from_source(
+            source, self.parameterAsString(parameters, self.SITE_FIELD, context),
+            self.parameterAsString(parameters, self.DATE_FIELD, context),
+            self.parameterAsString(parameters, self.VALUE_FIELD, context))
+        if skipped:
+            feedback.pushWarning(tr("{} station features without point, date or value were skipped."
+                                    ).format(skipped))
+        if not observations:
+            raise QgsProcessingException(tr("The station layer has no readings with a point, a date "
+                                            "and a value."))
+        feedback.pushInfo(tr("{} readings, products: {}").format(len(observations), ", ".join(names)))
+        result = self.run_core(validate, products, observations,
+                               stations_crs=crs_wkt(source.sourceCrs()),
+                               progress=self.progress(feedback))
+        for site_id, reason in getattr(result, "unmatched", []) or []:
+            feedback.pushWarning(tr("Site {}: {}").format(site_id, reason))
+
+        sink, sink_id = self.parameterAsSink(parameters, self.OUTPUT, context, output_fields(),
+                                             QgsWkbTypes.Point, source.sourceCrs())
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        for row in result.per_site:
+            feature = QgsFeature(output_fields())
+            feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(float(row["x"]), float(row["y"]))))
+            feature.setAttributes([str(row["product"]), str(row["site_id"]), int(row["n"])]
+                                  + [_number(row[name]) for name in METRIC_FIELDS])
+            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+        style_on_load(context, sink_id, UbrmseStyle)
+
+        results = {self.OUTPUT: sink_id}
+        report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        if report_path:
+            self.run_core(write_validation_report, result, report_path)
+            results[self.OUTPUT_REPORT] = report_path
+        summary = result.summary[names[0]]
+        results.update({self.MEAN_R: summary["mean_r"], self.MEDIAN_R: summary["median_r"],
+                        self.MEAN_UBRMSE: summary["mean_ubrmse"], self.MEAN_BIAS: summary["mean_bias"]})
+        for name in names:
+            feedback.pushInfo("{}: {}".format(name, ", ".join(
+                f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in result.summary[name].items())))
+        return results
+
+
+ALGORITHMS = [ValidateAlgorithm]
