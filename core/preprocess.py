@@ -1,0 +1,428 @@
+"""Step 1: predictors + coarse soil moisture -> a prepared dataset folder (see core/dataset.py).
+
+1. Validate every input before writing anything: CRSs, overlap, dates, names, options.
+2. Per date and predictor, warp onto the fine grid (GDAL average for continuous, mode for
+   categorical; nodata honoured) and blank the pixels of masked classes in every predictor.
+3. Aggregate each fine predictor onto the coarse grid (average / mode); a coarse value is kept
+   only where valid fine pixels cover at least ``min_valid_fraction`` of the cell.
+4. Copy the soil moisture onto the cropped coarse grid (NaN for its nodata, and where valid fine
+   pixels of all predictors cover less than ``min_valid_fraction`` of the cell).
+
+Everything is written into a temporary folder renamed at the end (``atomic_output``).
+"""
+import os
+
+import numpy as np
+
+from .common import (Progress, SmdError, atomic_output, is_nodata, read_band_dates,
+                     series_profile)
+from .dataset import (DOY, TARGET, VALID_FRACTION, Dataset, coarse_path, fine_path,
+                      write_manifest)
+from .grids import (Grid, coarse_grid_for, fine_grid_for, padded_grid, parse_crs,
+                    transform_bounds_safe)
+
+DEFAULT_CATEGORICAL = ("lc",)
+RESERVED_NAMES = (DOY, TARGET, VALID_FRACTION)
+
+
+def parse_mask_classes(text):
+    """Parse ``"lc:0,5; soil:3"`` into ``{"lc": [0, 5], "soil": [3]}``.
+
+    Entries are separated by ``;``, classes by ``,``. Empty text gives ``{}``; a dict is
+    returned normalised. SmdError on anything else.
+    """
+    if text is None:
+        return {}
+    if isinstance(text, dict):
+        items = text.items()
+    else:
+        items = []
+        for entry in str(text).split(";"):
+            entry = entry.strip()
+            if not entry:
+                continue
+            name, sep, values = entry.partition(":")
+            if not sep or not name.strip():
+                raise SmdError(f"Mask classes entry {entry!r} is not of the form name:class,class "
+                               "(e.g. 'lc:0,5').")
+            items.append((name.strip(), [v for v in values.split(",") if v.strip()]))
+    result = {}
+    for name, values in items:
+        if isinstance(values, (int, float, str)):
+            values = [values]
+        classes = []
+        for value in values:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise SmdError(f"Mask class {value!r} of {name!r} is not a number.") from None
+            classes.append(int(number) if number.is_integer() else number)
+        if not classes:
+            raise SmdError(f"Mask classes for {name!r} list no class value (e.g. '{name}:0').")
+        result.setdefault(str(name), [])
+        result[str(name)] += [c for c in classes if c not in result[str(name)]]
+    return result
+
+
+class _Input:
+    """An opened input raster with what validation learned about it."""
+
+    def __init__(self, path):
+        import rasterio
+
+        self.path = os.fspath(path)
+        self.label = os.path.basename(self.path)
+        self.name = os.path.splitext(self.label)[0]
+        if not os.path.isfile(self.path):
+            raise SmdError(f"Input raster {self.path!r} does not exist.")
+        try:
+            self.src = rasterio.open(self.path)
+        except rasterio.errors.RasterioIOError as err:
+            raise SmdError(f"Cannot open {self.path!r} as a raster: {err}") from err
+        self.grid = Grid.from_dataset(self.src)  # SmdError when the CRS is missing
+        self.dates = read_band_dates(self.src)
+        self.band_of_date = {date: band for band, date in enumerate(self.dates, start=1)}
+        nodata = self.src.nodata
+        if nodata is None and np.dtype(self.src.dtypes[0]).kind == "f":
+            nodata = float("nan")
+        self.nodata = nodata
+
+    @property
+    def dynamic(self):
+        return bool(self.dates)
+
+    def close(self):
+        self.src.close()
+
+
+def _as_names(value):
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.replace(";", ",").split(",")
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def _validate(predictor_paths, soil_moisture_path, output_folder, categorical, mask_classes,
+              fine_resolution, target_crs, min_valid_fraction):
+    """Open and check every input. Returns a dict of the plan; SmdError on any problem."""
+    if isinstance(predictor_paths, (str, os.PathLike)):
+        predictor_paths = [predictor_paths]
+    predictor_paths = list(predictor_paths or [])
+    if not predictor_paths:
+        raise SmdError("No predictor rasters given.")
+    if not (0.0 <= float(min_valid_fraction) <= 1.0):
+        raise SmdError(f"min_valid_fraction must be between 0 and 1, got {min_valid_fraction!r}.")
+    try:
+        fine_resolution = float(fine_resolution)
+    except (TypeError, ValueError):
+        raise SmdError(f"The fine resolution {fine_resolution!r} is not a number.") from None
+
+    output_folder = os.path.abspath(output_folder)
+    all_paths = [os.path.abspath(p) for p in predictor_paths] + [os.path.abspath(soil_moisture_path)]
+    inside = [p for p in all_paths if os.path.commonpath([p, output_folder]) == output_folder]
+    if inside:
+        raise SmdError(f"The output folder {output_folder!r} contains the input "
+                       f"{os.path.basename(inside[0])}; choose a new folder for the dataset.")
+    if (os.path.isdir(output_folder) and os.listdir(output_folder)
+            and not os.path.isfile(os.path.join(output_folder, "dataset.json"))):
+        raise SmdError(f"The output folder {output_folder!r} exists and is not a prepared dataset; "
+                       "choose a new or empty folder (it would be replaced).")
+    if os.path.exists(output_folder) and not os.path.isdir(output_folder):
+        raise SmdError(f"The output {output_folder!r} is a file; the dataset is a folder.")
+
+    inputs = []
+    try:
+        for path in predictor_paths:
+            inputs.append(_Input(path))
+        target = _Input(soil_moisture_path)
+        inputs_and_target = inputs + [target]
+    except BaseException:
+        for item in inputs:
+            item.close()
+        raise
+    plan = {"predictors": inputs, "target": target, "all": inputs_and_target,
+            "output_folder": output_folder, "min_valid_fraction": float(min_valid_fraction)}
+    try:
+        names = [item.name for item in inputs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise SmdError(f"Predictor names must be unique (a name is the file name without "
+                           f"extension); repeated: {', '.join(duplicates)}.")
+        reserved = [n for n in names if n in RESERVED_NAMES]
+        if reserved:
+            raise SmdError(f"{', '.join(reserved)} is a reserved name ({', '.join(RESERVED_NAMES)}); "
+                           "rename that predictor file.")
+
+        requested = _as_names(categorical)
+        unknown = [n for n in requested if n not in names]
+        if unknown and tuple(requested) != DEFAULT_CATEGORICAL:
+            raise SmdError(f"Categorical predictor(s) {', '.join(unknown)} not among the predictors "
+                           f"({', '.join(names)}).")
+        plan["categorical"] = [n for n in requested if n in names]
+
+        mask_classes = parse_mask_classes(mask_classes)
+        unknown = [n for n in mask_classes if n not in names]
+        if unknown:
+            raise SmdError(f"Mask classes name {', '.join(unknown)}, which is not a predictor "
+                           f"({', '.join(names)}).")
+        by_name = {item.name: item for item in inputs}
+        dynamic_masks = [n for n in mask_classes if by_name[n].dynamic]
+        if dynamic_masks:
+            raise SmdError(f"Mask classes can only be applied to static (single-band) predictors; "
+                           f"{', '.join(dynamic_masks)} is a time series.")
+        plan["mask_classes"] = mask_classes
+
+        if not target.dates:
+            raise SmdError(f"{target.label}: the soil-moisture raster needs one band per date, each "
+                           "described with its date as YYYY-MM-DD.")
+        dates = sorted(target.dates)
+        missing = {item.label: [d for d in dates if d not in item.band_of_date]
+                   for item in inputs if item.dynamic}
+        missing = {label: gone for label, gone in missing.items() if gone}
+        if missing:
+            lines = "; ".join(f"{label} lacks {len(gone)} date(s): {_short_list(gone)}"
+                              for label, gone in missing.items())
+            raise SmdError(f"Dynamic predictors must cover every soil-moisture date. {lines}. "
+                           "Gap-fill them or trim the soil-moisture series.")
+        plan["dates"] = dates
+
+        crs = parse_crs(target_crs, "Target CRS") if target_crs else inputs[0].grid.crs
+        footprints = [(item.label, transform_bounds_safe(item.grid.crs, crs, item.grid.bounds,
+                                                         item.label))
+                      for item in inputs_and_target]
+        fine_grid = fine_grid_for(footprints, crs, fine_resolution)
+        coarse_grid, target_window = coarse_grid_for(target.grid, fine_grid, target.label)
+        plan.update(fine_grid=fine_grid, coarse_grid=coarse_grid, target_window=target_window)
+    except BaseException:
+        for item in inputs_and_target:
+            item.close()
+        raise
+    return plan
+
+
+def _short_list(items, limit=10):
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _warp(source, src_nodata, grid, resampling, src_transform=None, src_crs=None):
+    """Warp a rasterio band or an array onto ``grid``; float32 with NaN where no data."""
+    from rasterio.warp import reproject
+
+    destination = np.full(grid.shape, np.nan, dtype="float32")
+    kwargs = {}
+    if src_transform is not None:
+        kwargs.update(src_transform=src_transform, src_crs=src_crs)
+    reproject(source=source, destination=destination, src_nodata=src_nodata,
+              dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
+              resampling=resampling, **kwargs)
+    return destination
+
+
+class _Aggregator:
+    """Fine grid -> coarse grid aggregation and coarse valid fractions."""
+
+    def __init__(self, fine_grid, coarse_grid):
+        self.fine_grid = fine_grid
+        self.coarse_grid = coarse_grid
+        # The validity mask is padded with zeros so coarse cells reaching beyond the fine grid
+        # count that area as invalid (GDAL's average would only average the covered part).
+        self.padded_grid, (self.pad_top, self.pad_left) = padded_grid(fine_grid, coarse_grid)
+
+    def valid_fraction(self, valid):
+        """Fraction of each coarse cell's area covered by True fine pixels."""
+        from rasterio.enums import Resampling
+
+        padded = np.zeros(self.padded_grid.shape, dtype="float32")
+        padded[self.pad_top:self.pad_top + valid.shape[0],
+               self.pad_left:self.pad_left + valid.shape[1]] = valid
+        fraction = _warp(padded, None, self.coarse_grid, Resampling.average,
+                         self.padded_grid.transform, self.padded_grid.crs)
+        return np.nan_to_num(fraction, nan=0.0)
+
+    def aggregate(self, fine, categorical, min_valid_fraction):
+        """Mean (or mode) of the valid fine pixels per coarse cell; NaN below the fraction."""
+        from rasterio.enums import Resampling
+
+        resampling = Resampling.mode if categorical else Resampling.average
+        coarse = _warp(fine, np.nan, self.coarse_grid, resampling, self.fine_grid.transform,
+                       self.fine_grid.crs)
+        coarse[self.valid_fraction(np.isfinite(fine)) < min_valid_fraction - 1e-6] = np.nan
+        return coarse
+
+
+def _categories(values):
+    found = np.unique(values[np.isfinite(values)])
+    return [int(v) if float(v).is_integer() else float(v) for v in found]
+
+
+def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorical=DEFAULT_CATEGORICAL,
+               mask_classes=None, fine_resolution=1000.0, target_crs=None, min_valid_fraction=0.5,
+               progress=None):
+    """Build a prepared dataset folder from predictor rasters and a soil-moisture series.
+
+    Parameters
+    ----------
+    predictor_paths : sequence of path
+        GeoTIFFs; a multi-band raster with ISO-date band descriptions is dynamic, a single-band
+        raster static. The predictor name is the file stem. Any CRS and resolution.
+    soil_moisture_path : path
+        Multi-band soil-moisture series (m3/m3), one band per date, on its own grid
+        (e.g. EASE-Grid 2.0 9 km). Its dates are the dataset's dates.
+    output_folder : path
+        The dataset folder to write (replaced if it already holds a dataset).
+    categorical : sequence of str or str
+        Names of categorical predictors (mode aggregation). The default ``("lc",)`` is ignored
+        when no predictor is called ``lc``; other unknown names are an error.
+    mask_classes : dict or str
+        ``{"lc": [0]}`` or ``"lc:0"``: fine pixels of these classes (of static predictors) are
+        excluded, i.e. NaN in every predictor, so they are never used nor predicted.
+    fine_resolution : float
+        Fine cell size in units of the target CRS.
+    target_crs : str or CRS or None
+        CRS of the fine grid; default the first predictor's CRS.
+    min_valid_fraction : float
+        Coarse cells less covered than this by valid fine pixels become NaN.
+    progress : Progress or None
+
+    Returns
+    -------
+    Dataset
+    """
+    from rasterio.enums import Resampling
+
+    progress = Progress.wrap(progress)
+    plan = _validate(predictor_paths, soil_moisture_path, output_folder, categorical, mask_classes,
+                     fine_resolution, target_crs, min_valid_fraction)
+    try:
+        _write(plan, progress, Resampling)
+    finally:
+        for item in plan["all"]:
+            item.close()
+    return Dataset.open(plan["output_folder"])
+
+
+def _write(plan, progress, Resampling):
+    import rasterio
+
+    fine_grid, coarse_grid = plan["fine_grid"], plan["coarse_grid"]
+    dates, min_fraction = plan["dates"], plan["min_valid_fraction"]
+    categorical, mask_classes = set(plan["categorical"]), plan["mask_classes"]
+    inputs, target = plan["predictors"], plan["target"]
+    statics = [item for item in inputs if not item.dynamic]
+    dynamics = [item for item in inputs if item.dynamic]
+    aggregator = _Aggregator(fine_grid, coarse_grid)
+    categories = {name: set() for name in categorical}
+    progress.info(f"Fine grid {fine_grid.width} x {fine_grid.height} cells of {fine_grid.res[0]} "
+                  f"({fine_grid.crs.to_string()}); coarse grid {coarse_grid.width} x "
+                  f"{coarse_grid.height} cells; {len(dates)} dates.")
+
+    def warp_input(item, band):
+        resampling = Resampling.mode if item.name in categorical else Resampling.average
+        return _warp(rasterio.band(item.src, band), item.nodata, fine_grid, resampling)
+
+    def record_categories(item, values):
+        if item.name in categories:
+            categories[item.name].update(_categories(values))
+
+    with atomic_output(plan["output_folder"]) as tmp:
+        os.makedirs(os.path.join(tmp, "fine"))
+        os.makedirs(os.path.join(tmp, "coarse"))
+
+        # Pixels of masked classes (static predictors only) are excluded everywhere.
+        excluded = np.zeros(fine_grid.shape, dtype=bool)
+        warped_static = {}
+        for item in statics:
+            if item.name in mask_classes:
+                values = warp_input(item, 1)
+                excluded |= np.isin(values, mask_classes[item.name])
+                warped_static[item.name] = values
+        progress.check()
+
+        static_valid = ~excluded
+        for item in statics:
+            values = warped_static.pop(item.name, None)
+            if values is None:
+                values = warp_input(item, 1)
+            values[excluded] = np.nan
+            record_categories(item, values)
+            static_valid &= np.isfinite(values)
+            _write_raster(fine_path(tmp, item.name), fine_grid, [values], None)
+            coarse = aggregator.aggregate(values, item.name in categorical, min_fraction)
+            _write_raster(coarse_path(tmp, item.name), coarse_grid, [coarse], None)
+            progress.check()
+        del values, warped_static
+
+        outputs = {}
+        try:
+            for item in dynamics:
+                outputs[("fine", item.name)] = _open_series(fine_path(tmp, item.name), fine_grid, dates)
+                outputs[("coarse", item.name)] = _open_series(coarse_path(tmp, item.name),
+                                                              coarse_grid, dates)
+            target_out = _open_series(coarse_path(tmp, TARGET), coarse_grid, dates)
+            outputs["target"] = target_out
+            fraction_out = _open_series(coarse_path(tmp, VALID_FRACTION), coarse_grid, dates)
+            outputs["fraction"] = fraction_out
+
+            for index, date in enumerate(dates):
+                progress.update(index / len(dates), f"Preparing {date}")
+                valid = static_valid.copy()
+                for item in dynamics:
+                    values = warp_input(item, item.band_of_date[date])
+                    values[excluded] = np.nan
+                    record_categories(item, values)
+                    valid &= np.isfinite(values)
+                    outputs[("fine", item.name)].write(values, index + 1)
+                    coarse = aggregator.aggregate(values, item.name in categorical, min_fraction)
+                    outputs[("coarse", item.name)].write(coarse, index + 1)
+                    progress.check()
+                fraction = aggregator.valid_fraction(valid)
+                fraction_out.write(fraction.astype("float32"), index + 1)
+
+                soil_moisture = target.src.read(target.band_of_date[date],
+                                                window=plan["target_window"]).astype("float32")
+                soil_moisture[is_nodata(soil_moisture, target.nodata)] = np.nan
+                soil_moisture[fraction < min_fraction - 1e-6] = np.nan
+                target_out.write(soil_moisture, index + 1)
+        finally:
+            for handle in outputs.values():
+                handle.close()
+
+        manifest_predictors = []
+        for item in inputs:
+            entry = {"name": item.name,
+                     "kind": "categorical" if item.name in categorical else "continuous",
+                     "dynamic": item.dynamic, "source": item.label}
+            if item.name in categorical:
+                entry["categories"] = sorted(categories[item.name])
+            manifest_predictors.append(entry)
+        manifest_predictors.append({"name": DOY, "kind": "continuous", "dynamic": True,
+                                    "derived": True})
+        write_manifest(tmp, dates=dates, predictors=manifest_predictors, fine_grid=fine_grid,
+                       coarse_grid=coarse_grid, min_valid_fraction=min_fraction,
+                       mask_classes=mask_classes,
+                       extra={"soil_moisture_source": target.label,
+                              "soil_moisture_window": [int(plan["target_window"].col_off),
+                                                       int(plan["target_window"].row_off)]})
+        progress.update(1.0, "Dataset written")
+
+
+def _open_series(path, grid, dates):
+    import rasterio
+
+    handle = rasterio.open(path, "w", **series_profile(grid.profile(), len(dates)))
+    for band, date in enumerate(dates, start=1):
+        handle.set_band_description(band, date)
+    return handle
+
+
+def _write_raster(path, grid, bands, dates):
+    import rasterio
+
+    with rasterio.open(path, "w", **series_profile(grid.profile(), len(bands))) as handle:
+        for band, values in enumerate(bands, start=1):
+            handle.write(np.asarray(values, dtype="float32"), band)
+            if dates:
+                handle.set_band_description(band, dates[band - 1])
+
