@@ -1,0 +1,397 @@
+"""Training step: coarse samples -> one Stacking model per terrain partition (+ a global one).
+
+Follows the paper (Section 3.3, "Model construction"): per partition, the samples (coarse cells x
+dates with valid soil moisture and predictors) are split 7:3 at random into training and test
+sets; XGBoost, LightGBM and CatBoost are fitted with five-fold cross-validation and fused by a
+non-negative linear meta-learner (:class:`.stack.StackEnsemble`); the test set is used only for
+the Table-3 metrics. A global model without partitions (the paper's "WP") is trained from the
+same call.
+
+Because neighbouring coarse cells and consecutive days are autocorrelated, ``cv_strategy`` can
+also split the test set and the folds by blocks of coarse cells ("spatial") or by whole dates
+("dates") instead of by sample ("random").
+"""
+import csv
+import html
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from .common import Progress, SmdError, atomic_output
+
+GLOBAL_LABEL = "WP"
+CV_STRATEGIES = ("random", "spatial", "dates")
+MODEL_LABELS = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost", "stack": "Stacking"}
+ROW_FIELDS = ("partition", "model", "n_train", "n_test", "r_train", "rmse_train", "r_test", "rmse_test")
+
+
+class Samples:
+    """Coarse training samples.
+
+    Attributes
+    ----------
+    X : float32 (n, n_predictors)     y : float32 (n,)
+    partition : int16 (n,) index into ``partition_names`` (-1 without partitions)
+    row, col : int32 (n,) coarse cell      date_index : int32 (n,)
+    predictor_names, partition_names : list of str      dates : list of str
+    """
+
+    def __init__(self, X, y, partition, row, col, date_index, predictor_names, partition_names, dates):
+        self.X, self.y, self.partition = X, y, partition
+        self.row, self.col, self.date_index = row, col, date_index
+        self.predictor_names = list(predictor_names)
+        self.partition_names = list(partition_names)
+        self.dates = list(dates)
+
+    def __len__(self):
+        return len(self.y)
+
+    def counts(self):
+        """Samples per partition name."""
+        counts = np.bincount(self.partition[self.partition >= 0], minlength=len(self.partition_names))
+        return {name: int(c) for name, c in zip(self.partition_names, counts)}
+
+
+def coarse_partition_index(partitions, grid):
+    """Partition index (int16 (h, w), -1 outside) of each coarse cell: majority of its area."""
+    from .partitions import partition_index_on_grid
+
+    return np.asarray(partition_index_on_grid(partitions, grid, mode="majority"), dtype=np.int16)
+
+
+def build_samples(dataset, partitions=None, *, progress=None):
+    """Collect coarse samples from a prepared dataset.
+
+    A sample is a coarse cell on a date where the soil moisture and every predictor are valid
+    (and, with partitions, the cell lies in one). Reads one date at a time.
+
+    Parameters
+    ----------
+    dataset : Dataset or str
+        An open :class:`.dataset.Dataset` or its folder.
+    partitions : Partitions or None
+        Terrain partitions; a coarse cell belongs to the one covering most of its area.
+    progress : Progress, optional
+
+    Returns
+    -------
+    Samples
+    """
+    from .dataset import Dataset
+
+    progress = Progress.wrap(progress)
+    if isinstance(dataset, (str, os.PathLike)):
+        dataset = Dataset.open(dataset)
+    h, w = dataset.coarse_grid.shape
+    if partitions is not None:
+        cell_partition = coarse_partition_index(partitions, dataset.coarse_grid).ravel()
+        if cell_partition.shape != (h * w,):
+            raise SmdError("The partition raster does not match the coarse grid.")
+        partition_names = list(partitions.names)
+        if not np.any(cell_partition >= 0):
+            raise SmdError("No coarse cell lies inside the partitions; check that the partition layer "
+                           "overlaps the soil-moisture grid (and its CRS).")
+    else:
+        cell_partition = np.full(h * w, -1, dtype=np.int16)
+        partition_names = []
+    rows, cols = np.divmod(np.arange(h * w, dtype=np.int32), np.int32(w))
+    parts = {key: [] for key in ("X", "y", "partition", "cell", "date")}
+    n_dates = len(dataset.dates)
+    for d in range(n_dates):
+        progress.update(d / n_dates, f"reading samples of {dataset.dates[d]}")
+        features = dataset.coarse_features(d)
+        target = dataset.read_target(d).ravel()
+        valid = np.isfinite(target) & np.all(np.isfinite(features), axis=1)
+        if partitions is not None:
+            valid &= cell_partition >= 0
+        cells = np.flatnonzero(valid)
+        parts["X"].append(features[cells])
+        parts["y"].append(target[cells])
+        parts["partition"].append(cell_partition[cells])
+        parts["cell"].append(cells.astype(np.int32))
+        parts["date"].append(np.full(cells.size, d, dtype=np.int32))
+    progress.update(1.0, "samples collected")
+    n_pred = len(dataset.predictor_names)
+    cat = {key: (np.concatenate(v) if v else np.empty(0)) for key, v in parts.items()}
+    X = cat["X"].astype(np.float32).reshape(-1, n_pred)
+    cell = cat["cell"].astype(np.int64)
+    return Samples(X, cat["y"].astype(np.float32), cat["partition"].astype(np.int16),
+                   rows[cell], cols[cell], cat["date"].astype(np.int32), dataset.predictor_names,
+                   partition_names, dataset.dates)
+
+
+def split_groups(samples, index, cv_strategy, spatial_block_cells):
+    """Group label of each sample for the test split and the folds (None for "random").
+
+    "spatial": blocks of ``spatial_block_cells`` x ``spatial_block_cells`` coarse cells;
+    "dates": the date.
+    """
+    if cv_strategy == "random":
+        return None
+    if cv_strategy == "dates":
+        return samples.date_index[index].astype(np.int64)
+    b = int(spatial_block_cells)
+    block_row = samples.row[index].astype(np.int64) // b
+    block_col = samples.col[index].astype(np.int64) // b
+    return block_row * 1_000_000 + block_col
+
+
+def split_train_test(samples, index, *, test_fraction, cv_strategy, spatial_block_cells, seed):
+    """Seeded train/test split of the samples ``index`` (positions into ``samples``).
+
+    Returns
+    -------
+    train, test : int arrays of positions into ``samples``; groups_train : groups or None
+    """
+    from sklearn.model_selection import GroupShuffleSplit, ShuffleSplit
+
+    groups = split_groups(samples, index, cv_strategy, spatial_block_cells)
+    if groups is None:
+        splitter = ShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+    else:
+        if np.unique(groups).size < 2:
+            raise SmdError(f"Only one {'date' if cv_strategy == 'dates' else 'spatial block'} is available, "
+                           "so no group can be held out for testing; use cv_strategy='random' or a "
+                           "smaller spatial_block_cells.")
+        splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+    train, test = next(splitter.split(index, groups=groups))
+    return index[train], index[test], (None if groups is None else groups[train])
+
+
+def _metric_rows(label, model, X_train, y_train, X_test, y_test):
+    from .metrics import r, rmse
+
+    def preds(X):
+        if len(X) == 0:
+            return np.empty((0, len(model.base_model_names_) + 1))
+        base = model.base_predict(X)
+        return np.column_stack([base, model.intercept_ + base @ model.weights_])
+
+    train_pred, test_pred = preds(X_train), preds(X_test)
+    rows = []
+    for k, name in enumerate(list(model.base_model_names_) + ["stack"]):
+        rows.append({"partition": label, "model": MODEL_LABELS[name], "n_train": int(len(y_train)),
+                     "n_test": int(len(y_test)),
+                     "r_train": r(train_pred[:, k], y_train), "rmse_train": rmse(train_pred[:, k], y_train),
+                     "r_test": r(test_pred[:, k], y_test), "rmse_test": rmse(test_pred[:, k], y_test)})
+    return rows
+
+
+class TrainingReport(dict):
+    """Training summary (dict): settings, per-partition results, Table-3 rows, warnings."""
+
+    def rows(self):
+        """Table-3 rows: partition, model, n_train, n_test, r_train, rmse_train, r_test, rmse_test."""
+        return [dict(row) for row in self.get("rows", [])]
+
+    def to_json(self, path):
+        return write_training_report(self, path)
+
+
+def _fit_one(samples, index, label, settings, progress):
+    """Split, fit and evaluate one StackEnsemble on ``samples[index]``."""
+    from sklearn.model_selection import GroupKFold, KFold
+
+    from .stack import StackEnsemble
+
+    train, test, groups = split_train_test(samples, index, test_fraction=settings["test_fraction"],
+                                           cv_strategy=settings["cv_strategy"],
+                                           spatial_block_cells=settings["spatial_block_cells"],
+                                           seed=settings["seed"])
+    folds = settings["folds"]
+    if groups is None:
+        cv = KFold(folds, shuffle=True, random_state=settings["seed"])
+        if len(train) < folds:
+            raise SmdError(f"Partition {label!r} has only {len(train)} training samples for {folds} folds.")
+    else:
+        n_groups = np.unique(groups).size
+        if n_groups < folds:
+            what = "dates" if settings["cv_strategy"] == "dates" else "spatial blocks"
+            raise SmdError(f"Partition {label!r} has only {n_groups} {what} in its training set, fewer than "
+                           f"{folds} folds; use fewer folds, {'more dates' if what == 'dates' else 'a smaller spatial_block_cells'} "
+                           "or cv_strategy='random'.")
+        cv = GroupKFold(folds)
+    model = StackEnsemble(base_models=tuple(settings["base_models"]), n_folds=folds, params=settings["params"],
+                          seed=settings["seed"], n_threads=settings["n_threads"],
+                          feature_names=samples.predictor_names, categorical=settings["categorical"])
+    model.fit(samples.X[train], samples.y[train], groups=groups, cv=cv, progress=progress)
+    rows = _metric_rows(label, model, samples.X[train], samples.y[train], samples.X[test], samples.y[test])
+    summary = {"partition": label, "n_samples": int(len(index)), "n_train": int(len(train)),
+               "n_test": int(len(test)), "base_models": list(model.base_model_names_),
+               "weights": [float(v) for v in model.weights_], "intercept": float(model.intercept_),
+               "status": "trained"}
+    return model, rows, summary
+
+
+def _check_settings(folds, test_fraction, cv_strategy, spatial_block_cells, min_samples):
+    if cv_strategy not in CV_STRATEGIES:
+        raise SmdError(f"cv_strategy={cv_strategy!r}: use one of {', '.join(CV_STRATEGIES)}.")
+    if int(folds) != folds or folds < 2:
+        raise SmdError(f"folds={folds!r}: use an integer of at least 2 (the paper uses 5).")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise SmdError(f"test_fraction={test_fraction!r}: use a fraction between 0 and 1 (the paper uses 0.3).")
+    if int(spatial_block_cells) < 1:
+        raise SmdError(f"spatial_block_cells={spatial_block_cells!r}: use at least 1 coarse cell.")
+    if int(min_samples) < 1:
+        raise SmdError(f"min_samples={min_samples!r}: use at least 1.")
+
+
+def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xgboost", "lightgbm", "catboost"),
+                folds=5, test_fraction=0.3, cv_strategy="random", spatial_block_cells=4, seed=42, params=None,
+                train_global=True, min_samples=50, fallback_to_global=False, n_threads=None, progress=None):
+    """Train the partitioned Stacking models and write the model file.
+
+    Parameters
+    ----------
+    dataset_folder : str
+        Prepared dataset (:mod:`.dataset`).
+    model_path : str
+        Output model file (zip, :mod:`.modelfile`); written only when everything succeeded.
+    partitions : Partitions or None
+        Terrain partitions; None trains only the global model.
+    base_models : sequence of str
+        Subset of xgboost, lightgbm, catboost.
+    folds : int
+        Cross-validation folds for the out-of-fold predictions (paper: 5).
+    test_fraction : float
+        Share of samples (or of blocks/dates) held out for testing (paper: 0.3).
+    cv_strategy : {"random", "spatial", "dates"}
+        How the test set and the folds are drawn: by sample, by blocks of
+        ``spatial_block_cells`` x ``spatial_block_cells`` coarse cells, or by whole dates.
+    seed : int
+    params : dict model name -> dict, optional
+        Hyper-parameter overrides (:data:`.stack.DEFAULT_PARAMS`).
+    train_global : bool
+        Also train the model without partitions ("WP").
+    min_samples : int
+        A partition with fewer samples is an error, or uses the global model when
+        ``fallback_to_global`` is True (recorded as a warning in the report).
+    n_threads : int or None
+        Threads per booster (None = all cores).
+    progress : Progress, optional
+
+    Returns
+    -------
+    TrainingReport
+    """
+    from .dataset import Dataset
+    from .modelfile import save_model
+
+    progress = Progress.wrap(progress)
+    _check_settings(folds, test_fraction, cv_strategy, spatial_block_cells, min_samples)
+    started = time.perf_counter()
+    dataset = Dataset.open(dataset_folder)
+    categorical = {p["name"]: (list(p["categories"]) if p.get("categories") else None)
+                   for p in dataset.predictors if p.get("kind") == "categorical"}
+    settings = {"base_models": list(base_models), "folds": int(folds), "test_fraction": float(test_fraction),
+                "cv_strategy": cv_strategy, "spatial_block_cells": int(spatial_block_cells), "seed": int(seed),
+                "params": params or {}, "train_global": bool(train_global), "min_samples": int(min_samples),
+                "fallback_to_global": bool(fallback_to_global), "n_threads": n_threads,
+                "categorical": categorical}
+    samples = build_samples(dataset, partitions, progress=progress.sub(0.0, 0.05))
+    if len(samples) == 0:
+        raise SmdError(f"The dataset {dataset_folder!r} has no coarse cell with valid soil moisture and "
+                       "predictors (inside the partitions); check the inputs and min_valid_fraction.")
+
+    warnings, fallback = [], {}
+    jobs = []  # (label, sample positions, is the global model)
+    if partitions is not None:
+        counts = samples.counts()
+        too_few = {name: c for name, c in counts.items() if c < min_samples}
+        for name, count in too_few.items():
+            if not fallback_to_global:
+                raise SmdError(f"Partition {name!r} has only {count} samples (minimum {min_samples}). Merge it "
+                               "with a neighbour, lower min_samples, or enable the fallback to the global model.")
+            fallback[name] = GLOBAL_LABEL
+            warnings.append(f"Partition {name!r} has only {count} samples (minimum {min_samples}); "
+                            "its pixels use the global (WP) model.")
+        for k, name in enumerate(samples.partition_names):
+            if name not in too_few:
+                jobs.append((name, np.flatnonzero(samples.partition == k), False))
+    if partitions is None or train_global or fallback:
+        if len(samples) < min_samples:
+            raise SmdError(f"The dataset has only {len(samples)} samples (minimum {min_samples}).")
+        jobs.append((GLOBAL_LABEL, np.arange(len(samples)), True))
+
+    models, global_model, rows, summaries = {}, None, [], []
+    total = sum(len(index) for _, index, _ in jobs)
+    done = 0
+    for label, index, is_global in jobs:
+        sub = progress.sub(0.05 + 0.9 * done / total, 0.05 + 0.9 * (done + len(index)) / total)
+        progress.update(0.05 + 0.9 * done / total, f"training {label} ({len(index)} samples)")
+        model, model_rows, summary = _fit_one(samples, index, label, settings, sub)
+        done += len(index)
+        rows += model_rows
+        summaries.append(summary)
+        if is_global:
+            global_model = model
+        else:
+            models[label] = model
+
+    for name in fallback:
+        summaries.append({"partition": name, "n_samples": samples.counts()[name], "status": "fallback to global"})
+    partitions_json = partitions.to_json() if partitions is not None else None
+    report = TrainingReport(
+        format="smdownscale-training-report", dataset=os.path.abspath(dataset_folder),
+        model_path=os.path.abspath(model_path), settings=settings, dates=list(dataset.dates),
+        predictors=[p["name"] for p in dataset.predictors], n_samples=len(samples),
+        partitions=summaries, rows=rows, warnings=warnings, fallback=fallback,
+        train_seconds=round(time.perf_counter() - started, 3))
+    progress.update(0.96, "writing the model file")
+    save_model(model_path, models=models, global_model=global_model, predictors=dataset.predictors,
+               partitions_json=partitions_json, fine_grid=dataset.fine_grid, coarse_grid=dataset.coarse_grid,
+               dates=dataset.dates, metrics={"rows": _json_safe(rows), "partitions": summaries},
+               params=_json_safe(settings), extra={"fallback": fallback, "warnings": warnings,
+                                                    "global_label": GLOBAL_LABEL})
+    progress.update(1.0, "model written")
+    return report
+
+
+def _json_safe(value):
+    """NaN -> None recursively (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_training_report(report, path):
+    """Write a training report as .json, .csv (Table-3 rows) or .html, atomically.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".json", ".csv", ".html", ".htm"):
+        raise SmdError(f"Report {path!r}: use a .json, .csv or .html file name.")
+    rows = report.rows() if hasattr(report, "rows") else list(report.get("rows", []))
+    with atomic_output(path) as tmp:
+        if ext == ".json":
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(_json_safe(dict(report)), handle, indent=1, allow_nan=False)
+        elif ext == ".csv":
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            def cell(v):
+                return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+            lines = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Training report</title></head>",
+                     "<body><h1>Stacking models: samples and performance (cf. paper Table 3)</h1>",
+                     "<table border='1'><tr>" + "".join(f"<th>{f}</th>" for f in ROW_FIELDS) + "</tr>"]
+            lines += ["<tr>" + "".join(f"<td>{cell(row.get(f))}</td>" for f in ROW_FIELDS) + "</tr>" for row in rows]
+            lines.append("</table>")
+            lines += [f"<p>Warning: {html.escape(w)}</p>" for w in report.get("warnings", [])]
+            lines.append("</body></html>")
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write("\n".join(lines))
+    return path
