@@ -1,0 +1,383 @@
+"""Block-wise prediction of fine-resolution soil moisture with a trained model file.
+
+For every requested date the fine grid of a prepared dataset is walked block by block: the
+block's predictor values are read (:meth:`Dataset.fine_features`), pixels with every predictor
+finite are predicted by the model of the partition containing their centre, the others stay NaN,
+and the block is written to a float32 tiled DEFLATE GeoTIFF (one band per date, band
+description = date, NaN nodata) through :func:`atomic_output`. Peak memory is bounded by the
+block size, not by the raster size.
+
+Residual correction (optional, additive and mass-conserving)
+------------------------------------------------------------
+Each fine pixel is assigned to the coarse (soil-moisture) cell containing its centre: a raster of
+coarse cell ids is reprojected onto the fine grid with nearest-neighbour resampling (GDAL warp,
+exact transformer). Per date, a first pass predicts every block, writes the raw prediction to a
+scratch GeoTIFF and accumulates, per coarse cell, the sum and count of predicted fine pixels
+(``np.bincount``). The residual ``sm_cell - mean(pred in cell)`` is then added to every predicted
+fine pixel of the cell in a second pass that reads the scratch file and writes the output, so the
+mean of the fine pixels of each cell equals the cell's soil moisture. Cells without soil moisture
+on that date (NaN target) are left uncorrected. The mean is taken over the predicted fine pixels
+of the cell that lie inside the fine grid. The largest ``|cell mean - cell SM|`` before and after
+correction (over cells that have both) is measured and returned.
+"""
+import math
+import os
+
+import numpy as np
+
+from .common import Progress, SmdError, atomic_output, series_profile
+from .dataset import Dataset
+
+#: Above this many fine pixels the per-block partition/cell maps are recomputed for every date
+#: instead of being kept in memory (6 bytes per pixel when cached).
+CACHE_PIXEL_LIMIT = 25_000_000
+
+
+def _describe(predictor):
+    kind = predictor.get("kind", "continuous")
+    timing = "dynamic" if predictor.get("dynamic") else "static"
+    return f"{kind}, {timing}"
+
+
+def match_predictors(model_predictors, dataset_predictors):
+    """Column indices of the model's predictors in the dataset's feature matrix (by name).
+
+    Raises
+    ------
+    SmdError
+        Listing the predictors missing from the dataset, the extra ones, and those whose kind
+        (continuous/categorical) or timing (dynamic/static) differs.
+    """
+    model_by_name = {p["name"]: p for p in model_predictors}
+    data_by_name = {p["name"]: p for p in dataset_predictors}
+    missing = [n for n in model_by_name if n not in data_by_name]
+    extra = [n for n in data_by_name if n not in model_by_name]
+    different = [
+        f"{n} (model: {_describe(model_by_name[n])}; dataset: {_describe(data_by_name[n])})"
+        for n in model_by_name if n in data_by_name
+        and (model_by_name[n].get("kind", "continuous") != data_by_name[n].get("kind", "continuous")
+             or bool(model_by_name[n].get("dynamic")) != bool(data_by_name[n].get("dynamic")))]
+    if missing or extra or different:
+        problems = []
+        if missing:
+            problems.append(f"missing from the dataset: {', '.join(missing)}")
+        if extra:
+            problems.append(f"in the dataset but not in the model: {', '.join(extra)}")
+        if different:
+            problems.append(f"different kind: {'; '.join(different)}")
+        raise SmdError(
+            "The dataset's predictors do not match the model's (" + " | ".join(problems) + "). "
+            f"The model was trained on {', '.join(model_by_name)}; prepare the dataset with exactly "
+            "these predictors (same names, kinds and dynamic/static).")
+    data_names = [p["name"] for p in dataset_predictors]
+    return [data_names.index(p["name"]) for p in model_predictors]
+
+
+def _select_dates(dataset, dates):
+    if dates is None:
+        return list(range(len(dataset.dates)))
+    if isinstance(dates, str):
+        dates = [d for d in dates.replace(";", ",").split(",") if d.strip()]
+    wanted = [str(d).strip()[:10] for d in dates]
+    unknown = [d for d in wanted if d not in dataset.dates]
+    if unknown:
+        raise SmdError(f"Date(s) {', '.join(unknown)} are not in the dataset. Available dates: "
+                       f"{', '.join(dataset.dates)}.")
+    if not wanted:
+        raise SmdError("The list of dates to predict is empty.")
+    seen = set()
+    return [dataset.dates.index(d) for d in wanted if not (d in seen or seen.add(d))]
+
+
+class _PixelModels:
+    """Which model predicts which fine pixel: partition maps per block, model per partition."""
+
+    def __init__(self, loaded, dataset, use_global, global_only):
+        self.dataset = dataset
+        self.global_model = loaded.global_model
+        self.partitions = None
+        self.models = []          # model (or None) per partition index
+        self.fallback = []        # partition names predicted by the global model
+        self.without_model = []   # partition names with no model at all (pixels stay NaN)
+        if global_only or use_global:
+            if loaded.global_model is None:
+                raise SmdError("The model file has no global (without partition) model; train with "
+                               "train_global enabled or switch off the global-model option.")
+        self.use_global = bool(use_global)
+        if global_only:
+            self.outside_model = loaded.global_model
+            return
+        if loaded.partitions_json is None:
+            # trained without partitions: one model for the whole grid
+            if loaded.global_model is not None:
+                self.outside_model = loaded.global_model
+            elif len(loaded.models) == 1:
+                self.outside_model = next(iter(loaded.models.values()))
+            else:
+                raise SmdError("The model file has several partition models but no partitions.")
+            return
+        from .partitions import Partitions
+
+        self.partitions = Partitions.from_json(loaded.partitions_json)
+        for name in self.partitions.names:
+            model = loaded.models.get(name)
+            if model is None and loaded.global_model is not None:
+                model = loaded.global_model
+                self.fallback.append(name)
+            elif model is None:
+                self.without_model.append(name)
+            self.models.append(model)
+        self.outside_model = loaded.global_model if use_global else None
+
+    def partition_index(self, window):
+        """int16 (rows, cols) partition index of a fine window, -1 outside every partition;
+        None when the whole grid uses one model."""
+        if self.partitions is None:
+            return None
+        from .partitions import partition_index_on_grid
+
+        return partition_index_on_grid(self.partitions, self.dataset.fine_grid.subgrid(window),
+                                       mode="centre")
+
+    def predict(self, X, partition_index, counts):
+        """float64 (n,) predictions of the valid rows X (n, p); NaN where no model applies.
+
+        ``counts`` (dict with "per_model", "outside", "without_model") is updated."""
+        out = np.full(X.shape[0], np.nan)
+        if X.shape[0] == 0:
+            return out
+        if partition_index is None:
+            out[:] = self.outside_model.predict(X)
+            counts["per_model"]["all"] = counts["per_model"].get("all", 0) + X.shape[0]
+            return out
+        for index in np.unique(partition_index):
+            if index < 0:
+                model, name = self.outside_model, "outside partitions"
+            else:
+                model, name = self.models[index], self.partitions.names[index]
+            rows = partition_index == index
+            n = int(rows.sum())
+            if index < 0:
+                counts["outside"] += n
+            if model is not None:
+                out[rows] = model.predict(X[rows])
+                per_model = counts["per_model"]
+                per_model[name] = per_model.get(name, 0) + n
+            else:
+                counts["without_model"] += n
+        return out
+
+
+def _cell_ids(dataset, window):
+    """int64 (rows, cols): id (row * w + col) of the coarse cell containing each fine pixel's
+    centre, -1 outside the coarse grid (GDAL nearest-neighbour warp, exact transformer)."""
+    from rasterio.warp import Resampling, reproject
+
+    coarse = dataset.coarse_grid
+    ids = np.arange(coarse.width * coarse.height, dtype="float64").reshape(coarse.shape)
+    destination = np.full((int(window.height), int(window.width)), -1.0)
+    reproject(ids, destination, src_transform=coarse.transform, src_crs=coarse.crs, src_nodata=-1.0,
+              dst_transform=dataset.fine_grid.window_transform(window), dst_crs=dataset.fine_grid.crs,
+              dst_nodata=-1.0, resampling=Resampling.nearest, tolerance=0.0)
+    return destination.astype("int64")
+
+
+class _BlockMaps:
+    """Per-block partition index and coarse cell ids, cached when the grid is small enough."""
+
+    def __init__(self, pixel_models, dataset, need_cells):
+        self.pixel_models = pixel_models
+        self.dataset = dataset
+        self.need_cells = need_cells
+        self.cache = {} if dataset.fine_grid.width * dataset.fine_grid.height <= CACHE_PIXEL_LIMIT else None
+
+    def get(self, window):
+        key = (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        partition = self.pixel_models.partition_index(window)
+        cells = _cell_ids(self.dataset, window).ravel() if self.need_cells else None
+        maps = (None if partition is None else np.asarray(partition).ravel(), cells)
+        if self.cache is not None:
+            self.cache[key] = maps
+        return maps
+
+
+def predict(dataset_folder, model_path, output_path, *, dates=None, residual_correction=False,
+            use_global=False, block_size=512, progress=None, global_only=False):
+    """Predict fine-resolution soil moisture for the dates of a prepared dataset.
+
+    Parameters
+    ----------
+    dataset_folder : str
+        Prepared dataset (core.preprocess) holding the fine predictors.
+    model_path : str
+        Model file (core.train / core.modelfile).
+    output_path : str
+        GeoTIFF to write: float32, tiled, DEFLATE, one band per date described by the date,
+        NaN nodata. Written atomically; nothing is left behind on error or cancellation.
+    dates : list of str or None
+        Subset of the dataset's dates (ISO), default all.
+    residual_correction : bool
+        Shift the fine pixels of every coarse cell so that their mean equals the cell's soil
+        moisture (additive, see module docstring).
+    use_global : bool
+        Predict pixels outside every partition with the global model (else they are NaN).
+    block_size : int
+        Side of the square blocks processed at once (pixels); memory grows with its square.
+    progress : Progress or None
+    global_only : bool
+        Predict every pixel with the global (without-partition) model: the paper's "WP" product.
+
+    Returns
+    -------
+    dict
+        ``output``, ``dates`` (written), ``pixels_predicted`` (over all dates), ``pixels_nan``
+        (fine pixels left NaN, over all dates), ``pixels_per_model`` (partition name, or
+        "outside partitions" for the global model there, or "all" -> pixels predicted),
+        ``pixels_outside_partitions`` (valid pixels outside every partition),
+        ``pixels_without_model`` (valid pixels left NaN: outside partitions without
+        ``use_global``, or in a partition with no model),
+        ``fallback_partitions`` (predicted by the global model), ``partitions_without_model``,
+        ``residual_correction``, ``max_cell_mismatch_before`` / ``max_cell_mismatch_after``
+        (m3/m3, largest ``|mean of fine pixels - cell SM|`` over cells and dates; None without
+        correction), ``cells_without_soil_moisture`` (cell-dates left uncorrected).
+
+    Raises
+    ------
+    SmdError
+        Predictor mismatch (lists names), unknown date (lists available dates), a model file or
+        dataset that cannot be read, block_size < 1.
+    """
+    import rasterio
+
+    from .modelfile import load_model
+
+    progress = Progress.wrap(progress)
+    try:
+        block_size = int(block_size)
+    except (TypeError, ValueError) as err:
+        raise SmdError(f"block_size must be a whole number of pixels, got {block_size!r}.") from err
+    if block_size < 1:
+        raise SmdError(f"block_size must be at least 1 pixel, got {block_size}.")
+    progress.update(0.0, "loading the model")
+    loaded = load_model(model_path)
+    with Dataset.open(dataset_folder) as dataset:
+        columns = match_predictors(loaded.predictors, dataset.predictors)
+        date_indexes = _select_dates(dataset, dates)
+        pixel_models = _PixelModels(loaded, dataset, use_global, global_only)
+        maps = _BlockMaps(pixel_models, dataset, residual_correction)
+        windows = list(dataset.fine_block_windows(block_size))
+        grid = dataset.fine_grid
+        n_cells = dataset.coarse_grid.width * dataset.coarse_grid.height
+        profile = series_profile(grid.profile(), len(date_indexes))
+        report = {"output": os.path.abspath(output_path),
+                  "dates": [dataset.dates[i] for i in date_indexes],
+                  "pixels_predicted": 0, "pixels_nan": 0, "pixels_per_model": {},
+                  "pixels_outside_partitions": 0, "pixels_without_model": 0,
+                  "fallback_partitions": list(pixel_models.fallback),
+                  "partitions_without_model": list(pixel_models.without_model),
+                  "residual_correction": bool(residual_correction),
+                  "max_cell_mismatch_before": None, "max_cell_mismatch_after": None,
+                  "cells_without_soil_moisture": None}
+        counts = {"per_model": report["pixels_per_model"], "outside": 0, "without_model": 0}
+        passes = 2 if residual_correction else 1
+        steps = len(date_indexes) * len(windows) * passes
+        state = {"step": 0}
+
+        def tick(band, what):
+            progress.check()
+            progress.update(state["step"] / steps, f"{dataset.dates[date_indexes[band]]}: {what}")
+            state["step"] += 1
+
+        def predict_block(date_index, window):
+            """float32 (rows, cols) prediction of one block; updates the counts."""
+            features = dataset.fine_features(date_index, window)[:, columns]
+            valid = np.isfinite(features).all(axis=1)
+            partition, cells = maps.get(window)
+            values = np.full(features.shape[0], np.nan, dtype="float32")
+            values[valid] = pixel_models.predict(
+                features[valid], None if partition is None else partition[valid], counts)
+            report["pixels_outside_partitions"] = counts["outside"]
+            report["pixels_without_model"] = counts["without_model"]
+            predicted = int(np.isfinite(values).sum())
+            report["pixels_predicted"] += predicted
+            report["pixels_nan"] += values.size - predicted
+            return values, cells
+
+        with atomic_output(output_path) as tmp:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for band, date_index in enumerate(date_indexes, start=1):
+                    dst.set_band_description(band, dataset.dates[date_index])
+                if not residual_correction:
+                    for band, date_index in enumerate(date_indexes, start=1):
+                        for window in windows:
+                            tick(band - 1, "predicting")
+                            values, _ = predict_block(date_index, window)
+                            dst.write(values.reshape(int(window.height), int(window.width)), band,
+                                      window=window)
+                else:
+                    _predict_with_correction(dataset, date_indexes, windows, dst, tmp, n_cells, maps,
+                                             predict_block, tick, report)
+        progress.update(1.0, f"wrote {len(date_indexes)} date(s) to {output_path}")
+    return report
+
+
+def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_cells, maps,
+                             predict_block, tick, report):
+    """Two passes per date: predict into a scratch raster while summing per coarse cell, then
+    write prediction + (cell SM - cell mean) to ``dst`` and measure the cell means written."""
+    import rasterio
+
+    grid = dataset.fine_grid
+    scratch_path = os.path.join(os.path.dirname(output_tmp),
+                                f".{os.path.basename(output_tmp)}.scratch.tif")
+    # uncompressed, so rewriting its blocks for every date happens in place
+    scratch_profile = dict(driver="GTiff", dtype="float32", nodata=float("nan"), count=1,
+                           **grid.profile())
+    worst_before = worst_after = 0.0
+    uncorrected = 0
+    try:
+        with rasterio.open(scratch_path, "w+", **scratch_profile) as scratch:
+            for band, date_index in enumerate(date_indexes, start=1):
+                sums = np.zeros(n_cells)
+                counts = np.zeros(n_cells)
+                for window in windows:
+                    tick(band - 1, "predicting")
+                    values, cells = predict_block(date_index, window)
+                    scratch.write(values.reshape(int(window.height), int(window.width)), 1,
+                                  window=window)
+                    use = np.isfinite(values) & (cells >= 0)
+                    sums += np.bincount(cells[use], weights=values[use], minlength=n_cells)
+                    counts += np.bincount(cells[use], minlength=n_cells)
+                target = dataset.read_target(date_index).astype("float64").ravel()
+                has_pixels = counts > 0
+                correctable = has_pixels & np.isfinite(target)
+                uncorrected += int((has_pixels & ~np.isfinite(target)).sum())
+                residual = np.zeros(n_cells)
+                residual[correctable] = target[correctable] - sums[correctable] / counts[correctable]
+                if correctable.any():
+                    worst_before = max(worst_before, float(np.abs(residual[correctable]).max()))
+                # second pass: write prediction + residual and sum what was actually written
+                sums_after = np.zeros(n_cells)
+                for window in windows:
+                    tick(band - 1, "residual correction")
+                    values = scratch.read(1, window=window).ravel().astype("float64")
+                    _, cells = maps.get(window)
+                    inside = cells >= 0
+                    values[inside] += residual[cells[inside]]
+                    written = values.astype("float32")
+                    dst.write(written.reshape(int(window.height), int(window.width)), band,
+                              window=window)
+                    use = np.isfinite(written) & inside
+                    sums_after += np.bincount(cells[use], weights=written[use], minlength=n_cells)
+                if correctable.any():
+                    after = np.abs(sums_after[correctable] / counts[correctable] - target[correctable])
+                    worst_after = max(worst_after, float(after.max()))
+    finally:
+        for leftover in (scratch_path, scratch_path + ".aux.xml"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    report["max_cell_mismatch_before"] = worst_before
+    report["max_cell_mismatch_after"] = worst_after
+    report["cells_without_soil_moisture"] = uncorrected
