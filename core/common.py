@@ -120,6 +120,14 @@ def parse_date(text):
         raise SmdError(f"{text!r} is not a date in the form YYYY-MM-DD.") from err
 
 
+def _is_iso_date(text):
+    try:
+        _dt.date.fromisoformat(str(text or "").strip()[:10])
+    except ValueError:
+        return False
+    return True
+
+
 def day_of_year(date_text):
     return parse_date(date_text).timetuple().tm_yday
 
@@ -132,9 +140,10 @@ def read_band_dates(src, *, required=True):
     descriptions = list(src.descriptions or [])
     dates = []
     for band, text in enumerate(descriptions, start=1):
+        if src.count == 1 and not _is_iso_date(text):
+            # a single band described e.g. "elevation" (terra's elev.tif) is a static raster
+            return []
         if not text:
-            if src.count == 1:
-                return []
             if required:
                 raise SmdError(
                     f"{src.name}: band {band} has no date. A time series needs every band "

@@ -200,6 +200,24 @@ def test_two_crs_onto_ease_grid(tmp_path):
     assert (fraction > 0.999).any() and ((fraction > 0.01) & (fraction < 0.5)).any()
     target = ds.read_target(1)
     np.testing.assert_array_equal(target[fraction >= 0.5 - 1e-6], np.float32(0.2))
+    # each cell's valid fraction = area of (fine extent, transformed by OGR) n cell / cell area
+    from osgeo import ogr, osr
+
+    utm, ease_ref = osr.SpatialReference(), osr.SpatialReference()
+    utm.ImportFromEPSG(32650)
+    ease_ref.ImportFromEPSG(6933)
+    for reference in (utm, ease_ref):
+        reference.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    extent = ogr.CreateGeometryFromJson(json.dumps(square(left, top - 40000, left + 40000, top)))
+    extent.Segmentize(500)
+    extent.Transform(osr.CoordinateTransformation(utm, ease_ref))
+    for row in range(ds.coarse_grid.height):
+        for col in range(ds.coarse_grid.width):
+            x0, y0 = t * (col, row + 1)
+            x1, y1 = t * (col + 1, row)
+            box = ogr.CreateGeometryFromJson(json.dumps(square(x0, y0, x1, y1)))
+            expected = extent.Intersection(box).GetArea() / box.GetArea()
+            assert abs(fraction[row, col] - expected) < 0.01, (row, col, expected)
 
 
 def test_date_mismatch_lists_missing_dates(case):
@@ -312,3 +330,92 @@ def test_centre_versus_majority():
                           "EPSG:4326")
     assert partition_index_on_grid(parts_ll, cell, "majority").tolist() == [[1]]
     assert partition_index_on_grid(parts_ll, cell, "centre").tolist() == [[0]]
+
+
+# --- real data: terra's Luxembourg elevation (EPSG:4326, Int16, nodata -32768) ------------------
+def _realdata(*parts):
+    from conftest import REALDATA
+
+    path = os.path.join(REALDATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"real test data {path} is absent (see /work/shared/realdata/README.md)")
+    return path
+
+
+def test_real_elevation_onto_utm_and_ease(tmp_path):
+    from rasterio.warp import transform as transform_points
+
+    elev = _realdata("dem_terra", "elev.tif")
+    # a soil-moisture series on the global EASE 9 km grid around Luxembourg (5.7-6.6 E, 49.4-50.2 N)
+    ease = Grid("EPSG:6933", Affine(EASE_RES, 0, EASE_X0, 0, -EASE_RES, EASE_Y0), 3856, 1624)
+    lux = snapped_grid("EPSG:32632", (255000, 5470000, 335000, 5570000), 1000)
+    _, around = coarse_grid_for(ease, lux)
+    shape = (around.height, around.width)
+    sm = write_raster(tmp_path / "sm.tif", [np.full(shape, 0.3), np.full(shape, 0.2)], "EPSG:6933",
+                      ease.subgrid(around).transform, dates=DATES)
+    ds = preprocess([elev], sm, str(tmp_path / "dataset"), target_crs="EPSG:32632",
+                    min_valid_fraction=0.9)
+    assert ds.fine_grid.crs.to_epsg() == 32632 and ds.fine_grid.res == (1000.0, 1000.0)
+    dem = ds.read_fine("elev", 0)
+    valid = np.isfinite(dem)
+    # averages of the real 141..547 m elevations; nodata outside the country stays NaN
+    assert 141 <= dem[valid].min() and dem[valid].max() <= 547
+    assert 0.2 < valid.mean() < 0.9
+    # the country's area is 2586 km2; GDAL's average keeps a fine pixel when any valid source
+    # pixel overlaps it, so the border ring adds about half a pixel along the ~350 km border
+    assert 2586 <= valid.sum() <= 1.08 * 2586
+    coarse = ds.read_coarse("elev", 0)
+    fraction = ds.read_valid_fraction(0)
+    kept = np.isfinite(coarse)
+    assert kept.any() and (fraction[kept] >= 0.9 - 1e-6).all() and np.isnan(coarse[fraction < 0.9]).all()
+    # each kept coarse cell ~ the mean of the fine pixels whose centres fall inside it
+    xs, ys = ds.fine_grid.cell_centres()
+    ex, ey = transform_points("EPSG:32632", "EPSG:6933", xs.ravel(), ys.ravel())
+    cols, rows = ~ds.coarse_grid.transform * (np.asarray(ex), np.asarray(ey))
+    cols, rows = np.floor(cols).astype(int), np.floor(rows).astype(int)
+    for row, col in zip(*np.nonzero(kept)):
+        inside = (rows == row) & (cols == col) & valid.ravel()
+        assert abs(coarse[row, col] - dem.ravel()[inside].mean()) < 0.03 * coarse[row, col]
+    np.testing.assert_array_equal(ds.read_target(0)[kept], np.float32(0.3))
+
+
+def test_real_smap_and_elevation_do_not_overlap(tmp_path):
+    import shutil
+
+    elev = _realdata("dem_terra", "elev.tif")
+    smap = str(tmp_path / "smap_conus.tif")
+    shutil.copy(_realdata("smap_l4_harmony_maskfill", "SMAP_L4_SM_aup_input.tif"), smap)
+    with rasterio.open(smap, "r+") as dst:  # a copy: give its single band the granule's date
+        dst.set_band_description(1, "2020-01-28")
+    with pytest.raises(SmdError, match="do not overlap: elev.tif, smap_conus.tif"):
+        preprocess([elev], smap, str(tmp_path / "dataset"), target_crs="EPSG:32632")
+    assert not os.path.exists(tmp_path / "dataset")
+
+
+def test_real_partitions_from_shapefile():
+    from osgeo import ogr, osr
+
+    path = _realdata("dem_terra", "lux.shp")
+    parts = Partitions.from_file(path, "NAME_1")  # 12 cantons merged into 3 districts
+    assert parts.names == ["Diekirch", "Grevenmacher", "Luxembourg"]
+    grid = snapped_grid("EPSG:32632", (255000, 5470000, 335000, 5570000), 1000)
+    index = partition_index_on_grid(parts, grid, "centre")
+    # pixel counts match the polygons' areas computed by OGR in the same CRS (within 2 %)
+    target = osr.SpatialReference()
+    target.ImportFromEPSG(32632)
+    target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    source = osr.SpatialReference()
+    source.ImportFromWkt(parts.crs)
+    source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    for number, geometry in enumerate(parts.geometries):
+        polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
+        polygon.Transform(osr.CoordinateTransformation(source, target))
+        area_km2 = polygon.GetArea() / 1e6
+        assert abs((index == number).sum() - area_km2) < 0.02 * area_km2
+    # Luxembourg city, Diekirch and Echternach (Grevenmacher district) by their coordinates
+    from rasterio.warp import transform as transform_points
+
+    xs, ys = transform_points("EPSG:4326", "EPSG:32632", [6.13, 6.16, 6.42], [49.61, 49.87, 49.81])
+    cols, rows = ~grid.transform * (np.asarray(xs), np.asarray(ys))
+    found = [parts.names[index[int(r), int(c)]] for r, c in zip(rows, cols)]
+    assert found == ["Luxembourg", "Diekirch", "Grevenmacher"]
