@@ -188,3 +188,28 @@ def test_bad_settings(dataset_folder, tmp_path):
     outside = Partitions(["far"], [box(100, 101, 0, 1)], CRS)
     with pytest.raises(SmdError, match="No coarse cell lies inside"):
         train_model(dataset_folder, str(tmp_path / "x.zip"), partitions=outside)
+
+
+def test_explain_mean_abs_shap_per_partition(dataset_folder, tmp_path):
+    from smdownscale.core.explain import explain, write_explain_table
+
+    model_path = str(tmp_path / "e.zip")
+    train_model(dataset_folder, model_path, partitions=halves(), folds=3, params=FAST, n_threads=2)
+    rows = explain(model_path, dataset_folder, max_samples=150, seed=3)
+    assert [r["partition"] for r in rows] == ["west"] * 3 + ["east"] * 3 + ["WP"] * 3
+    for label in ("west", "east"):
+        got = {r["predictor"]: r["mean_abs_shap"] for r in rows if r["partition"] == label}
+        assert set(got) == {"x", "lc", "doy"}          # lc_1, lc_2 summed back to lc
+        # sm = a +- 0.3 x with x ~ U(0,1): SHAP_x ~ 0.3 (x - 0.5), E|.| = 0.3 / 4 = 0.075
+        assert got["x"] == pytest.approx(0.075, abs=0.012)
+        assert got["lc"] < 0.01 and got["doy"] < 0.01
+    assert rows[0]["predictor"] == "x"
+    again = explain(model_path, dataset_folder, max_samples=150, seed=3)
+    assert again == rows
+    path = write_explain_table(rows, str(tmp_path / "shap.csv"))
+    with open(path) as handle:
+        table = list(csv.DictReader(handle))
+    assert table[0]["partition"] == "west" and table[0]["predictor"] == "x"
+    assert float(table[0]["mean_abs_shap"]) == pytest.approx(rows[0]["mean_abs_shap"])
+    with pytest.raises(SmdError, match="max_samples"):
+        explain(model_path, dataset_folder, max_samples=0)
