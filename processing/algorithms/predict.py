@@ -31,6 +31,7 @@ class PredictAlgorithm(SmdAlgorithm):
     DATES = "DATES"
     RESIDUAL_CORRECTION = "RESIDUAL_CORRECTION"
     USE_GLOBAL = "USE_GLOBAL"
+    GLOBAL_ONLY = "GLOBAL_ONLY"
     BLOCK_SIZE = "BLOCK_SIZE"
     OUTPUT = "OUTPUT"
     N_DATES = "N_DATES"
@@ -74,9 +75,14 @@ class PredictAlgorithm(SmdAlgorithm):
         param.setHelp(tr("Add each coarse cell's residual back so fine pixels average to the coarse value."))
         self.addParameter(param)
         param = QgsProcessingParameterBoolean(
-            self.USE_GLOBAL, tr("Use the global model instead of the partition models"),
+            self.USE_GLOBAL, tr("Predict pixels outside every partition with the global model"),
             defaultValue=False)
-        param.setHelp(tr("Predict with the unpartitioned (WP) model stored in the model file."))
+        param.setHelp(tr("Without it, pixels outside all partitions stay nodata."))
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+        param = QgsProcessingParameterBoolean(
+            self.GLOBAL_ONLY, tr("Predict every pixel with the global (WP) model"), defaultValue=False)
+        param.setHelp(tr("The paper's without-partition product, for comparison."))
         param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
         param = QgsProcessingParameterNumber(
@@ -126,13 +132,15 @@ class PredictAlgorithm(SmdAlgorithm):
             dates=dates,
             residual_correction=self.parameterAsBoolean(parameters, self.RESIDUAL_CORRECTION, context),
             use_global=self.parameterAsBoolean(parameters, self.USE_GLOBAL, context),
+            global_only=self.parameterAsBoolean(parameters, self.GLOBAL_ONLY, context),
             block_size=self.parameterAsInt(parameters, self.BLOCK_SIZE, context),
             progress=self.progress(feedback))
         for key, value in info.items():
-            feedback.pushInfo(f"{key}: {value}")
+            if key != "dates":
+                feedback.pushInfo(f"{key}: {value}")
         style_on_load(context, output, SoilMoistureStyle)
         return {self.OUTPUT: output, self.N_DATES: len(info.get("dates", []) or []),
-                self.N_PIXELS: info.get("pixels", info.get("pixels_predicted"))}
+                self.N_PIXELS: info["pixels_predicted"]}
 
 
 ALGORITHMS = [PredictAlgorithm]

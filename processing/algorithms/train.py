@@ -123,9 +123,11 @@ class TrainAlgorithm(SmdAlgorithm):
                 (self.N_ESTIMATORS, "Trees per base model", QgsProcessingParameterNumber.Integer,
                  300, 1, 100000, "Boosting rounds of each learner."),
                 (self.LEARNING_RATE, "Learning rate", QgsProcessingParameterNumber.Double,
-                 0.05, 1e-6, 1.0, "Shrinkage of each boosting round."),
-                (self.MAX_DEPTH, "Maximum tree depth", QgsProcessingParameterNumber.Integer,
-                 6, 1, 16, "Depth of the trees of every learner."),
+                 0.1, 1e-6, 1.0, "Shrinkage of each boosting round."),
+                (self.MAX_DEPTH, "Maximum tree depth (0 = each library's default)",
+                 QgsProcessingParameterNumber.Integer, 0, 0, 16,
+                 "Depth of the trees of every learner; 0 keeps XGBoost 6, LightGBM unlimited "
+                 "(31 leaves), CatBoost 6."),
                 (self.SPATIAL_BLOCK_CELLS, "Spatial block size (coarse cells)",
                  QgsProcessingParameterNumber.Integer, 4, 1, 1000,
                  "Edge of the blocks used by the spatial cross-validation."),
@@ -159,8 +161,8 @@ class TrainAlgorithm(SmdAlgorithm):
             tr("HTML (*.html);;CSV (*.csv);;JSON (*.json)"), optional=True, createByDefault=True)
         param.setHelp(tr("Table-3 numbers: R and RMSE on train and test samples per partition and model."))
         self.addParameter(param)
-        self.addOutput(QgsProcessingOutputNumber(self.R_TEST, tr("Test R of the stacking model")))
-        self.addOutput(QgsProcessingOutputNumber(self.RMSE_TEST, tr("Test RMSE of the stacking model")))
+        self.addOutput(QgsProcessingOutputNumber(self.R_TEST, tr("Test R of the stacking models (partitions weighted by test samples)")))
+        self.addOutput(QgsProcessingOutputNumber(self.RMSE_TEST, tr("Test RMSE of the stacking models (partitions weighted by test samples)")))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, message = super().checkParameterValues(parameters, context)
@@ -203,12 +205,10 @@ class TrainAlgorithm(SmdAlgorithm):
         base_models = tuple(BASE_MODEL_IDS[i] for i in
                             self.parameterAsEnums(parameters, self.BASE_MODELS, context))
         threads = self.parameterAsInt(parameters, self.THREADS, context)
-        params = {
-            "n_estimators": self.parameterAsInt(parameters, self.N_ESTIMATORS, context),
-            "learning_rate": self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
-            "max_depth": self.parameterAsInt(parameters, self.MAX_DEPTH, context),
-            "n_jobs": threads if threads > 0 else None,
-        }
+        params = learner_params(base_models,
+                                self.parameterAsInt(parameters, self.N_ESTIMATORS, context),
+                                self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+                                self.parameterAsInt(parameters, self.MAX_DEPTH, context))
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         report = self.run_core(
@@ -221,12 +221,14 @@ class TrainAlgorithm(SmdAlgorithm):
             train_global=self.parameterAsBoolean(parameters, self.TRAIN_GLOBAL, context),
             min_samples=self.parameterAsInt(parameters, self.MIN_SAMPLES, context),
             fallback_to_global=self.parameterAsBoolean(parameters, self.FALLBACK_TO_GLOBAL, context),
-            progress=self.progress(feedback))
+            n_threads=threads if threads > 0 else None, progress=self.progress(feedback))
         results = {self.OUTPUT_MODEL: model_path}
         if report_path:
             self.run_core(write_training_report, report, report_path)
             results[self.OUTPUT_REPORT] = report_path
         stacking = stacking_test_scores(report)
+        for warning in report.get("warnings", []):
+            feedback.pushWarning(warning)
         for row in report.rows():
             feedback.pushInfo("{partition} {model}: R train {r_train:.3f}, RMSE train {rmse_train:.4f}, "
                               "R test {r_test:.3f}, RMSE test {rmse_test:.4f}".format(**row))
@@ -234,8 +236,22 @@ class TrainAlgorithm(SmdAlgorithm):
         return results
 
 
+def learner_params(base_models, n_estimators, learning_rate, max_depth):
+    """Per-learner overrides of ``core.stack.DEFAULT_PARAMS`` (max_depth 0 = keep defaults)."""
+    params = {}
+    for name in base_models:
+        params[name] = {"n_estimators": int(n_estimators), "learning_rate": float(learning_rate)}
+        if max_depth > 0:
+            params[name]["depth" if name == "catboost" else "max_depth"] = int(max_depth)
+    return params
+
+
 def stacking_test_scores(report):
-    """(R, RMSE) on the test samples of the stacking model, pooled rows averaged by n_test."""
+    """(R, RMSE) of the stacking models on their test samples.
+
+    With partitions: the partition rows averaged with weights n_test (RMSE as the root of the
+    weighted mean square); without: the global (WP) row.
+    """
     rows = [row for row in report.rows() if str(row["model"]).lower().startswith("stack")
             and str(row["partition"]).lower() not in ("global", "wp")]
     rows = rows or [row for row in report.rows() if str(row["model"]).lower().startswith("stack")]

@@ -112,8 +112,11 @@ class ValidateAlgorithm(SmdAlgorithm):
                  "Date of the reading (date type or text YYYY-MM-DD)."),
                 (self.VALUE_FIELD, "Soil moisture field (m3/m3)", "sm", QgsProcessingParameterField.Numeric,
                  "Volumetric soil moisture measured at the station.")):
+            # optional with a default: qgis_process (3.22) rejects a missing mandatory field
+            # parameter even when it has a default; an empty value falls back to the default
             param = QgsProcessingParameterField(name, tr(label), defaultValue=default,
-                                                parentLayerParameterName=self.STATIONS, type=kind)
+                                                parentLayerParameterName=self.STATIONS, type=kind,
+                                                optional=True)
             param.setHelp(tr(help_text))
             self.addParameter(param)
         param = QgsProcessingParameterFeatureSink(
@@ -129,6 +132,11 @@ class ValidateAlgorithm(SmdAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.MEDIAN_R, tr("Median R (downscaled)")))
         self.addOutput(QgsProcessingOutputNumber(self.MEAN_UBRMSE, tr("Mean ubRMSE (downscaled)")))
         self.addOutput(QgsProcessingOutputNumber(self.MEAN_BIAS, tr("Mean bias (downscaled)")))
+
+    def field_name(self, parameters, name, context):
+        """The chosen field, or the parameter's default when left empty."""
+        return (self.parameterAsString(parameters, name, context)
+                or self.parameterDefinition(name).defaultValue())
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         ok, message = super().checkParameterValues(parameters, context)
@@ -147,7 +155,7 @@ class ValidateAlgorithm(SmdAlgorithm):
             return False, tr("The station layer has no coordinate reference system; assign one first.")
         names = source.fields().names()
         for param in (self.SITE_FIELD, self.DATE_FIELD, self.VALUE_FIELD):
-            field = self.parameterAsString(parameters, param, context)
+            field = self.field_name(parameters, param, context)
             if field not in names:
                 return False, tr("The station layer has no field {!r} (parameter {}). Fields: {}."
                                  ).format(field, param, ", ".join(names))
@@ -164,9 +172,9 @@ class ValidateAlgorithm(SmdAlgorithm):
         if source is None:
             raise QgsProcessingException(tr("The station layer could not be loaded."))
         observations, skipped = observations_from_source(
-            source, self.parameterAsString(parameters, self.SITE_FIELD, context),
-            self.parameterAsString(parameters, self.DATE_FIELD, context),
-            self.parameterAsString(parameters, self.VALUE_FIELD, context))
+            source, self.field_name(parameters, self.SITE_FIELD, context),
+            self.field_name(parameters, self.DATE_FIELD, context),
+            self.field_name(parameters, self.VALUE_FIELD, context))
         if skipped:
             feedback.pushWarning(tr("{} station features without point, date or value were skipped."
                                     ).format(skipped))
@@ -177,8 +185,8 @@ class ValidateAlgorithm(SmdAlgorithm):
         result = self.run_core(validate, products, observations,
                                stations_crs=crs_wkt(source.sourceCrs()),
                                progress=self.progress(feedback))
-        for site_id, reason in getattr(result, "unmatched", []) or []:
-            feedback.pushWarning(tr("Site {}: {}").format(site_id, reason))
+        for row in result.unmatched:
+            feedback.pushWarning(tr("{} site {}: {}").format(row["product"], row["site_id"], row["reason"]))
 
         sink, sink_id = self.parameterAsSink(parameters, self.OUTPUT, context, output_fields(),
                                              QgsWkbTypes.Point, source.sourceCrs())
@@ -197,13 +205,13 @@ class ValidateAlgorithm(SmdAlgorithm):
         if report_path:
             self.run_core(write_validation_report, result, report_path)
             results[self.OUTPUT_REPORT] = report_path
-        summary = result.summary[names[0]]
+        summary = result.summary_for(names[0])
         results.update({self.MEAN_R: summary["mean_r"], self.MEDIAN_R: summary["median_r"],
                         self.MEAN_UBRMSE: summary["mean_ubrmse"], self.MEAN_BIAS: summary["mean_bias"]})
-        for name in names:
-            feedback.pushInfo("{}: {}".format(name, ", ".join(
+        for row in result.summary:
+            feedback.pushInfo(", ".join(
                 f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
-                for key, value in result.summary[name].items())))
+                for key, value in row.items()))
         return results
 
 
