@@ -229,9 +229,19 @@ class _Aggregator:
         # The validity mask is padded with zeros so coarse cells reaching beyond the fine grid
         # count that area as invalid (GDAL's average would only average the covered part).
         self.padded_grid, (self.pad_top, self.pad_left) = padded_grid(fine_grid, coarse_grid)
+        # Most predictors share one validity mask per date: remember the last few fractions.
+        self._recent = []
 
     def valid_fraction(self, valid):
         """Fraction of each coarse cell's area covered by True fine pixels."""
+        for mask, fraction in self._recent:
+            if np.array_equal(mask, valid):
+                return fraction
+        fraction = self._valid_fraction(valid)
+        self._recent = [(np.array(valid, dtype=bool), fraction)] + self._recent[:2]
+        return fraction
+
+    def _valid_fraction(self, valid):
         from rasterio.enums import Resampling
 
         padded = np.zeros(self.padded_grid.shape, dtype="float32")
@@ -293,10 +303,13 @@ def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorica
     from rasterio.enums import Resampling
 
     progress = Progress.wrap(progress)
+    import rasterio
+
     plan = _validate(predictor_paths, soil_moisture_path, output_folder, categorical, mask_classes,
                      fine_resolution, target_crs, min_valid_fraction)
     try:
-        _write(plan, progress, Resampling)
+        with rasterio.Env():  # one GDAL environment for the thousands of warps below
+            _write(plan, progress, Resampling)
     finally:
         for item in plan["all"]:
             item.close()

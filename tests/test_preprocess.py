@@ -353,6 +353,9 @@ def test_real_elevation_onto_utm_and_ease(tmp_path):
     shape = (around.height, around.width)
     sm = write_raster(tmp_path / "sm.tif", [np.full(shape, 0.3), np.full(shape, 0.2)], "EPSG:6933",
                       ease.subgrid(around).transform, dates=DATES)
+    # elev.tif is in degrees: a 1000 (m) resolution needs a projected target CRS
+    with pytest.raises(SmdError, match="EPSG:4326 is geographic"):
+        preprocess([elev], sm, str(tmp_path / "dataset"))
     ds = preprocess([elev], sm, str(tmp_path / "dataset"), target_crs="EPSG:32632",
                     min_valid_fraction=0.9)
     assert ds.fine_grid.crs.to_epsg() == 32632 and ds.fine_grid.res == (1000.0, 1000.0)
