@@ -35,10 +35,10 @@ def saved(tmp_path_factory):
     models = {}
     for i, name in enumerate(["north", "south"]):
         X, y = make_data(i, 1 if i == 0 else -1)
-        models[name] = StackEnsemble(params=FEW, n_threads=2, seed=0, feature_names=["ndvi", "lc", "doy"],
+        models[name] = StackEnsemble(params=FEW, n_threads=1, seed=0, feature_names=["ndvi", "lc", "doy"],
                                      categorical={"lc": [1, 2, 3]}).fit(X, y)
     Xg, yg = make_data(9, 1)
-    global_model = StackEnsemble(base_models=("lightgbm", "catboost"), params=FEW, n_threads=2,
+    global_model = StackEnsemble(base_models=("lightgbm", "catboost"), params=FEW, n_threads=1,
                                  feature_names=["ndvi", "lc", "doy"], categorical=["lc"]).fit(Xg, yg)
     path = str(folder / "model.zip")
     modelfile.save_model(path, models=models, global_model=global_model, predictors=PREDICTORS,
@@ -162,7 +162,7 @@ def test_unknown_version_and_format(saved, tmp_path):
 
 def test_save_is_atomic_and_leaves_nothing_on_failure(tmp_path):
     X, y = make_data(0, 1)
-    model = StackEnsemble(base_models=("lightgbm",), params=FEW, n_threads=2,
+    model = StackEnsemble(base_models=("lightgbm",), params=FEW, n_threads=1,
                           feature_names=["ndvi", "lc", "doy"]).fit(X, y)
     target = tmp_path / "m.zip"
     with pytest.raises(SmdError, match="JSON"):

@@ -12,7 +12,7 @@ FEW_TREES = {"xgboost": {"n_estimators": 40}, "lightgbm": {"n_estimators": 40},
 
 def small_stack(**kwargs):
     kwargs.setdefault("params", FEW_TREES)
-    return StackEnsemble(n_threads=2, seed=0, **kwargs)
+    return StackEnsemble(n_threads=1, seed=0, **kwargs)
 
 
 def test_oof_predictions_never_come_from_a_model_that_saw_the_sample():

@@ -85,7 +85,7 @@ def test_build_samples_values_and_partitions(dataset_folder):
 def test_partition_samples_go_to_their_own_model(dataset_folder, tmp_path):
     model_path = str(tmp_path / "model.zip")
     messages = []
-    report = train_model(dataset_folder, model_path, partitions=halves(), folds=3, params=FAST, n_threads=2,
+    report = train_model(dataset_folder, model_path, partitions=halves(), folds=3, params=FAST, n_threads=1,
                          progress=Progress(lambda f, m: messages.append((f, m))))
     loaded = modelfile.load_model(model_path)
     assert list(loaded.models) == ["west", "east"] and loaded.global_model is not None
@@ -122,10 +122,10 @@ def test_partition_samples_go_to_their_own_model(dataset_folder, tmp_path):
 def test_too_few_samples_error_and_fallback(dataset_folder, tmp_path):
     three = Partitions(["big", "tiny"], [box(0, N, 0, N - 1), box(0, 1, N - 1, N)], CRS)
     with pytest.raises(SmdError, match=r"Partition 'tiny' has only 10 samples \(minimum 50\)"):
-        train_model(dataset_folder, str(tmp_path / "m.zip"), partitions=three, folds=3, params=FAST, n_threads=2)
+        train_model(dataset_folder, str(tmp_path / "m.zip"), partitions=three, folds=3, params=FAST, n_threads=1)
     assert not os.path.exists(tmp_path / "m.zip")
     report = train_model(dataset_folder, str(tmp_path / "m.zip"), partitions=three, folds=3, params=FAST,
-                         n_threads=2, train_global=False, fallback_to_global=True,
+                         n_threads=1, train_global=False, fallback_to_global=True,
                          base_models=("lightgbm",))
     assert report["fallback"] == {"tiny": "WP"}
     assert "tiny" in report["warnings"][0] and "10 samples" in report["warnings"][0]
@@ -155,7 +155,7 @@ def test_spatial_blocks_and_date_groups(dataset_folder):
 
 def test_spatial_cv_trains_and_rejects_too_few_blocks(dataset_folder, tmp_path):
     report = train_model(dataset_folder, str(tmp_path / "s.zip"), partitions=halves(), folds=3,
-                         cv_strategy="spatial", spatial_block_cells=2, params=FAST, n_threads=2,
+                         cv_strategy="spatial", spatial_block_cells=2, params=FAST, n_threads=1,
                          base_models=("xgboost", "lightgbm"), train_global=False)
     west = [r for r in report.rows() if r["partition"] == "west" and r["model"] == "Stacking"][0]
     # whole 2x2-cell blocks x 10 dates = 40 samples each (block (0,0) misses one cell-date)
@@ -163,7 +163,7 @@ def test_spatial_cv_trains_and_rejects_too_few_blocks(dataset_folder, tmp_path):
     assert west["r_test"] > 0.9
     with pytest.raises(SmdError, match="spatial blocks"):
         train_model(dataset_folder, str(tmp_path / "s2.zip"), partitions=halves(), folds=5,
-                    cv_strategy="spatial", spatial_block_cells=4, params=FAST, n_threads=2)
+                    cv_strategy="spatial", spatial_block_cells=4, params=FAST, n_threads=1)
 
 
 def test_cancel_leaves_no_model_file(dataset_folder, tmp_path):
@@ -174,7 +174,7 @@ def test_cancel_leaves_no_model_file(dataset_folder, tmp_path):
         return len(calls) > 5
     with pytest.raises(Cancelled):
         train_model(dataset_folder, str(tmp_path / "c.zip"), partitions=halves(), folds=3, params=FAST,
-                    n_threads=2, progress=Progress(None, cancelled))
+                    n_threads=1, progress=Progress(None, cancelled))
     assert os.listdir(tmp_path) == []
 
 
@@ -194,7 +194,7 @@ def test_explain_mean_abs_shap_per_partition(dataset_folder, tmp_path):
     from smdownscale.core.explain import explain, write_explain_table
 
     model_path = str(tmp_path / "e.zip")
-    train_model(dataset_folder, model_path, partitions=halves(), folds=3, params=FAST, n_threads=2)
+    train_model(dataset_folder, model_path, partitions=halves(), folds=3, params=FAST, n_threads=1)
     rows = explain(model_path, dataset_folder, max_samples=150, seed=3)
     assert [r["partition"] for r in rows] == ["west"] * 3 + ["east"] * 3 + ["WP"] * 3
     for label in ("west", "east"):
