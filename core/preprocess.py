@@ -365,7 +365,6 @@ def _write(plan, progress, Resampling):
             coarse = aggregator.aggregate(values, item.name in categorical, min_fraction)
             _write_raster(coarse_path(tmp, item.name), coarse_grid, [coarse], None)
             progress.check()
-        del values, warped_static
 
         outputs = {}
         try:

@@ -220,6 +220,12 @@ def test_two_crs_onto_ease_grid(tmp_path):
             assert abs(fraction[row, col] - expected) < 0.01, (row, col, expected)
 
 
+def test_only_dynamic_predictors(case):
+    ds = preprocess([case["ndvi"]], case["sm"], case["out"])
+    assert ds.predictor_names == ["ndvi", "doy"] and ds.categorical_names == []
+    np.testing.assert_array_equal(ds.read_coarse("ndvi", 1), [[15.75, NAN], [50.0, 56.0]])
+
+
 def test_date_mismatch_lists_missing_dates(case):
     ndvi = write_raster(case["tmp"] / "inputs" / "lst.tif", [np.ones((6, 6))] * 2, UTM,
                         Affine(1000, 0, 400000, 0, -1000, 3006000), dates=["2019-04-01", "2019-04-05"])
