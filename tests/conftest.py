@@ -19,3 +19,10 @@ REALDATA = os.environ.get("SMDOWNSCALE_REALDATA") or next(
     (p for p in (os.path.join(ROOT, "..", "shared", "realdata"), "/work/shared/realdata") if os.path.isdir(p)),
     os.path.join(ROOT, "..", "shared", "realdata"))
 REALDATA = os.path.abspath(REALDATA)
+
+# QGIS's own "processing" plugin must win over the repository's processing/ package, which
+# `python -m pytest` run from the repository root would otherwise put first on sys.path.
+QGIS_PLUGINS = next((p for p in ("/usr/share/qgis/python/plugins", "/usr/lib/qgis/python/plugins")
+                     if os.path.isdir(os.path.join(p, "processing"))), None)
+if QGIS_PLUGINS and QGIS_PLUGINS not in sys.path:
+    sys.path.insert(0, QGIS_PLUGINS)
