@@ -30,8 +30,8 @@ PREDICTORS = [{"name": "a", "kind": "continuous", "dynamic": True},
               {"name": "doy", "kind": "continuous", "dynamic": True, "derived": True}]
 SPLIT_COL = 22                           # partition A: columns 0..21, B: 22..44
 PART_ROWS = 34                           # partitions cover rows 0..33; rows 34, 35 are outside
-FEW_TREES = {"xgboost": {"n_estimators": 30}, "lightgbm": {"n_estimators": 30},
-             "catboost": {"n_estimators": 30}}
+FEW_TREES = {"xgboost": {"n_estimators": 20}, "lightgbm": {"n_estimators": 20},
+             "catboost": {"n_estimators": 20}}
 
 
 def relation_a(a, b):
@@ -68,9 +68,9 @@ def box(col0, col1, row0, row1):
 
 def fit(relation, seed):
     rng = np.random.default_rng(seed)
-    a = rng.uniform(0, 0.6, 400)
-    b = rng.uniform(0, 1, 400)
-    doy = rng.integers(90, 112, 400)
+    a = rng.uniform(0, 0.6, 300)
+    b = rng.uniform(0, 1, 300)
+    doy = rng.integers(90, 112, 300)
     X = np.column_stack([a, b, doy]).astype("float32")
     return StackEnsemble(params=FEW_TREES, n_threads=2, seed=0, feature_names=["a", "b", "doy"]).fit(
         X, relation(a, b))
@@ -253,3 +253,32 @@ def test_cancel_leaves_no_output(scene, tmp_path, correction):
         predict(scene["dataset"], scene["model"], str(path), block_size=16,
                 residual_correction=correction, progress=Progress(is_cancelled=cancelled))
     assert os.listdir(tmp_path) == []
+
+
+def test_trained_model_file_with_fallback_partition(scene, tmp_path):
+    """core.train.train_model -> predict: a partition without coarse samples falls back to the
+    global model, and its fine pixels are predicted by it."""
+    from smdownscale.core.modelfile import load_model
+    from smdownscale.core.train import train_model
+
+    # C is a strip of 3 fine rows: no coarse cell has most of its area in it
+    partitions = Partitions(["A", "B", "C"], [box(0, SPLIT_COL, 0, PART_ROWS), box(SPLIT_COL, COLS, 0, 31),
+                                              box(SPLIT_COL, COLS, 31, PART_ROWS)], CRS)
+    model_path = str(tmp_path / "trained.zip")
+    train_model(scene["dataset"], model_path, partitions=partitions, base_models=("xgboost", "lightgbm"),
+                folds=3, min_samples=10, fallback_to_global=True, n_threads=2,
+                params={"xgboost": {"n_estimators": 20}, "lightgbm": {"n_estimators": 20, "min_child_samples": 2}})
+    loaded = load_model(model_path)
+    assert sorted(loaded.models) == ["A", "B"] and loaded.global_model is not None
+    path = str(tmp_path / "out.tif")
+    result = predict(scene["dataset"], model_path, path, dates=["2019-04-11"])
+    assert result["fallback_partitions"] == ["C"]
+    pred = read_all(path)[0][0]
+    X = features(1)
+    rows, cols = np.mgrid[0:ROWS, 0:COLS]
+    in_c = ((rows >= 31) & (rows < PART_ROWS) & (cols >= SPLIT_COL)).ravel()
+    in_a = ((rows < PART_ROWS) & (cols < SPLIT_COL)).ravel()
+    np.testing.assert_array_equal(pred.ravel()[in_c], loaded.global_model.predict(X[in_c]).astype("float32"))
+    np.testing.assert_array_equal(pred.ravel()[in_a], loaded.models["A"].predict(X[in_a]).astype("float32"))
+    assert result["pixels_per_model"] == {"A": PART_ROWS * SPLIT_COL, "B": 31 * (COLS - SPLIT_COL),
+                                          "C": 3 * (COLS - SPLIT_COL)}
