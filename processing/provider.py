@@ -7,7 +7,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsProcessingModelAlgorithm, QgsProce
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms import algorithm_classes
-from .algorithms.base import ICONS_DIR, tr
+from .algorithms.base import GROUPS, ICONS_DIR, tr
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -18,6 +18,23 @@ def plugin_metadata(key, default=""):
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(os.path.join(PLUGIN_DIR, "metadata.txt"), encoding="utf-8")
     return parser.get("general", key, fallback=default)
+
+
+#: model name (= id after ``smdownscale:``) -> untranslated display name
+MODEL_DISPLAY_NAMES = {"downscaling_chain": "Downscaling chain (prepare, train, predict, validate)"}
+
+
+class ShippedModel(QgsProcessingModelAlgorithm):
+    """A .model3 shipped with the plugin, shown with a readable name in the Toolbox."""
+
+    def displayName(self):  # noqa: N802 (QGIS API name)
+        return tr(MODEL_DISPLAY_NAMES.get(self.name(), self.name()))
+
+    def group(self):
+        return tr(GROUPS["downscaling"][0])
+
+    def groupId(self):  # noqa: N802 - the .model3 stores only the group text, not our group id
+        return "downscaling"
 
 
 class SmDownscaleProvider(QgsProcessingProvider):
@@ -49,7 +66,7 @@ class SmDownscaleProvider(QgsProcessingProvider):
         for cls in classes:
             self.addAlgorithm(cls())
         for path in sorted(glob.glob(os.path.join(MODELS_DIR, "*.model3"))):
-            model = QgsProcessingModelAlgorithm()
+            model = ShippedModel()
             if model.fromFile(path):
                 self.addAlgorithm(model)
             else:

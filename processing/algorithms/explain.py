@@ -46,7 +46,7 @@ class ExplainAlgorithm(SmdAlgorithm):
     ALG_ID = "explain"
     DISPLAY_NAME = "Explain model (SHAP importance)"
     GROUP_ID = "downscaling"
-    REQUIRES = ("shap", "xgboost", "lightgbm", "catboost")
+    REQUIRES = ("xgboost", "lightgbm", "catboost")
     HELP = (
         "Computes how much each predictor drives the trained model: the mean absolute SHAP "
         "value per predictor and partition (m3/m3), on a sample of the dataset's coarse cells. "

@@ -17,7 +17,7 @@ from qgis.core import (
 )
 
 from ..layers import partitions_from_source
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, require_packages, tr
 
 BASE_MODEL_IDS = ("xgboost", "lightgbm", "catboost")
 BASE_MODEL_LABELS = ("XGBoost", "LightGBM", "CatBoost")
@@ -60,7 +60,7 @@ class TrainAlgorithm(SmdAlgorithm):
     ALG_ID = "train"
     DISPLAY_NAME = "Train downscaling model"
     GROUP_ID = "downscaling"
-    REQUIRES = ("sklearn", "xgboost", "lightgbm", "catboost")
+    REQUIRES = ("sklearn",)  # + the chosen learners, checked in processAlgorithm
     HELP = (
         "Trains the stacking ensemble of the paper: XGBoost, LightGBM and CatBoost base models "
         "whose 5-fold out-of-fold predictions feed a linear meta-learner, one ensemble per "
@@ -189,7 +189,9 @@ class TrainAlgorithm(SmdAlgorithm):
         return True, ""
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        self.require_packages()
+        base_models = tuple(BASE_MODEL_IDS[i] for i in
+                            self.parameterAsEnums(parameters, self.BASE_MODELS, context))
+        require_packages(*self.REQUIRES, *base_models)
         from ...core.train import train_model, write_training_report
 
         dataset = self.parameterAsFile(parameters, self.DATASET, context)
@@ -202,8 +204,6 @@ class TrainAlgorithm(SmdAlgorithm):
             partitions = partitions_from_source(
                 source, self.parameterAsString(parameters, self.PARTITION_FIELD, context))
             feedback.pushInfo(tr("Partitions: {}").format(", ".join(partitions.names)))
-        base_models = tuple(BASE_MODEL_IDS[i] for i in
-                            self.parameterAsEnums(parameters, self.BASE_MODELS, context))
         threads = self.parameterAsInt(parameters, self.THREADS, context)
         params = learner_params(base_models,
                                 self.parameterAsInt(parameters, self.N_ESTIMATORS, context),
