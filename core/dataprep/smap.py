@@ -5,6 +5,7 @@ SMAP L4 products (SPL4SMGP geophysical, SPL4SMAU analysis update) are stored on 
 9008.054979 m instead of 9008.055210146 m), so the georeference is rebuilt from the grid
 definition (NSIDC ``EASE2_M09km.gpd``) and the subset's global column/row offset.
 """
+import contextlib
 import datetime as _dt
 import math
 import os
@@ -100,14 +101,134 @@ def _text(value):
     return str(value)
 
 
+@contextlib.contextmanager
+def _gdal_exceptions():
+    """GDAL raises Python exceptions inside the block; the previous mode is restored after."""
+    from osgeo import gdal
+
+    previous = gdal.GetUseExceptions()
+    gdal.UseExceptions()
+    try:
+        yield
+    finally:
+        if not previous:
+            gdal.DontUseExceptions()
+
+
+class _Array:
+    """One HDF5 dataset through GDAL's multidimensional API (h5py-like subset)."""
+
+    def __init__(self, mdarray):
+        self._array = mdarray
+        self.shape = tuple(d.GetSize() for d in mdarray.GetDimensions())
+        self.ndim = len(self.shape)
+
+    def attr(self, key, default=None):
+        if key == "units":  # GDAL exposes the units attribute as the array's unit
+            return self._array.GetUnit() or default
+        with _gdal_exceptions():
+            try:
+                attribute = self._array.GetAttribute(key)
+            except RuntimeError:
+                return default
+        return default if attribute is None else attribute.Read()
+
+    def nodata(self):
+        """The dataset's _FillValue, or None."""
+        with _gdal_exceptions():
+            try:
+                return self._array.GetNoDataValueAsDouble()
+            except (RuntimeError, TypeError):
+                return None
+
+    def read(self, window=None):
+        """Whole array, or ``window = (row0, row1, col0, col1)`` of a 2-D array."""
+        with _gdal_exceptions():
+            if window is None:
+                return np.asarray(self._array.ReadAsArray())
+            row0, row1, col0, col1 = window
+            return np.asarray(self._array.ReadAsArray(array_start_idx=[row0, col0],
+                                                      count=[row1 - row0, col1 - col0]))
+
+
+class _Granule:
+    """Read access to an HDF5 granule with GDAL's HDF5 driver (present in QGIS' GDAL).
+
+    GDAL rather than h5py: QGIS installs ship GDAL with HDF5 but rarely h5py, and a pip h5py
+    wheel brings its own libhdf5 that clashes with GDAL's inside the QGIS process.
+    """
+
+    def __init__(self, path):
+        from osgeo import gdal
+
+        if gdal.GetDriverByName("HDF5") is None:
+            raise SmdError("This GDAL has no HDF5 driver, needed to read SMAP granules; install a "
+                           "GDAL/QGIS build with HDF5 support.")
+        if not os.path.isfile(path):
+            raise SmdError(f"SMAP granule {path!r} does not exist.")
+        with _gdal_exceptions():
+            try:
+                self._dataset = gdal.OpenEx(path, gdal.OF_MULTIDIM_RASTER, allowed_drivers=["HDF5"])
+            except RuntimeError as err:
+                raise SmdError(f"{path} is not a readable HDF5 file ({err}). Choose SMAP L4 .h5 "
+                               "granules.") from err
+            self._root = self._dataset.GetRootGroup()
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._root = self._dataset = None
+
+    def array(self, name):
+        """The dataset at ``name`` (``group/sub/dataset``), or None."""
+        parts = [p for p in str(name).strip("/").split("/") if p]
+        if not parts:
+            return None
+        with _gdal_exceptions():
+            try:
+                group = self._root
+                for part in parts[:-1]:
+                    group = group.OpenGroup(part)
+                    if group is None:
+                        return None
+                mdarray = group.OpenMDArray(parts[-1])
+            except RuntimeError:
+                return None
+        return None if mdarray is None else _Array(mdarray)
+
+    def has(self, name):
+        return self.array(name) is not None
+
+    def datasets_2d(self):
+        """Paths of the 2-D datasets (excluding Metadata and the cell index/coordinate arrays)."""
+        found = []
+
+        def walk(group, prefix):
+            for name in group.GetMDArrayNames() or []:
+                path = prefix + name
+                if path in ("cell_row", "cell_column", "cell_lat", "cell_lon"):
+                    continue
+                if len(group.OpenMDArray(name).GetDimensions()) == 2:
+                    found.append(path)
+            for name in group.GetGroupNames() or []:
+                if not (prefix == "" and name == "Metadata"):
+                    walk(group.OpenGroup(name), prefix + name + "/")
+
+        with _gdal_exceptions():
+            walk(self._root, "")
+        return found
+
+
 def _granule_time(h5, path):
     """UTC datetime of a granule from /time (units attribute) or the filename timestamp."""
-    if "time" in h5:
-        dataset = h5["time"]
-        units = _text(dataset.attrs.get("units", "")).strip()
+    dataset = h5.array("time")
+    if dataset is not None:
+        units = _text(dataset.attr("units", "")).strip()
         match = re.fullmatch(r"seconds since\s+(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s*(?:UTC|Z)?",
                              units)
-        values = np.asarray(dataset[()], dtype="float64").reshape(-1)
+        values = np.asarray(dataset.read(), dtype="float64").reshape(-1)
         if match and values.size and np.isfinite(values[0]):
             epoch_text = f"{match.group(1)} {match.group(2)}"
             if epoch_text.startswith(J2000_LABEL):
@@ -126,35 +247,15 @@ def _granule_time(h5, path):
 
 def read_granule_time(path):
     """UTC time (naive datetime) of a SMAP granule, from its /time or its file name."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as h5:
-            return _granule_time(h5, path)[0]
-    except OSError as err:
-        raise SmdError(f"{path} is not a readable HDF5 file ({err}).") from err
-
-
-def _datasets(h5):
-    """Paths of the 2-D datasets in a granule (excluding coordinate/index arrays)."""
-    import h5py
-
-    found = []
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and not name.startswith("Metadata"):
-            if name not in ("cell_row", "cell_column", "cell_lat", "cell_lon"):
-                found.append(name)
-
-    h5.visititems(visit)
-    return found
+    with _Granule(os.fspath(path)) as h5:
+        return _granule_time(h5, path)[0]
 
 
 def _resolve_variable(h5, path, variable):
-    available = _datasets(h5)
+    available = h5.datasets_2d()
     if variable:
         wanted = str(variable).strip().strip("/")
-        if wanted in h5 and wanted in available:
+        if wanted in available:
             return wanted
         by_name = [name for name in available if name.split("/")[-1] == wanted]
         if len(by_name) == 1:
@@ -163,7 +264,7 @@ def _resolve_variable(h5, path, variable):
             f"{os.path.basename(path)} has no 2-D dataset {variable!r}. Available datasets: "
             f"{', '.join(available) or 'none'}.")
     for candidate in SURFACE_SOIL_MOISTURE:
-        if candidate in h5:
+        if candidate in available:
             return candidate
     raise SmdError(
         f"{os.path.basename(path)} has no surface soil moisture ({' or '.join(SURFACE_SOIL_MOISTURE)}); "
@@ -172,20 +273,20 @@ def _resolve_variable(h5, path, variable):
 
 def _fill_values(dataset):
     values = {SMAP_FILL}
-    for key in ("_FillValue", "missing_value", "fmissing_value"):
-        if key in dataset.attrs:
-            try:
-                values.add(float(np.asarray(dataset.attrs[key]).reshape(-1)[0]))
-            except (TypeError, ValueError):
-                pass
+    for value in [dataset.nodata()] + [dataset.attr(key) for key in ("missing_value", "fmissing_value")]:
+        try:
+            values.add(float(np.asarray(value).reshape(-1)[0]))
+        except (TypeError, ValueError, IndexError):
+            pass
     return values
 
 
 def _projection_name(h5):
     """grid_mapping_name of the dataset's grid mapping variable, or None if not stated."""
     for name in ("projection_information", "EASE2_global_projection"):
-        if name in h5:
-            return _text(h5[name].attrs.get("grid_mapping_name", "")).strip() or None
+        dataset = h5.array(name)
+        if dataset is not None:
+            return _text(dataset.attr("grid_mapping_name", "")).strip() or None
     return None
 
 
@@ -195,13 +296,15 @@ def _regular_offset(h5, name, axis, shape, path):
     Returns the offset, or None when the index array is not a regular block (each pixel must map
     to cell ``offset + its own row/column index``). Read in row blocks to keep memory flat.
     """
-    dataset = h5[name]
+    dataset = h5.array(name)
     if dataset.shape != shape:
         raise SmdError(f"{path}: /{name} has shape {dataset.shape}, the data {shape}.")
-    fill = int(np.asarray(dataset.attrs.get("_FillValue", 4294967294)).reshape(-1)[0])
+    fill = dataset.nodata()
+    fill = 4294967294 if fill is None else int(fill)
     offset = None
     for row_start in range(0, shape[0], _ROW_BLOCK):
-        block = dataset[row_start:row_start + _ROW_BLOCK].astype("int64")
+        row_end = min(row_start + _ROW_BLOCK, shape[0])
+        block = dataset.read((row_start, row_end, 0, shape[1])).astype("int64")
         rows, cols = np.indices(block.shape)
         own_index = (rows + row_start) if axis == 0 else cols
         valid = block != fill
@@ -246,11 +349,11 @@ def _locate(h5, path, shape):
 
     row_offset = col_offset = None
     irregular = []
-    if "cell_row" in h5:
+    if h5.has("cell_row"):
         row_offset = _regular_offset(h5, "cell_row", 0, shape, path)
         if row_offset is None:
             irregular.append("cell_row")
-    if "cell_column" in h5:
+    if h5.has("cell_column"):
         col_offset = _regular_offset(h5, "cell_column", 1, shape, path)
         if col_offset is None:
             irregular.append("cell_column")
@@ -262,8 +365,8 @@ def _locate(h5, path, shape):
             "(native EASE-Grid 2.0, subsetting only).")
 
     x_offset = y_offset = None
-    if ease_named and "x" in h5 and "y" in h5:
-        x, y = h5["x"][()], h5["y"][()]
+    if ease_named and h5.has("x") and h5.has("y"):
+        x, y = h5.array("x").read(), h5.array("y").read()
         if np.size(x) == cols and np.size(y) == rows:
             x_offset = _snapped_offset(x, 1, path)
             y_offset = _snapped_offset(y, 0, path)
@@ -291,21 +394,9 @@ def _locate(h5, path, shape):
 
 
 def _scan_granule(path, variable):
-    try:
-        import h5py
-    except ImportError as err:  # pragma: no cover - h5py is a declared dependency
-        raise SmdError("Reading SMAP HDF5 needs the h5py package (Debian: python3-h5py).") from err
-    if not os.path.isfile(path):
-        raise SmdError(f"SMAP granule {path!r} does not exist.")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as err:
-        raise SmdError(f"{path} is not a readable HDF5 file ({err}). Choose SMAP L4 .h5 granules.") from err
-    with h5:
+    with _Granule(path) as h5:
         name = _resolve_variable(h5, path, variable)
-        dataset = h5[name]
-        if dataset.ndim != 2:
-            raise SmdError(f"{path}: dataset {name} is not 2-D (shape {dataset.shape}).")
+        dataset = h5.array(name)
         when, source = _granule_time(h5, path)
         row_offset, col_offset = _locate(h5, path, dataset.shape)
         return dict(path=path, variable=name, time=when, time_source=source, shape=dataset.shape,
@@ -350,8 +441,6 @@ def _extent_window(extent, rows, cols):
 
 def _read_block(granule, window):
     """The granule's values inside the global window, NaN where absent or fill."""
-    import h5py
-
     row0, row1, col0, col1 = window
     out = np.full((row1 - row0, col1 - col0), np.nan, dtype="float32")
     g_row0, g_col0 = granule["row_offset"], granule["col_offset"]
@@ -360,8 +449,9 @@ def _read_block(granule, window):
     c0, c1 = max(col0, g_col0), min(col1, g_col0 + g_cols)
     if r0 >= r1 or c0 >= c1:
         return out
-    with h5py.File(granule["path"], "r") as h5:
-        values = h5[granule["variable"]][r0 - g_row0:r1 - g_row0, c0 - g_col0:c1 - g_col0].astype("float32")
+    with _Granule(granule["path"]) as h5:
+        values = h5.array(granule["variable"]).read(
+            (r0 - g_row0, r1 - g_row0, c0 - g_col0, c1 - g_col0)).astype("float32")
     for fill in granule["fills"]:
         values[values == np.float32(fill)] = np.nan
     out[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = values
