@@ -16,7 +16,7 @@ scratch GeoTIFF and accumulates, per coarse cell, the sum and count of predicted
 (``np.bincount``). The residual ``sm_cell - mean(pred in cell)`` is then added to every predicted
 fine pixel of the cell in a second pass that reads the scratch file and writes the output, so the
 mean of the fine pixels of each cell equals the cell's soil moisture. Cells without soil moisture
-on that date (NaN target) are left uncorrected. The mean is taken over the predicted fine pixels
+on that date (NaN target) and fine pixels outside the coarse grid are left uncorrected. The mean is taken over the predicted fine pixels
 of the cell that lie inside the fine grid. The largest ``|cell mean - cell SM|`` before and after
 correction (over cells that have both) is measured and returned.
 """
@@ -29,7 +29,7 @@ from .common import Progress, SmdError, atomic_output, series_profile
 from .dataset import Dataset
 
 #: Above this many fine pixels the per-block partition/cell maps are recomputed for every date
-#: instead of being kept in memory (6 bytes per pixel when cached).
+#: instead of being kept in memory (2 bytes per pixel, 6 with residual correction).
 CACHE_PIXEL_LIMIT = 25_000_000
 
 
@@ -169,7 +169,7 @@ class _PixelModels:
 
 
 def _cell_ids(dataset, window):
-    """int64 (rows, cols): id (row * w + col) of the coarse cell containing each fine pixel's
+    """int32 (rows, cols): id (row * w + col) of the coarse cell containing each fine pixel's
     centre, -1 outside the coarse grid (GDAL nearest-neighbour warp, exact transformer)."""
     from rasterio.warp import Resampling, reproject
 
@@ -179,7 +179,7 @@ def _cell_ids(dataset, window):
     reproject(ids, destination, src_transform=coarse.transform, src_crs=coarse.crs, src_nodata=-1.0,
               dst_transform=dataset.fine_grid.window_transform(window), dst_crs=dataset.fine_grid.crs,
               dst_nodata=-1.0, resampling=Resampling.nearest, tolerance=0.0)
-    return destination.astype("int64")
+    return destination.astype("int32")
 
 
 class _BlockMaps:
@@ -225,6 +225,7 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         Predict pixels outside every partition with the global model (else they are NaN).
     block_size : int
         Side of the square blocks processed at once (pixels); memory grows with its square.
+        Multiples of 256 match the output tiles.
     progress : Progress or None
     global_only : bool
         Predict every pixel with the global (without-partition) model: the paper's "WP" product.
@@ -271,6 +272,9 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         grid = dataset.fine_grid
         n_cells = dataset.coarse_grid.width * dataset.coarse_grid.height
         profile = series_profile(grid.profile(), len(date_indexes))
+        # band-interleaved: every date is written separately, so a tile holds one date only and
+        # is compressed once (pixel interleaving would re-read/re-compress shared tiles)
+        profile["interleave"] = "band"
         report = {"output": os.path.abspath(output_path),
                   "dates": [dataset.dates[i] for i in date_indexes],
                   "pixels_predicted": 0, "pixels_nan": 0, "pixels_per_model": {},
@@ -333,8 +337,9 @@ def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_
     scratch_path = os.path.join(os.path.dirname(output_tmp),
                                 f".{os.path.basename(output_tmp)}.scratch.tif")
     # uncompressed, so rewriting its blocks for every date happens in place
-    scratch_profile = dict(driver="GTiff", dtype="float32", nodata=float("nan"), count=1,
-                           **grid.profile())
+    scratch_profile = series_profile(grid.profile(), 1)
+    scratch_profile.update(compress=None, predictor=None)
+    scratch_profile = {k: v for k, v in scratch_profile.items() if v is not None}
     worst_before = worst_after = 0.0
     uncorrected = 0
     try:

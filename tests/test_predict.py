@@ -137,7 +137,7 @@ def test_blockwise_equals_whole_array(scene):
     np.testing.assert_array_equal(a, b)
     assert descriptions == DATES
     assert profile["dtype"] == "float32" and np.isnan(profile["nodata"])
-    assert profile["compress"] == "deflate"
+    assert profile["compress"] == "deflate" and profile["interleave"] == "band"
     # 3 dates x (34 rows inside partitions x 45 cols), minus the nodata pixel on date 0
     assert whole["pixels_predicted"] == blocks["pixels_predicted"] == 3 * PART_ROWS * COLS - 1
     assert whole["pixels_per_model"] == {"A": 3 * PART_ROWS * SPLIT_COL - 1,
