@@ -213,3 +213,13 @@ def test_explain_mean_abs_shap_per_partition(dataset_folder, tmp_path):
     assert float(table[0]["mean_abs_shap"]) == pytest.approx(rows[0]["mean_abs_shap"])
     with pytest.raises(SmdError, match="max_samples"):
         explain(model_path, dataset_folder, max_samples=0)
+
+
+def test_without_partitions_trains_only_the_global_model(dataset_folder, tmp_path):
+    report = train_model(dataset_folder, str(tmp_path / "g.zip"), folds=3, params=FAST, n_threads=1,
+                         base_models=("lightgbm",))
+    assert [(r["partition"], r["model"]) for r in report.rows()] == [("WP", "LightGBM"), ("WP", "Stacking")]
+    assert report.rows()[1]["n_train"] + report.rows()[1]["n_test"] == N * N * N_DATES - 2
+    loaded = modelfile.load_model(str(tmp_path / "g.zip"))
+    assert loaded.models == {} and loaded.partitions_json is None
+    assert loaded.global_model.base_model_names_ == ["lightgbm"]
