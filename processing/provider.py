@@ -3,7 +3,7 @@ import configparser
 import glob
 import os
 
-from qgis.core import Qgis, QgsMessageLog, QgsProcessingModelAlgorithm, QgsProcessingProvider
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms import algorithm_classes
@@ -65,10 +65,31 @@ class SmDownscaleProvider(QgsProcessingProvider):
                                      "Processing", Qgis.Warning)
         for cls in classes:
             self.addAlgorithm(cls())
+        self._models = []
         for path in sorted(glob.glob(os.path.join(MODELS_DIR, "*.model3"))):
             model = ShippedModel()
             if model.fromFile(path):
                 self.addAlgorithm(model)
+                self._models.append(model)
             else:
                 QgsMessageLog.logMessage(f"smdownscale: could not read model {path}", "Processing",
                                          Qgis.Warning)
+        # The models' steps are this provider's algorithms, which the registry resolves only once
+        # the provider is registered: attach them then (or now, on a refresh).
+        registry = QgsApplication.processingRegistry()
+        if registry.providerById(self.id()) is self:
+            self._attach_models()
+        else:
+            registry.providerAdded.connect(self._on_provider_added)
+
+    def _on_provider_added(self, provider_id):
+        if provider_id == self.id():
+            QgsApplication.processingRegistry().providerAdded.disconnect(self._on_provider_added)
+            self._attach_models()
+
+    def _attach_models(self):
+        """Resolve the child algorithms and expose the models' outputs as parameters."""
+        for model in self._models:
+            for child_id in model.childAlgorithms():
+                model.childAlgorithm(child_id).reattach()
+            model.updateDestinationParameters()

@@ -1,0 +1,252 @@
+"""The plugin shell: classFactory/initGui/unload, metadata, provider, algorithm definitions."""
+import configparser
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: issue 4: id -> ordered (parameter name, QGIS parameter type) of the fixed interface
+EXPECTED_PARAMETERS = {
+    "preprocess": [("PREDICTORS", "multilayer"), ("CATEGORICAL", "string"), ("MASK_CLASSES", "string"),
+                   ("COARSE_SM", "raster"), ("FINE_RESOLUTION", "number"), ("TARGET_CRS", "crs"),
+                   ("MIN_VALID_FRACTION", "number"), ("OUTPUT", "folderDestination")],
+    "train": [("DATASET", "file"), ("PARTITIONS", "source"), ("PARTITION_FIELD", "field"),
+              ("BASE_MODELS", "enum"), ("FOLDS", "number"), ("TEST_FRACTION", "number"),
+              ("CV_STRATEGY", "enum"), ("SEED", "number"), ("N_ESTIMATORS", "number"),
+              ("LEARNING_RATE", "number"), ("MAX_DEPTH", "number"), ("SPATIAL_BLOCK_CELLS", "number"),
+              ("MIN_SAMPLES", "number"), ("THREADS", "number"), ("TRAIN_GLOBAL", "boolean"),
+              ("FALLBACK_TO_GLOBAL", "boolean"), ("OUTPUT_MODEL", "fileDestination"),
+              ("OUTPUT_REPORT", "fileDestination")],
+    "predict": [("DATASET", "file"), ("MODEL", "file"), ("DATES", "string"),
+                ("RESIDUAL_CORRECTION", "boolean"), ("USE_GLOBAL", "boolean"), ("GLOBAL_ONLY", "boolean"),
+                ("BLOCK_SIZE", "number"), ("OUTPUT", "rasterDestination")],
+    "validate": [("DOWNSCALED", "raster"), ("OTHER_PRODUCTS", "multilayer"), ("STATIONS", "source"),
+                 ("SITE_FIELD", "field"), ("DATE_FIELD", "field"), ("VALUE_FIELD", "field"),
+                 ("OUTPUT", "sink"), ("OUTPUT_REPORT", "fileDestination")],
+    "explain": [("MODEL", "file"), ("DATASET", "file"), ("MAX_SAMPLES", "number"), ("SEED", "number"),
+                ("OUTPUT_TABLE", "sink")],
+}
+ADVANCED = {"train": {"N_ESTIMATORS", "LEARNING_RATE", "MAX_DEPTH", "SPATIAL_BLOCK_CELLS", "MIN_SAMPLES",
+                      "THREADS", "TRAIN_GLOBAL", "FALLBACK_TO_GLOBAL"},
+            "predict": {"USE_GLOBAL", "GLOBAL_ONLY", "BLOCK_SIZE"},
+            "preprocess": {"MIN_VALID_FRACTION"}, "validate": set(), "explain": {"MAX_SAMPLES", "SEED"}}
+DEFAULTS = {("preprocess", "CATEGORICAL"): "lc", ("preprocess", "FINE_RESOLUTION"): 1000.0,
+            ("preprocess", "MIN_VALID_FRACTION"): 0.5, ("train", "FOLDS"): 5, ("train", "TEST_FRACTION"): 0.3,
+            ("train", "BASE_MODELS"): [0, 1, 2], ("train", "SEED"): 42,
+            ("predict", "RESIDUAL_CORRECTION"): False, ("validate", "SITE_FIELD"): "site_id",
+            ("validate", "DATE_FIELD"): "date", ("validate", "VALUE_FIELD"): "sm"}
+OUTPUT_NUMBERS = {"validate": {"MEAN_R", "MEDIAN_R", "MEAN_UBRMSE", "MEAN_BIAS"},
+                  "train": {"R_TEST", "RMSE_TEST"}, "predict": {"N_DATES", "N_PIXELS"}}
+
+
+def _remove_registered_provider():
+    from qgis.core import QgsApplication
+
+    registry = QgsApplication.processingRegistry()
+    existing = registry.providerById("smdownscale")
+    if existing is not None:
+        registry.removeProvider(existing)
+
+
+@pytest.fixture()
+def provider(qgis_app):
+    from qgis.core import QgsApplication
+
+    from smdownscale.processing.provider import SmDownscaleProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("smdownscale") is None:
+        registry.addProvider(SmDownscaleProvider())
+    return registry.providerById("smdownscale")
+
+
+def test_metadata_is_complete_for_the_plugin_repository():
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(os.path.join(ROOT, "metadata.txt"), encoding="utf-8")
+    general = parser["general"]
+    assert general["name"] == "Soil Moisture Downscaling (smdownscale)"
+    assert general["qgisMinimumVersion"] == "3.22"
+    assert general["version"] == "0.1.0"
+    assert general["author"] == "smdownscale developers"
+    assert general["repository"] == "https://github.com/smdownscale/smdownscale"
+    assert general["tracker"] == "https://github.com/smdownscale/smdownscale/issues"
+    assert general["homepage"] == "https://github.com/smdownscale/smdownscale"
+    assert general["hasProcessingProvider"] == "yes"
+    assert general["experimental"] == "True"
+    assert general["category"] == "Raster"
+    assert "@" in general["email"] and len(general["description"]) > 30 and len(general["about"]) > 100
+    assert "SMAP" in general["tags"]
+    assert os.path.isfile(os.path.join(ROOT, general["icon"]))
+    for icon in ("group_downscaling.svg", "group_dataprep.svg", "group_validation.svg"):
+        with open(os.path.join(ROOT, "icons", icon), encoding="utf-8") as handle:
+            assert handle.read().lstrip().startswith("<svg")
+
+
+def test_classfactory_initgui_and_unload(qgis_app, qgis_iface):
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtWidgets import QMenu, QToolBar
+
+    import smdownscale
+
+    _remove_registered_provider()
+    # pytest-qgis' iface lacks the Raster-menu calls: give it QGIS's behaviour with real widgets
+    raster_menu = QMenu("&Raster")
+    toolbar = QToolBar("Plugins")
+    submenus = {}
+
+    def add_to_raster_menu(name, action):
+        submenus.setdefault(name, raster_menu.addMenu(name)).addAction(action)
+
+    def remove_from_raster_menu(name, action):
+        submenus[name].removeAction(action)
+
+    qgis_iface.addPluginToRasterMenu = add_to_raster_menu
+    qgis_iface.removePluginRasterMenu = remove_from_raster_menu
+    qgis_iface.addToolBarIcon = toolbar.addAction
+    qgis_iface.removeToolBarIcon = toolbar.removeAction
+
+    plugin = smdownscale.classFactory(qgis_iface)
+    assert type(plugin).__name__ == "SmDownscalePlugin"
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById("smdownscale") is None  # nothing registered before initGui
+    plugin.initGui()
+    provider = registry.providerById("smdownscale")
+    assert provider is not None and provider.name() == "Soil moisture downscaling"
+    menu = submenus["Soil moisture downscaling"]
+    ids = sorted(action.toolTip() for action in menu.actions())
+    assert ids == sorted(alg.id() for alg in provider.algorithms())
+    assert {"smdownscale:preprocess", "smdownscale:train", "smdownscale:predict", "smdownscale:validate",
+            "smdownscale:explain", "smdownscale:downscaling_chain"} <= set(ids)
+    assert len(toolbar.actions()) == 1
+    assert toolbar.actions()[0].text() == "Soil moisture downscaling chain"
+
+    plugin.unload()
+    assert registry.providerById("smdownscale") is None
+    assert menu.actions() == [] and toolbar.actions() == []
+    assert plugin.actions == [] and plugin.provider is None
+
+
+def test_provider_identity_and_every_registered_module_loads(provider):
+    from smdownscale.processing.algorithms import ALGORITHM_MODULES, algorithm_classes
+
+    assert provider.id() == "smdownscale"
+    assert provider.versionInfo() == "0.1.0"
+    assert not provider.icon().isNull()
+    classes, errors = algorithm_classes()
+    assert errors == {}, f"algorithm modules that do not import: {errors}"
+    assert len(classes) >= len(ALGORITHM_MODULES)
+    ids = {alg.id() for alg in provider.algorithms()}
+    assert {f"smdownscale:{cls().name()}" for cls in classes} | {"smdownscale:downscaling_chain"} == ids
+    groups = {alg.groupId(): alg.group() for alg in provider.algorithms()}
+    assert groups == {"downscaling": "Downscaling", "validation": "Validation",
+                      "dataprep": "Data preparation"}
+
+
+@pytest.mark.parametrize("alg_id", sorted(EXPECTED_PARAMETERS))
+def test_parameter_names_types_help_and_flags(provider, alg_id):
+    from qgis.core import QgsProcessingParameterDefinition
+
+    algorithm = provider.algorithm(alg_id)
+    definitions = algorithm.parameterDefinitions()
+    assert [(d.name(), d.type()) for d in definitions] == EXPECTED_PARAMETERS[alg_id]
+    assert all(d.help() for d in definitions), "every parameter has help text"
+    advanced = {d.name() for d in definitions if d.flags() & QgsProcessingParameterDefinition.FlagAdvanced}
+    assert advanced == ADVANCED[alg_id]
+    for (alg, name), value in DEFAULTS.items():
+        if alg == alg_id:
+            assert algorithm.parameterDefinition(name).defaultValue() == value, name
+    outputs = {o.name() for o in algorithm.outputDefinitions() if o.type() == "outputNumber"}
+    assert outputs == OUTPUT_NUMBERS.get(alg_id, set())
+    assert len(algorithm.shortHelpString()) > 200
+    assert algorithm.createInstance().name() == alg_id
+
+
+def test_parameter_enums_and_destinations(provider):
+    train = provider.algorithm("train")
+    assert train.parameterDefinition("BASE_MODELS").options() == ["XGBoost", "LightGBM", "CatBoost"]
+    assert train.parameterDefinition("BASE_MODELS").allowMultiple()
+    assert train.parameterDefinition("CV_STRATEGY").options() == ["Random pixels", "Spatial blocks",
+                                                                 "Leave dates out"]
+    assert "*.smdmodel.zip" in train.parameterDefinition("OUTPUT_MODEL").fileFilter()
+    assert provider.algorithm("validate").parameterDefinition("OTHER_PRODUCTS").flags() & 8  # optional
+    assert provider.algorithm("train").parameterDefinition("PARTITIONS").flags() & 8
+
+
+def test_shipped_model_chains_the_four_steps(provider):
+    chain = provider.algorithm("downscaling_chain")
+    assert chain is not None
+    assert chain.displayName() == "Downscaling chain (prepare, train, predict, validate)"
+    children = chain.childAlgorithms()
+    assert {c.algorithmId() for c in children.values()} == {
+        "smdownscale:preprocess", "smdownscale:train", "smdownscale:predict", "smdownscale:validate"}
+    assert chain.dependentChildAlgorithms("preprocess") == {"train", "predict", "validate"}
+    names = [p.name() for p in chain.parameterDefinitions()]
+    assert {"PREDICTORS", "COARSE_SM", "PARTITIONS", "PARTITION_FIELD", "STATIONS", "predict:DOWNSCALED",
+            "train:MODEL", "validate:VALIDATION"} <= set(names)
+    ok, errors = chain.validate()
+    assert ok, errors
+
+
+def test_loading_plugin_and_provider_does_not_import_learners():
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.join(ROOT, '.plugin-path')!r})\n"
+        "from qgis.core import QgsApplication\n"
+        "app = QgsApplication([], False); app.initQgis()\n"
+        "import smdownscale\n"
+        "from smdownscale.plugin import SmDownscalePlugin\n"
+        "from smdownscale.processing.provider import SmDownscaleProvider\n"
+        "provider = SmDownscaleProvider()\n"
+        "QgsApplication.processingRegistry().addProvider(provider)\n"
+        "assert len(provider.algorithms()) >= 6, provider.algorithms()\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('xgboost', 'lightgbm', 'catboost', 'shap', 'sklearn'))\n"
+        "print('HEAVY=' + ','.join(heavy))\n")
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY=\n" in done.stdout
+
+
+def test_missing_package_message_names_packages_and_pip_command(qgis_app):
+    from qgis.core import QgsProcessingException
+
+    from smdownscale.processing.algorithms.base import pip_command, qgis_python_executable, require_packages
+
+    with pytest.raises(QgsProcessingException) as caught:
+        require_packages("xgboost", "smd_package_that_is_not_installed")
+    message = str(caught.value)
+    assert "smd_package_that_is_not_installed" in message and "xgboost," not in message
+    assert f'"{qgis_python_executable()}" -m pip install smd_package_that_is_not_installed' in message
+    assert pip_command(["sklearn", "catboost"]).endswith("-m pip install scikit-learn==1.5.2 catboost==1.2.7")
+    assert os.path.basename(qgis_python_executable()).startswith("python")
+    require_packages("xgboost", "lightgbm", "catboost", "sklearn", "shap")  # installed: no error
+
+
+def test_feedback_progress_and_error_conversion(qgis_app):
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    from smdownscale.core.common import Cancelled, SmdError
+    from smdownscale.processing.algorithms.base import feedback_progress, run_core
+
+    feedback = QgsProcessingFeedback()
+    logged = []
+    feedback.progressChanged.connect(lambda value: logged.append(round(value, 6)))
+    progress = feedback_progress(feedback)
+    progress.update(0.25, "first")
+    progress.sub(0.5, 1.0).update(0.5, "second")
+    assert logged == [25.0, 75.0]
+    assert feedback.progress() == 75.0
+    feedback.cancel()
+    with pytest.raises(Cancelled):
+        progress.check()
+
+    def failing():
+        raise SmdError("Band 3 has no date; describe it as YYYY-MM-DD.")
+
+    with pytest.raises(QgsProcessingException, match="Band 3 has no date; describe it as YYYY-MM-DD."):
+        run_core(failing)
+    assert run_core(lambda a, b=0: a + b, 2, b=3) == 5
