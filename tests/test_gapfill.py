@@ -175,3 +175,19 @@ def test_bad_inputs_leave_nothing(tmp_path):
     with pytest.raises(SmdError, match="also an input"):
         gap_fill(src, src)
     assert os.listdir(out_dir) == []
+
+
+def test_progress_and_cancel_leave_no_output(tmp_path):
+    from smdownscale.core.common import Cancelled, Progress
+
+    dates = iso_days("2019-04-01", 5)
+    src = write_series(tmp_path / "s.tif", np.ones((5, 4, 4)), dates)
+    seen = []
+    gap_fill(src, str(tmp_path / "ok.tif"), savgol_half_width=0, block_size=2,
+             progress=Progress(lambda fraction, message: seen.append(fraction)))
+    assert seen == [0.25, 0.5, 0.75, 1.0]
+    calls = []
+    cancel_after_two = Progress(None, lambda: calls.append(1) or len(calls) > 2)
+    with pytest.raises(Cancelled):
+        gap_fill(src, str(tmp_path / "cancelled.tif"), block_size=2, progress=cancel_after_two)
+    assert sorted(os.listdir(tmp_path)) == ["ok.tif", "s.tif"]
