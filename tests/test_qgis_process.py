@@ -1,0 +1,139 @@
+"""scripts/qgis-process: Debian's qgis_process.bin with the plugin, single algorithms and the
+shipped .model3 chain run as a subprocess, JSON outputs checked."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WRAPPER = os.path.join(ROOT, "scripts", "qgis-process")
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/qgis_process.bin"),
+                                reason="Debian's /usr/bin/qgis_process.bin is not installed")
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    """A fresh qgis_process profile, so the wrapper's one-time `plugins enable` runs too."""
+    return str(tmp_path_factory.mktemp("qgis-profile"))
+
+
+def qgis_process(profile, *args, check=True):
+    env = dict(os.environ, SMDOWNSCALE_QGIS_PROFILE=profile, QT_QPA_PLATFORM="offscreen")
+    done = subprocess.run([WRAPPER, *args], capture_output=True, text=True, env=env, timeout=240)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def run_json(profile, alg_id, parameters):
+    args = []
+    for name, value in parameters.items():
+        for item in (value if isinstance(value, list) else [value]):
+            args.append(f"{name}={item}")
+    done = qgis_process(profile, "run", alg_id, "--json", "--", *args)
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    from smdownscale.core.synthetic import make_scenario
+
+    # 21 days: the stations read on the 1st, 11th and 21st, three pairs per site for R
+    return make_scenario(str(tmp_path_factory.mktemp("scenario")), size="small", n_dates=21)
+
+
+def test_wrapper_lists_the_provider_and_enables_the_plugin_once(profile):
+    listing = qgis_process(profile, "list").stdout
+    for alg_id in ("preprocess", "train", "predict", "validate", "explain", "downscaling_chain"):
+        assert f"smdownscale:{alg_id}\t" in listing
+    ini = os.path.join(profile, "profiles", "default", "QGIS", "QGIS3.ini")
+    with open(ini, encoding="utf-8") as handle:
+        assert "smdownscale=true" in handle.read()
+    assert os.path.islink(os.path.join(ROOT, ".plugin-path", "smdownscale"))
+    # the help shows the fixed parameter names
+    helptext = qgis_process(profile, "help", "smdownscale:validate").stdout
+    for name in ("DOWNSCALED", "OTHER_PRODUCTS", "STATIONS", "SITE_FIELD", "MEAN_UBRMSE"):
+        assert name in helptext
+
+
+def test_preprocess_json_and_a_failing_run(profile, scenario, tmp_path):
+    result = run_json(profile, "smdownscale:preprocess", {
+        "PREDICTORS": scenario["predictors"], "COARSE_SM": scenario["soil_moisture"],
+        "MASK_CLASSES": "lc:0", "OUTPUT": str(tmp_path / "dataset")})
+    assert result["algorithm_details"]["id"] == "smdownscale:preprocess"
+    assert result["results"]["OUTPUT"] == str(tmp_path / "dataset")
+    with open(tmp_path / "dataset" / "dataset.json", encoding="utf-8") as handle:
+        assert json.load(handle)["dates"] == scenario["dates"]
+    failed = qgis_process(profile, "run", "smdownscale:train", "--", f"DATASET={tmp_path}",
+                          f"OUTPUT_MODEL={tmp_path / 'm.smdmodel.zip'}", check=False)
+    assert failed.returncode != 0
+    assert "is not a prepared dataset folder" in failed.stdout + failed.stderr
+    assert not (tmp_path / "m.smdmodel.zip").exists()
+
+
+def test_whole_chain_through_the_model3(profile, scenario, tmp_path):
+    import rasterio
+    from qgis.core import QgsVectorLayer
+
+    out = tmp_path
+    result = run_json(profile, "smdownscale:downscaling_chain", {
+        "PREDICTORS": scenario["predictors"], "COARSE_SM": scenario["soil_moisture"], "MASK_CLASSES": "lc:0",
+        "STATIONS": scenario["stations"], "N_ESTIMATORS": 20, "FOLDS": 2, "MIN_SAMPLES": 10, "THREADS": 2,
+        "preprocess:DATASET": str(out / "dataset"), "train:MODEL": str(out / "model.smdmodel.zip"),
+        "train:REPORT": str(out / "training.json"), "predict:DOWNSCALED": str(out / "sm_1km.tif"),
+        "validate:VALIDATION": str(out / "validation.gpkg"),
+        "validate:VALIDATION_REPORT": str(out / "validation.json")})
+    results = result["results"]
+    assert results["predict:DOWNSCALED"] == str(out / "sm_1km.tif")
+    assert results["train:MODEL"] == str(out / "model.smdmodel.zip")
+    assert results["validate:VALIDATION"] == str(out / "validation.gpkg")
+
+    with open(out / "training.json", encoding="utf-8") as handle:
+        training = json.load(handle)
+    assert {row["partition"] for row in training["rows"]} == {"WP"}  # no partitions: one global model
+    assert {row["model"] for row in training["rows"]} == {"XGBoost", "LightGBM", "CatBoost", "Stacking"}
+
+    with rasterio.open(out / "sm_1km.tif") as src:
+        assert list(src.descriptions) == scenario["dates"]
+        values = src.read()
+    with rasterio.open(scenario["truth"]) as src:
+        truth = src.read()
+    both = np.isfinite(values) & np.isfinite(truth)
+    assert both.mean() > 0.9
+    assert float(np.sqrt(np.mean((values[both] - truth[both]) ** 2))) < 0.06
+
+    with open(out / "validation.json", encoding="utf-8") as handle:
+        report = json.load(handle)
+    products = {row["product"] for row in report["summary"]}
+    assert products == {"sm_1km", "soil_moisture_9km"}
+    layer = QgsVectorLayer(str(out / "validation.gpkg"), "validation", "ogr")
+    assert layer.isValid()
+    features = list(layer.getFeatures())
+    summary = next(row for row in report["summary"] if row["product"] == "sm_1km")
+    downscaled = [f for f in features if f["product"] == "sm_1km"]
+    assert len(downscaled) == summary["n_sites"] > 0
+    assert all(f["n"] == 3 for f in downscaled)
+    ubrmse = [f["ubrmse"] for f in downscaled]
+    assert summary["mean_ubrmse"] == pytest.approx(float(np.mean(ubrmse)), abs=1e-9)
+    assert summary["mean_ubrmse"] < 0.06
+
+
+def test_make_package_builds_a_clean_plugin_zip(tmp_path):
+    import zipfile
+
+    target = tmp_path / "smdownscale-test.zip"
+    subprocess.run([os.path.join(ROOT, "scripts", "make-package"), str(target)], check=True,
+                   capture_output=True, timeout=60)
+    with zipfile.ZipFile(target) as archive:
+        names = archive.namelist()
+    assert all(name.startswith("smdownscale/") for name in names)
+    for required in ("__init__.py", "metadata.txt", "plugin.py", "processing/provider.py",
+                     "processing/models/downscaling_chain.model3", "icons/smdownscale.svg", "core/common.py"):
+        assert f"smdownscale/{required}" in names
+    for name in names:
+        parts = name.split("/")
+        assert parts[1] not in ("tests", "bench", "scripts", ".ci", ".venv", ".plugin-path"), name
+        assert "__pycache__" not in parts and not name.endswith(".pyc") and not parts[-1].startswith(".")
