@@ -15,26 +15,25 @@ pytestmark = pytest.mark.skipif(not (os.path.exists(SMAP_INPUT) and os.path.isdi
                                 reason=f"real SMAP/ISMN test data not found in {REALDATA}")
 
 
-_KEEP = []  # the registry keeps only a C++ pointer: keep the Python provider alive
-
-
 @pytest.fixture()
 def provider(qgis_processing):
-    from qgis.core import QgsApplication
+    """The smdownscale provider with its algorithms loaded, held by this fixture.
 
+    Algorithms are run as instances of this provider (``processing.run(algorithm, ...)``) so the
+    tests do not depend on what other test modules left in the global registry.
+    """
     from smdownscale.processing.provider import SmDownscaleProvider
 
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("smdownscale") is None:
-        _KEEP.append(SmDownscaleProvider())
-        registry.addProvider(_KEEP[-1])
-    return registry.providerById("smdownscale")
+    provider = SmDownscaleProvider()
+    provider.refreshAlgorithms()  # calls loadAlgorithms(): addAlgorithm + initAlgorithm
+    yield provider
 
 
 def test_algorithms_and_parameter_names(provider):
     smap = provider.algorithm("importsmapl4")
     ismn = provider.algorithm("importismn")
     assert smap is not None and ismn is not None
+    assert (smap.id(), ismn.id()) == ("smdownscale:importsmapl4", "smdownscale:importismn")
     assert smap.group() == ismn.group() == "Data preparation"
     assert [p.name() for p in smap.parameterDefinitions()] == ["INPUT", "VARIABLE", "TIME_WINDOW", "EXTENT",
                                                                "OUTPUT"]
@@ -51,7 +50,7 @@ def test_importsmapl4_through_processing(provider, tmp_path):
     from qgis.core import QgsProcessingException
 
     out = str(tmp_path / "smap.tif")
-    result = processing.run("smdownscale:importsmapl4", {
+    result = processing.run(provider.algorithm("importsmapl4"), {
         "INPUT": [SMAP_INPUT], "VARIABLE": "", "TIME_WINDOW": "14:00-16:00", "OUTPUT": out})
     assert result["OUTPUT"] == out and result["N_DATES"] == 1
     with rasterio.open(out) as src:
@@ -60,11 +59,11 @@ def test_importsmapl4_through_processing(provider, tmp_path):
         assert src.transform.f == pytest.approx(7314540.8306386 - 40 * 9008.055210146, abs=1e-6)
         assert int(np.isnan(src.read(1)).sum()) == 324011
     with pytest.raises(QgsProcessingException, match="not on the EASE-Grid 2.0"):
-        processing.run("smdownscale:importsmapl4", {
+        processing.run(provider.algorithm("importsmapl4"), {
             "INPUT": [SMAP_UTM], "VARIABLE": "Analysis_Data/sm_profile_analysis",
             "OUTPUT": str(tmp_path / "utm.tif")})
     with pytest.raises(QgsProcessingException, match="No granule falls inside"):
-        processing.run("smdownscale:importsmapl4", {
+        processing.run(provider.algorithm("importsmapl4"), {
             "INPUT": [SMAP_INPUT], "TIME_WINDOW": "06:00-09:00", "OUTPUT": str(tmp_path / "w.tif")})
     assert sorted(os.listdir(tmp_path)) == ["smap.tif"]
 
@@ -74,7 +73,7 @@ def test_importismn_through_processing(provider, tmp_path):
     from qgis.core import QgsProcessingException, QgsVectorLayer
 
     out = str(tmp_path / "stations.gpkg")
-    result = processing.run("smdownscale:importismn", {
+    result = processing.run(provider.algorithm("importismn"), {
         "INPUT": ISMN_HEADER, "DEPTH_FROM": 0.0, "DEPTH_TO": 0.2, "HOUR": 8, "OUTPUT": out})
     from smdownscale.core.dataprep.ismn import read_ismn_observations
 
@@ -89,5 +88,5 @@ def test_importismn_through_processing(provider, tmp_path):
     point = feature.geometry().asPoint()
     assert (point.x(), point.y()) == (-97.4878, 36.6054)
     with pytest.raises(QgsProcessingException, match="mal_formed_file.txt, line 1"):
-        processing.run("smdownscale:importismn", {"INPUT": ISMN_MALFORMED, "OUTPUT": str(tmp_path / "bad.gpkg")})
+        processing.run(provider.algorithm("importismn"), {"INPUT": ISMN_MALFORMED, "OUTPUT": str(tmp_path / "bad.gpkg")})
     assert sorted(os.listdir(tmp_path)) == ["stations.gpkg"]
