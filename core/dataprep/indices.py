@@ -149,8 +149,9 @@ def spectral_indices(reflectance_path, output_folder_or_paths, *, indices=("ndvi
         raise SmdError(f"Unknown or no index {unknown or ''}; choose from {', '.join(INDEX_BANDS)}.")
     if len(set(indices)) != len(indices):
         raise SmdError("An index is listed twice.")
-    mapping = parse_band_map(band_map) if not isinstance(band_map, dict) else {
-        **MOD09A1_BANDS, **{str(k).lower(): int(v) for k, v in band_map.items()}}
+    if isinstance(band_map, dict):
+        band_map = ",".join(f"{name}:{band}" for name, band in band_map.items())
+    mapping = parse_band_map(band_map)
     try:
         scale_factor = float(scale_factor)
     except (TypeError, ValueError) as err:
