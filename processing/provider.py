@@ -63,8 +63,11 @@ class SmDownscaleProvider(QgsProcessingProvider):
         for name, error in errors.items():
             QgsMessageLog.logMessage(f"smdownscale: algorithm module {name!r} not loaded: {error}",
                                      "Processing", Qgis.Warning)
-        for cls in classes:
-            self.addAlgorithm(cls())
+        # keep the Python objects alive: the registry holds only their C++ side, and a collected
+        # wrapper turns an algorithm into a bare QgsProcessingAlgorithm (empty help, no run)
+        self._algorithms = [cls() for cls in classes]
+        for algorithm in self._algorithms:
+            self.addAlgorithm(algorithm)
         self._models = []
         for path in sorted(glob.glob(os.path.join(MODELS_DIR, "*.model3"))):
             model = ShippedModel()

@@ -42,6 +42,9 @@ OUTPUT_NUMBERS = {"validate": {"MEAN_R", "MEDIAN_R", "MEAN_UBRMSE", "MEAN_BIAS"}
                   "train": {"R_TEST", "RMSE_TEST"}, "predict": {"N_DATES", "N_PIXELS"}}
 
 
+_KEEP = []
+
+
 def _remove_registered_provider():
     from qgis.core import QgsApplication
 
@@ -59,7 +62,8 @@ def provider(qgis_app):
 
     registry = QgsApplication.processingRegistry()
     if registry.providerById("smdownscale") is None:
-        registry.addProvider(SmDownscaleProvider())
+        _KEEP.append(SmDownscaleProvider())  # the registry keeps only the C++ side alive
+        registry.addProvider(_KEEP[-1])
     return registry.providerById("smdownscale")
 
 
