@@ -11,20 +11,15 @@ from rasterio.transform import from_origin
 TRANSFORM = from_origin(500000.0, 4000000.0, 500.0, 500.0)
 ALG_IDS = ("spectralindices", "gapfill", "s1composite", "reclassifylc")
 
-_KEEP = []  # the registry keeps only a C++ pointer: keep the Python provider alive
-
-
 @pytest.fixture()
 def provider(qgis_processing):
-    from qgis.core import QgsApplication
-
+    """A provider of our own with its algorithms loaded; tests run its algorithm instances so
+    they do not depend on what other test modules left in the global registry."""
     from smdownscale.processing.provider import SmDownscaleProvider
 
-    registry = QgsApplication.processingRegistry()
-    if registry.providerById("smdownscale") is None:
-        _KEEP.append(SmDownscaleProvider())
-        registry.addProvider(_KEEP[-1])
-    return registry.providerById("smdownscale")
+    provider = SmDownscaleProvider()
+    provider.refreshAlgorithms()
+    yield provider
 
 
 def write_raster(path, values, *, dtype="float32", nodata=np.nan, dates=None, tags=None):
@@ -47,7 +42,7 @@ def test_definitions(provider):
 
     for alg_id in ALG_IDS:
         algorithm = provider.algorithm(alg_id)
-        assert algorithm is not None, alg_id
+        assert algorithm is not None and algorithm.id() == f"smdownscale:{alg_id}"
         assert algorithm.group() == "Data preparation"
         assert algorithm.shortHelpString()
         names = [p.name() for p in algorithm.parameterDefinitions()]
@@ -65,7 +60,7 @@ def test_spectralindices(provider, tmp_path):
     first = write_raster(tmp_path / "mod09a1_2019-04-07.tif", bands, dtype="int16", nodata=-28672)
     second = write_raster(tmp_path / "mod09a1_2019-04-15.tif", bands, dtype="int16", nodata=-28672)
     out = tmp_path / "indices"
-    result = processing.run("smdownscale:spectralindices", {
+    result = processing.run(provider.algorithm("spectralindices"), {
         "INPUT": [second, first], "INDICES": [0, 3], "OUTPUT": str(out)})
     assert result["N_DATES"] == 2 and sorted(os.listdir(out)) == ["ndvi.tif", "nsdsi.tif"]
     assert sorted(result["OUTPUT_LAYERS"]) == [str(out / "ndvi.tif"), str(out / "nsdsi.tif")]
@@ -83,7 +78,7 @@ def test_gapfill(provider, tmp_path):
     qc = write_raster(tmp_path / "qc.tif", np.array([0, 2, 0]).reshape(3, 1, 1), dtype="uint8", nodata=255,
                       dates=dates)
     out = str(tmp_path / "daily.tif")
-    result = processing.run("smdownscale:gapfill", {
+    result = processing.run(provider.algorithm("gapfill"), {
         "INPUT": series, "QC": qc, "QC_RULE": "bits 1 == 0", "SG_HALF_WIDTH": 0, "OUTPUT": out})
     assert result["N_DATES"] == 17
     with rasterio.open(out) as src:
@@ -97,7 +92,7 @@ def test_s1composite(provider, tmp_path):
     a = write_raster(tmp_path / "vv_2019-04-01.tif", [[-10.0]])
     b = write_raster(tmp_path / "vv_2019-04-07.tif", [[-13.0]])
     out = str(tmp_path / "vv_daily.tif")
-    result = processing.run("smdownscale:s1composite", {"INPUT": [a, b], "OUTPUT": out})
+    result = processing.run(provider.algorithm("s1composite"), {"INPUT": [a, b], "OUTPUT": out})
     assert result["N_DATES"] == 7
     with rasterio.open(out) as src:
         assert src.read(4)[0, 0] == pytest.approx(10 * math.log10((0.1 + 10 ** -1.3) / 2), abs=1e-5)
@@ -109,11 +104,12 @@ def test_reclassifylc_and_bad_table(provider, tmp_path):
 
     pft = write_raster(tmp_path / "pft.tif", [[0, 3, 6, 8, 10, 255]], dtype="uint8", nodata=None)
     out = str(tmp_path / "lc.tif")
-    result = processing.run("smdownscale:reclassifylc", {"INPUT": pft, "WATER_AS_NODATA": True, "OUTPUT": out})
+    result = processing.run(provider.algorithm("reclassifylc"),
+                            {"INPUT": pft, "WATER_AS_NODATA": True, "OUTPUT": out})
     assert json.loads(result["CLASS_COUNTS"]) == {"1": 1, "2": 1, "3": 1, "4": 1}
     with rasterio.open(out) as src:
         np.testing.assert_array_equal(src.read(1), [[np.nan, 1, 2, 3, 4, np.nan]])
     with pytest.raises(QgsProcessingException):
-        processing.run("smdownscale:reclassifylc", {"INPUT": pft, "TABLE": "1-5:1,4:2",
+        processing.run(provider.algorithm("reclassifylc"), {"INPUT": pft, "TABLE": "1-5:1,4:2",
                                                     "OUTPUT": str(tmp_path / "bad.tif")})
     assert not os.path.exists(tmp_path / "bad.tif")
