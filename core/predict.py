@@ -20,7 +20,6 @@ on that date (NaN target) and fine pixels outside the coarse grid are left uncor
 of the cell that lie inside the fine grid. The largest ``|cell mean - cell SM|`` before and after
 correction (over cells that have both) is measured and returned.
 """
-import math
 import os
 
 import numpy as np
