@@ -33,6 +33,9 @@ class ShippedModel(QgsProcessingModelAlgorithm):
     def group(self):
         return tr(GROUPS["downscaling"][0])
 
+    def icon(self):
+        return QIcon(os.path.join(ICONS_DIR, GROUPS["downscaling"][1]))
+
     def groupId(self):  # noqa: N802 - the .model3 stores only the group text, not our group id
         return "downscaling"
 

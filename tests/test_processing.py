@@ -330,3 +330,34 @@ def test_validate_rejects_unknown_field(processing_module, hand_made_validation,
         "DOWNSCALED": raster, "STATIONS": stations, "VALUE_FIELD": "moisture",
         "OUTPUT": str(output / "v.gpkg")}, "no field 'moisture'")
     assert os.listdir(output) == []
+
+
+def test_outputs_loaded_on_completion_get_their_styles(processing_module, prepared, trained,
+                                                       hand_made_validation, tmp_path):
+    from qgis.core import (QgsGraduatedSymbolRenderer, QgsProcessingContext, QgsProcessingFeedback,
+                           QgsProcessingOutputLayerDefinition, QgsProject, QgsRasterLayer,
+                           QgsSingleBandPseudoColorRenderer, QgsVectorLayer)
+
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    raster_out = str(tmp_path / "styled.tif")
+    processing_module.run("smdownscale:predict", {
+        "DATASET": prepared, "MODEL": trained["OUTPUT_MODEL"], "DATES": "2019-04-01",
+        "OUTPUT": QgsProcessingOutputLayerDefinition(raster_out, QgsProject.instance())},
+        context=context, feedback=feedback)
+    details = context.layerToLoadOnCompletionDetails(raster_out)
+    layer = QgsRasterLayer(raster_out, "styled")
+    details.postProcessor().postProcessLayer(layer, context, feedback)
+    assert isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert (layer.renderer().classificationMin(), layer.renderer().classificationMax()) == (0.0, 0.5)
+
+    raster, stations, _, _ = hand_made_validation
+    vector_out = str(tmp_path / "styled.gpkg")
+    result = processing_module.run("smdownscale:validate", {
+        "DOWNSCALED": raster, "STATIONS": stations,
+        "OUTPUT": QgsProcessingOutputLayerDefinition(vector_out, QgsProject.instance())},
+        context=context, feedback=feedback)
+    details = context.layerToLoadOnCompletionDetails(result["OUTPUT"])
+    points = QgsVectorLayer(result["OUTPUT"], "validation", "ogr")
+    details.postProcessor().postProcessLayer(points, context, feedback)
+    assert isinstance(points.renderer(), QgsGraduatedSymbolRenderer)
+    assert points.renderer().classAttribute() == "ubrmse"
