@@ -26,3 +26,12 @@ QGIS_PLUGINS = next((p for p in ("/usr/share/qgis/python/plugins", "/usr/lib/qgi
                      if os.path.isdir(os.path.join(p, "processing"))), None)
 if QGIS_PLUGINS and QGIS_PLUGINS not in sys.path:
     sys.path.insert(0, QGIS_PLUGINS)
+
+
+def pytest_report_header(config):
+    """QGIS, GDAL and Qt versions in the report, so a CI log says what it ran on."""
+    from osgeo import gdal
+    from qgis.core import Qgis
+    from qgis.PyQt.QtCore import QT_VERSION_STR
+
+    return f"QGIS {Qgis.QGIS_VERSION}, GDAL {gdal.__version__}, Qt {QT_VERSION_STR}"
