@@ -137,3 +137,18 @@ def test_make_package_builds_a_clean_plugin_zip(tmp_path):
         parts = name.split("/")
         assert parts[1] not in ("tests", "bench", "scripts", ".ci", ".venv", ".plugin-path"), name
         assert "__pycache__" not in parts and not name.endswith(".pyc") and not parts[-1].startswith(".")
+
+
+def test_wrapper_works_without_a_writable_home(tmp_path):
+    """CI runners may have no (writable) HOME: the wrapper then keeps its profile in TMPDIR."""
+    env = {key: value for key, value in os.environ.items() if key not in ("SMDOWNSCALE_QGIS_PROFILE",
+                                                                         "XDG_RUNTIME_DIR")}
+    home = tmp_path / "home"
+    home.write_text("HOME is a file here, so nothing can be written below it")
+    env.update(HOME=str(home), TMPDIR=str(tmp_path), QT_QPA_PLATFORM="offscreen")
+    done = subprocess.run([WRAPPER, "list"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "smdownscale:train\t" in done.stdout
+    profile = tmp_path / f"smdownscale-qgis-profile-{os.getuid()}"
+    assert (profile / "profiles" / "default" / "QGIS" / "QGIS3.ini").is_file()
+    assert home.is_file()
