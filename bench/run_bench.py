@@ -52,7 +52,7 @@ def phase_data(work):
 
     p = paths(work)
     started = time.time()
-    scenario = make_scenario(p["scenario"], size="bench")
+    scenario = make_scenario(p["scenario"], size=os.environ.get("SMD_BENCH_SIZE", "bench"))
     generated = time.time() - started
     started = time.time()
     preprocess(scenario["predictors"], scenario["soil_moisture"], p["dataset"],
@@ -83,7 +83,7 @@ def phase_train(work):
     started = time.time()
     report = train_model(p["dataset"], p["model"], partitions=partitions, train_global=False, seed=42)
     wall = time.time() - started
-    rows = [row for row in report.rows() if row["model"] == "stacking"]
+    rows = [row for row in report.rows() if row["model"] == "Stacking"]
     n_test = sum(row["n_test"] for row in rows)
     n_train = sum(row["n_train"] for row in rows)
     # pooled test RMSE over partitions (sample-weighted mean of squared errors)
@@ -130,7 +130,8 @@ def phase_naive(work):
     for index, name in enumerate(partitions.names):
         mine = samples.partition == index
         X, y = encode(samples.X[mine], encoder).astype("float64"), samples.y[mine].astype("float64")
-        train_index, test_index = split_train_test(samples, np.flatnonzero(mine), strategy="random", seed=42)
+        train_index, test_index, _ = split_train_test(samples, np.flatnonzero(mine), test_fraction=0.3,
+                                                      cv_strategy="random", spatial_block_cells=4, seed=42)
         train_rows = np.searchsorted(np.flatnonzero(mine), train_index)
         test_rows = np.searchsorted(np.flatnonzero(mine), test_index)
         stack = _naive_stack(42, n_threads).fit(X[train_rows], y[train_rows])
@@ -208,11 +209,12 @@ def phase_big(work):
     from smdownscale.core.predict import predict
 
     p = paths(work)
-    make_big_dataset(p["dataset"], p["big_dataset"], BIG_SIZE)
+    size = int(os.environ.get("SMD_BENCH_BIG", BIG_SIZE))
+    make_big_dataset(p["dataset"], p["big_dataset"], size)
     before = peak_rss_mb()
     started = time.time()
     predict(p["big_dataset"], p["model"], p["big_prediction"])
-    return {"grid": f"{BIG_SIZE}x{BIG_SIZE}", "predict_s": round(time.time() - started, 1),
+    return {"grid": f"{size}x{size}", "predict_s": round(time.time() - started, 1),
             "peak_rss_mb": round(peak_rss_mb()), "peak_rss_before_predict_mb": round(before)}
 
 
@@ -280,13 +282,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=os.path.join(HERE, "output"))
     parser.add_argument("--phase", choices=sorted(PHASES))
+    parser.add_argument("--size", default="bench", choices=["small", "demo", "bench"],
+                        help="scenario size (bench = paper scale; the others only to try the script)")
+    parser.add_argument("--big", type=int, default=BIG_SIZE, help="side of the big one-date grid")
     parser.add_argument("--skip", nargs="*", default=[], help="phases to skip (e.g. data when it exists)")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.work)))
         return
-    results = {"machine": {"cpus": os.cpu_count()}}
+    os.environ["SMD_BENCH_SIZE"] = args.size
+    os.environ["SMD_BENCH_BIG"] = str(args.big)
+    results = {"machine": {"cpus": os.cpu_count()}, "size": args.size}
     for name in ("data", "train", "naive", "predict", "raw", "big"):
         if name in args.skip:
             continue

@@ -10,7 +10,7 @@ NODATA = float("nan")
 #: Creation options for every raster the plugin writes: float32, tiled, compressed, NaN nodata.
 GTIFF_PROFILE = dict(
     driver="GTiff", dtype="float32", nodata=NODATA, tiled=True, blockxsize=256, blockysize=256,
-    compress="deflate", predictor=3, BIGTIFF="IF_SAFER",
+    compress="deflate", predictor=3, interleave="band", BIGTIFF="IF_SAFER",
 )
 
 

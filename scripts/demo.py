@@ -101,7 +101,7 @@ def main(argv=None):
     downscaled = os.path.join(out, "downscaled_1km.tif")
     run_algorithm("predict", DATASET=dataset, MODEL=model, OUTPUT=downscaled)
     downscaled_global = os.path.join(out, "downscaled_1km_global.tif")
-    run_algorithm("predict", DATASET=dataset, MODEL=model, USE_GLOBAL=True, OUTPUT=downscaled_global)
+    run_algorithm("predict", DATASET=dataset, MODEL=model, GLOBAL_ONLY=True, OUTPUT=downscaled_global)
     validation = run_algorithm(
         "validate", DOWNSCALED=downscaled, OTHER_PRODUCTS=[downscaled_global, scenario["soil_moisture"]],
         STATIONS=scenario["stations"], SITE_FIELD="site_id", DATE_FIELD="date", VALUE_FIELD="sm",
@@ -118,7 +118,8 @@ def main(argv=None):
         print(f"  {label:<28}{r_value:8.3f}{ubrmse_value:10.4f}")
     print("\nAgainst the stations (downscaled product):")
     for key in ("MEAN_R", "MEDIAN_R", "MEAN_UBRMSE", "MEAN_BIAS"):
-        print(f"  {key:<12}{validation[key]:.4f}")
+        value = validation.get(key)
+        print(f"  {key:<12}{value:.4f}" if value is not None else f"  {key:<12}undefined")
     print(f"\nOutputs in {out}")
 
 
