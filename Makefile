@@ -7,7 +7,7 @@ DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal p
 	python3-matplotlib python3-h5py python3-venv xvfb zip
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: demo test bench package clean system-deps venv plugin-link
+.PHONY: demo demo-raw test bench package clean system-deps venv plugin-link
 
 system-deps: .stamp-system-deps
 .stamp-system-deps:
@@ -33,6 +33,10 @@ plugin-link:
 demo: venv plugin-link
 	PYTHONPATH=.plugin-path $(PY) scripts/demo.py demo-output
 
+# the same demo starting from raw inputs (reflectance, S1 scenes, PFT land cover, SMAP granules)
+demo-raw: venv plugin-link
+	PYTHONPATH=.plugin-path $(PY) scripts/demo.py --raw demo-output-raw
+
 test: venv
 	$(PY) -m pytest -q tests
 
@@ -43,4 +47,4 @@ package:
 	scripts/make-package
 
 clean:
-	rm -rf demo-output dist .pytest_cache
+	rm -rf demo-output demo-output-raw dist .pytest_cache
