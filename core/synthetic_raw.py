@@ -254,7 +254,10 @@ def _granule_name(date, time_of_day):
 
 def _write_granule(path, values, row0, col0, when, cell_lat, cell_lon):
     """One SPL4SMGP-like granule: a native EASE-Grid 2.0 M09 subset starting at (row0, col0)."""
-    import h5py
+    try:
+        import h5py  # writing HDF5 (GDAL's HDF5 driver reads only); a development dependency
+    except ImportError as err:
+        raise SmdError("Writing the SMAP-like granules needs h5py (pip install -r requirements-dev.txt).") from err
 
     from .dataprep.smap import M09_CELL_SIZE, M09_ULX, M09_ULY
 
@@ -286,7 +289,8 @@ def _write_granule(path, values, row0, col0, when, cell_lat, cell_lon):
                 dataset.attrs["valid_min"] = np.float32(0.0)
                 dataset.attrs["valid_max"] = np.float32(0.9)
                 dataset.attrs["grid_mapping"] = text("EASE2_global_projection")
-            for name, data, axis in (("cell_row", index_rows + row0, "row"), ("cell_column", index_cols + col0, "column")):
+            for name, data, axis in (("cell_row", index_rows + row0, "row"),
+                                     ("cell_column", index_cols + col0, "column")):
                 dataset = h5.create_dataset(name, data=data.astype("uint32"))
                 dataset.attrs["_FillValue"] = np.uint32(4294967294)
                 dataset.attrs["long_name"] = text(f"The {axis} index of each cell in the cylindrical 9 km "
