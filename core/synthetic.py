@@ -204,14 +204,14 @@ def make_scenario(folder, *, size="small", seed=0, n_dates=None, n_stations=None
     dem = np.empty((rows, cols), "float32")
     dem_base = np.array([30.0, 45.0, 250.0, 60.0, 650.0], "float32")
     dem_relief = np.array([25.0, 40.0, 350.0, 35.0, 700.0], "float32")
-    relief = _smooth_field(rng, (rows, cols), 4, 0.0, 1.0)
+    relief = _smooth_field(rng, (rows, cols), 7, 0.0, 1.0)
     inside = partition >= 0
     dem[:] = dem_base[2]
     dem[inside] = dem_base[partition[inside]] + dem_relief[partition[inside]] * relief[inside]
     sand = _smooth_field(rng, (rows, cols), 6, 15.0, 60.0)
     clay = _smooth_field(rng, (rows, cols), 6, 10.0, 40.0)
     silt = (100.0 - sand - clay).astype("float32")
-    greenness = _smooth_field(rng, (rows, cols), 3, 0.0, 1.0)
+    greenness = _smooth_field(rng, (rows, cols), 5, 0.0, 1.0)
     lc = np.full((rows, cols), 3, "float32")                       # cropland
     lc[greenness > 0.55] = 2                                       # grass
     lc[(dem > 200) & (greenness > 0.35)] = 1                       # forest in the hills
@@ -226,7 +226,7 @@ def make_scenario(folder, *, size="small", seed=0, n_dates=None, n_stations=None
         paths.append(path)
 
     # vegetation vigour at 500 m; the 1 km predictors the truth depends on are its block means
-    vigour_500 = _smooth_field(rng, (rows * 2, cols * 2), 3, 0.15, 0.75)
+    vigour_500 = _smooth_field(rng, (rows * 2, cols * 2), 8, 0.15, 0.75)
     vigour_500 += np.repeat(np.repeat((lc == 1) * 0.15 - (lc == 4) * 0.1, 2, 0), 2, 1)
     rain_a = _smooth_field(rng, (rows, cols), 8, 0.0, 1.0)
     rain_b = _smooth_field(rng, (rows, cols), 5, 0.0, 1.0)
