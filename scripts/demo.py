@@ -177,7 +177,8 @@ def main(argv=None):
         print(f"  {label:<28}{r_value:8.3f}{ubrmse_value:10.4f}")
     print("\nAgainst the stations (downscaled product):")
     for key in ("MEAN_R", "MEDIAN_R", "MEAN_UBRMSE", "MEAN_BIAS"):
-        print(f"  {key:<12}{validation[key]:.4f}")
+        value = validation.get(key)
+        print(f"  {key:<12}{value:.4f}" if value is not None else f"  {key:<12}undefined")
     print(f"\nOutputs in {out}")
 
 
