@@ -28,6 +28,7 @@ class SmDownscalePlugin:
         self.provider = None
         self.actions = []
         self.toolbar_action = None
+        self.report_dialog = None
 
     def initProcessing(self):  # noqa: N802 (QGIS API name)
         if self.provider is None:
@@ -47,6 +48,12 @@ class SmDownscalePlugin:
                 lambda _checked=False, alg_id=algorithm.id(): open_algorithm_dialog(alg_id))
             self.iface.addPluginToRasterMenu(menu, action)
             self.actions.append(action)
+        report_action = QAction(QIcon(os.path.join(ICONS_DIR, "smdownscale.svg")),
+                                tr("Model report..."), self.iface.mainWindow())
+        report_action.setObjectName("smdownscale_model_report")
+        report_action.triggered.connect(self.show_model_report)
+        self.iface.addPluginToRasterMenu(menu, report_action)
+        self.actions.append(report_action)
         self.toolbar_action = QAction(QIcon(os.path.join(ICONS_DIR, "smdownscale.svg")),
                                       tr("Soil moisture downscaling chain"), self.iface.mainWindow())
         self.toolbar_action.setObjectName("smdownscale_toolbar")
@@ -54,6 +61,14 @@ class SmDownscalePlugin:
             TOOLBAR_ALGORITHM if self.provider.algorithm("downscaling_chain")
             else "smdownscale:train"))
         self.iface.addToolBarIcon(self.toolbar_action)
+
+    def show_model_report(self, _checked=False, model_path=None):
+        """Open the model report dialog (Table 3 of a model file)."""
+        from .ui.model_report import ModelReportDialog
+
+        self.report_dialog = ModelReportDialog(self.iface.mainWindow(), model_path=model_path)
+        self.report_dialog.show()
+        return self.report_dialog
 
     def unload(self):
         menu = tr(MENU)

@@ -170,22 +170,8 @@ def _read_members(path):
     return members
 
 
-def load_model(path, *, n_threads=None):
-    """Read and verify a model file written by :func:`save_model`.
-
-    Checks the format name and version, that the members are exactly those the manifest lists,
-    and their sha256; then loads each booster with its own library.
-
-    Returns
-    -------
-    LoadedModel
-
-    Raises
-    ------
-    SmdError
-        Missing, truncated, not-a-zip, unknown format/version, extra or missing member,
-        checksum mismatch, or a learner its library cannot read.
-    """
+def _verified(path):
+    """(manifest, members) of a model file whose format, version, member set and checksums hold."""
     members = _read_members(path)
     if "manifest.json" not in members:
         raise SmdError(f"{path!r} is not an smdownscale model file (no manifest.json).")
@@ -213,6 +199,34 @@ def load_model(path, *, n_threads=None):
         if _sha256(members[name]) != checksums[name]:
             raise SmdError(f"{path!r}: checksum mismatch for {name}; the model file was modified or "
                            "damaged. Use the original file or train again.")
+    return manifest, members
+
+
+def read_manifest(path):
+    """The verified manifest of a model file, without loading any learner (cheap; no boosters).
+
+    Raises SmdError for the same problems as :func:`load_model` finds before loading learners.
+    """
+    return _verified(path)[0]
+
+
+def load_model(path, *, n_threads=None):
+    """Read and verify a model file written by :func:`save_model`.
+
+    Checks the format name and version, that the members are exactly those the manifest lists,
+    and their sha256; then loads each booster with its own library.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    SmdError
+        Missing, truncated, not-a-zip, unknown format/version, extra or missing member,
+        checksum mismatch, or a learner its library cannot read.
+    """
+    manifest, members = _verified(path)
     try:
         predictors = manifest["predictors"]
         entries = manifest["models"]

@@ -120,8 +120,10 @@ def test_classfactory_initgui_and_unload(qgis_app, qgis_iface):
     provider = registry.providerById("smdownscale")
     assert provider is not None and provider.name() == "Soil moisture downscaling"
     menu = submenus["Soil moisture downscaling"]
-    ids = sorted(action.toolTip() for action in menu.actions())
+    ids = sorted(action.toolTip() for action in menu.actions()
+                 if action.objectName() != "smdownscale_model_report")
     assert ids == sorted(alg.id() for alg in provider.algorithms())
+    assert [a.text() for a in menu.actions() if a.objectName() == "smdownscale_model_report"] == ["Model report..."]
     assert {"smdownscale:preprocess", "smdownscale:train", "smdownscale:predict", "smdownscale:validate",
             "smdownscale:explain", "smdownscale:downscaling_chain"} <= set(ids)
     assert len(toolbar.actions()) == 1
