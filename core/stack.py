@@ -4,10 +4,10 @@ The paper (Section 3.2.4, Figure 2) fits each base model with five-fold cross-va
 the out-of-fold (OOF) predictions to a second-layer learner, and applies the base models refitted
 on the whole training set. :class:`StackEnsemble` does the same as scikit-learn's
 ``StackingRegressor(final_estimator=LinearRegression(positive=True), cv=5)`` but talks to the
-boosters' native APIs so that the binned training data is built once per base model and shared
-by all folds (LightGBM ``Dataset.subset``, XGBoost ``QuantileDMatrix(ref=...)``, CatBoost
-``Pool.quantize`` + ``Pool.slice``), and so that every booster is saved in its own native format
-(see :mod:`.modelfile`; nothing is pickled).
+boosters' native APIs: the fold fits and the refit run side by side (one booster thread each),
+XGBoost and CatBoost share the binning of the training data across folds
+(``QuantileDMatrix(ref=...)``, ``Pool.quantize`` + ``Pool.slice``), and every booster is saved
+in its own native format (see :mod:`.modelfile`; nothing is pickled).
 
 Heavy libraries are imported inside the methods that need them.
 """
@@ -155,9 +155,9 @@ class _Binned:
         elif model_name == "lightgbm":
             import lightgbm as lgb
 
-            dataset_params = {k: native[k] for k in ("max_bin", "min_data_in_bin", "verbosity")
-                              if k in native}
-            self.full = lgb.Dataset(X, y, params=dataset_params, free_raw_data=False).construct()
+            self.dataset_params = {k: native[k] for k in ("max_bin", "min_data_in_bin", "verbosity")
+                                   if k in native}
+            self.full = lgb.Dataset(X, y, params=self.dataset_params, free_raw_data=False)
         else:
             from catboost import Pool
 
@@ -174,7 +174,12 @@ class _Binned:
             return xgb.QuantileDMatrix(self.X[index], self.y[index], ref=self.full,
                                        nthread=self.native["nthread"])
         if self.model_name == "lightgbm":
-            return self.full.subset(np.asarray(index, dtype=np.int32)).construct()
+            # An independent Dataset per fold (binned from the fold's rows when trained), not
+            # ``full.subset()``: subsets of one parent trained side by side in threads failed
+            # once here with std::bad_array_new_length inside LightGBM.
+            import lightgbm as lgb
+
+            return lgb.Dataset(self.X[index], self.y[index], params=self.dataset_params, free_raw_data=False)
         return self.full.slice(np.asarray(index, dtype=np.int64))
 
 

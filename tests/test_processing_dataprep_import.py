@@ -87,6 +87,8 @@ def test_importismn_through_processing(provider, tmp_path):
     assert feature["date"].toString("yyyy-MM-dd") == "2017-08-10"
     point = feature.geometry().asPoint()
     assert (point.x(), point.y()) == (-97.4878, 36.6054)
+    # a GeoPackage layer still alive when QGIS exits crashes the interpreter at shutdown
+    del feature, layer
     with pytest.raises(QgsProcessingException, match="mal_formed_file.txt, line 1"):
         processing.run(provider.algorithm("importismn"), {"INPUT": ISMN_MALFORMED, "OUTPUT": str(tmp_path / "bad.gpkg")})
     assert sorted(os.listdir(tmp_path)) == ["stations.gpkg"]
