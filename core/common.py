@@ -197,3 +197,25 @@ def is_nodata(values, nodata):
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
         mask |= values == nodata
     return mask
+
+
+@contextlib.contextmanager
+def gdal_cache_limit(max_bytes=256 * 2**20):
+    """Cap GDAL's block cache while long raster loops run, then restore the previous cap.
+
+    GDAL's default cache is 5% of RAM (1.2 GB on a 24 GB machine) and keeps written blocks
+    until it is full, so peak memory would grow with the machine, not with the block size.
+    ``GDAL_CACHEMAX`` in an environment is read only once per process (QGIS has long done so),
+    hence the explicit call. Never raises the cap.
+    """
+    try:
+        from osgeo import gdal
+    except ImportError:  # rasterio's own GDAL without the osgeo bindings: nothing to cap
+        yield
+        return
+    previous = gdal.GetCacheMax()
+    gdal.SetCacheMax(min(previous, int(max_bytes)))
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(previous)

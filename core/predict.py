@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from .common import Progress, SmdError, atomic_output, series_profile
+from .common import Progress, SmdError, atomic_output, gdal_cache_limit, series_profile
 from .dataset import Dataset
 
 #: Above this many fine pixels the per-block partition/cell maps are recomputed for every date
@@ -262,7 +262,7 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         raise SmdError(f"block_size must be at least 1 pixel, got {block_size}.")
     progress.update(0.0, "loading the model")
     loaded = load_model(model_path)
-    with Dataset.open(dataset_folder) as dataset:
+    with gdal_cache_limit(), Dataset.open(dataset_folder) as dataset:
         columns = match_predictors(loaded.predictors, dataset.predictors)
         date_indexes = _select_dates(dataset, dates)
         pixel_models = _PixelModels(loaded, dataset, use_global, global_only)
