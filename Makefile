@@ -41,7 +41,7 @@ test: venv
 	$(PY) -m pytest -q tests
 
 bench: venv plugin-link
-	PYTHONPATH=.plugin-path $(PY) bench/run_bench.py
+	PYTHONPATH=.plugin-path $(PY) bench/run_bench.py $(BENCH_ARGS)
 
 package:
 	scripts/make-package

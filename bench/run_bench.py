@@ -294,6 +294,12 @@ def main():
     os.environ["SMD_BENCH_SIZE"] = args.size
     os.environ["SMD_BENCH_BIG"] = str(args.big)
     results = {"machine": {"cpus": os.cpu_count()}, "size": args.size}
+    previous_path = os.path.join(args.work, "bench.json")
+    if args.skip and os.path.exists(previous_path):
+        # skipped phases keep the figures of the previous run in the same work folder
+        with open(previous_path) as handle:
+            previous = json.load(handle)
+        results.update({name: previous[name] for name in args.skip if name in previous})
     for name in ("data", "train", "naive", "predict", "raw", "big"):
         if name in args.skip:
             continue
