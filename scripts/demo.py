@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QGIS_PROCESS = os.path.join(ROOT, "scripts", "qgis-process")
@@ -38,46 +37,6 @@ def run_algorithm(algorithm, **parameters):
     result = json.loads(text[text.index("{"):])
     print(f"  smdownscale:{algorithm:<12} {time.time() - started:6.1f} s")
     return result["results"]
-
-
-def pooled_scores(prediction_path, truth_path):
-    """R and ubRMSE over all valid pixels and dates, read one date at a time."""
-    import rasterio
-
-    from smdownscale.core.metrics import r as pearson_r
-    from smdownscale.core.metrics import ubrmse
-
-    predictions, truths = [], []
-    with rasterio.open(prediction_path) as pred, rasterio.open(truth_path) as truth:
-        truth_band = {d: k + 1 for k, d in enumerate(truth.descriptions)}
-        for band, date in enumerate(pred.descriptions, start=1):
-            predictions.append(pred.read(band).ravel())
-            truths.append(truth.read(truth_band[date]).ravel())
-    predicted, observed = np.concatenate(predictions), np.concatenate(truths)
-    return pearson_r(predicted, observed), ubrmse(predicted, observed)
-
-
-def bilinear_baseline(soil_moisture_path, truth_path, output_path):
-    """The coarse soil moisture resampled bilinearly onto the truth's 1 km grid (GDAL warp)."""
-    import rasterio
-    from rasterio.warp import Resampling, reproject
-
-    from smdownscale.core.common import write_series
-
-    with rasterio.open(truth_path) as truth, rasterio.open(soil_moisture_path) as coarse:
-        profile = {"crs": truth.crs, "transform": truth.transform, "width": truth.width, "height": truth.height}
-        dates = list(coarse.descriptions)
-
-        def bands():
-            for band in range(1, coarse.count + 1):
-                fine = np.full((truth.height, truth.width), np.nan, "float32")
-                reproject(coarse.read(band), fine, src_transform=coarse.transform, src_crs=coarse.crs,
-                          src_nodata=np.nan, dst_transform=truth.transform, dst_crs=truth.crs,
-                          dst_nodata=np.nan, resampling=Resampling.bilinear)
-                yield fine
-
-        write_series(output_path, bands(), dates, profile)
-    return output_path
 
 
 def prepare_from_raw(scenario, out):
@@ -157,7 +116,7 @@ def main(argv=None):
     model = os.path.join(out, "model.smdmodel.zip")
     run_algorithm("train", DATASET=dataset, PARTITIONS=scenario["partitions"], PARTITION_FIELD="name",
                   FOLDS=5, TEST_FRACTION=0.3, CV_STRATEGY=0, SEED=42, N_ESTIMATORS=args.trees,
-                  OUTPUT_MODEL=model, OUTPUT_REPORT=os.path.join(out, "training_report.csv"))
+                  MIN_SAMPLES=30 if args.size == "small" else 50, OUTPUT_MODEL=model, OUTPUT_REPORT=os.path.join(out, "training_report.csv"))
     downscaled = os.path.join(out, "downscaled_1km.tif")
     run_algorithm("predict", DATASET=dataset, MODEL=model, OUTPUT=downscaled)
     downscaled_global = os.path.join(out, "downscaled_1km_global.tif")
@@ -168,12 +127,15 @@ def main(argv=None):
         OUTPUT=os.path.join(out, "validation.gpkg"), OUTPUT_REPORT=os.path.join(out, "validation_report.csv"))
     run_algorithm("explain", MODEL=model, DATASET=dataset, OUTPUT_TABLE=os.path.join(out, "shap_importance.csv"))
 
+    from smdownscale.core.baseline import bilinear_baseline, pooled_scores
+
     baseline = bilinear_baseline(soil_moisture, scenario["truth"], os.path.join(out, "bilinear_1km.tif"))
     print("\nAgainst the known 1 km truth (all land pixels and dates):")
     print(f"  {'product':<28}{'R':>8}{'ubRMSE':>10}")
     for label, path in (("downscaled (partitioned)", downscaled), ("downscaled (global, WP)", downscaled_global),
                         ("bilinear resampling", baseline)):
-        r_value, ubrmse_value = pooled_scores(path, scenario["truth"])
+        scores = pooled_scores(path, scenario["truth"])
+        r_value, ubrmse_value = scores["r"], scores["ubrmse"]
         print(f"  {label:<28}{r_value:8.3f}{ubrmse_value:10.4f}")
     print("\nAgainst the stations (downscaled product):")
     for key in ("MEAN_R", "MEDIAN_R", "MEAN_UBRMSE", "MEAN_BIAS"):
