@@ -46,7 +46,7 @@ def test_dialog_shows_table3_with_best_rows_in_bold(qgis_app, model_path):
     assert [table.item(r, 0).text() for r in range(4)] == ["HB", "HB", "WN", "WN"]
     assert table.item(1, 7).text() == "0.0180"
     assert table.item(3, 6).text() == "n/a"            # undefined R is shown, not hidden
-    assert table.item(0, 4).text() == "0.990"
+    assert table.item(0, 4).text() == "0.9900"
     bold = [table.item(r, 0).font().bold() for r in range(4)]
     assert bold == [False, True, True, False]           # lowest test RMSE per partition
     text = dialog.summary.text()

@@ -21,7 +21,8 @@ HEADERS = ("Partition", "Model", "Train samples", "Test samples", "R (train)", "
 
 def _cell_text(value):
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.3f}" if abs(value) >= 0.1 else f"{value:.4f}"
+        # four decimals: an R of 0.9999 must not read as a perfect 1.000
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
     return "n/a" if value is None else str(value)
 
 
@@ -78,6 +79,7 @@ class ModelReportDialog(QDialog):
         self.table = QTableWidget(0, len(COLUMNS), self)
         self.table.setHorizontalHeaderLabels([self.tr(h) for h in HEADERS])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         layout.addWidget(self.table)
         note = QLabel(self.tr("Coarse-scale samples; bold = lowest test RMSE in the partition. "
