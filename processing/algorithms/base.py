@@ -9,7 +9,7 @@ import importlib.util
 import os
 import sys
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterDefinition
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
@@ -80,6 +80,32 @@ def require_packages(*names):
                 ", ".join(missing), pip_command(missing)))
 
 
+def dataset_folder_error(folder):
+    """A message when ``folder`` is not a prepared dataset, else None."""
+    if not folder:
+        return tr("Choose the prepared dataset folder (output of Prepare downscaling dataset).")
+    if not os.path.isfile(os.path.join(folder, "dataset.json")):
+        return tr("{} is not a prepared dataset folder (no dataset.json). Run Prepare downscaling "
+                  "dataset first and choose its output folder.").format(folder)
+    return None
+
+
+def model_file_error(path):
+    """A message when the model file ``path`` does not exist, else None."""
+    if not os.path.isfile(path):
+        return tr("Model file {!r} does not exist; train a model first.").format(path)
+    return None
+
+
+def core_error(function, *args, **kwargs):
+    """Call a core parser/validator; the ``SmdError`` message it raises, or None when it passes."""
+    try:
+        function(*args, **kwargs)
+    except SmdError as err:
+        return str(err)
+    return None
+
+
 def feedback_progress(feedback):
     """A core :class:`Progress` reporting into a ``QgsProcessingFeedback``.
 
@@ -126,7 +152,8 @@ class SmdAlgorithm(QgsProcessingAlgorithm):
     Subclasses set the class attributes ``ALG_ID`` (the id after ``smdownscale:``),
     ``DISPLAY_NAME``, ``GROUP_ID`` (a key of :data:`GROUPS`), ``HELP`` (the short help, may use
     simple HTML) and ``REQUIRES`` (import names checked before the run), and implement
-    ``initAlgorithm`` and ``processAlgorithm``.
+    ``initAlgorithm`` and ``processAlgorithm``. Parameters are added with :meth:`add_parameter`;
+    checks beyond QGIS's own go in :meth:`parameter_error`.
     """
 
     ALG_ID = ""
@@ -170,3 +197,43 @@ class SmdAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def run_core(function, *args, **kwargs):
         return run_core(function, *args, **kwargs)
+
+    def add_parameter(self, param, help_text, *, advanced=False):
+        """Add ``param`` with its (already translated) help text, flagged advanced if asked.
+
+        Returns ``param``.
+        """
+        param.setHelp(help_text)
+        if advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+        return param
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802
+        """QGIS's own checks, then :meth:`parameter_error`."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        error = self.parameter_error(parameters, context)
+        if error is not None:
+            return False, error
+        return True, ""
+
+    def parameter_error(self, parameters, context):
+        """Algorithm-specific parameter check: a message saying what is wrong, or None."""
+        return None
+
+    def dataset_folder(self, parameters, name, context):
+        """The prepared dataset folder of parameter ``name``; raises when it is not one."""
+        folder = self.parameterAsFile(parameters, name, context)
+        error = dataset_folder_error(folder)
+        if error:
+            raise QgsProcessingException(error)
+        return folder
+
+    def geotiff_output(self, parameters, name, context):
+        """The output raster path of parameter ``name``; raises unless it is a GeoTIFF."""
+        output = self.parameterAsOutputLayer(parameters, name, context)
+        if not output.lower().endswith((".tif", ".tiff")):
+            raise QgsProcessingException(tr("The output must be a GeoTIFF (.tif); got {}.").format(output))
+        return output

@@ -1,6 +1,4 @@
 """smdownscale:explain - SHAP importance of the predictors of a trained model."""
-import os
-
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
@@ -9,7 +7,6 @@ from qgis.core import (
     QgsFields,
     QgsProcessing,
     QgsProcessingException,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -17,8 +14,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from .base import SmdAlgorithm, tr
-from .train import dataset_folder_error
+from .base import SmdAlgorithm, dataset_folder_error, model_file_error, tr
 
 
 def table_fields():
@@ -59,48 +55,30 @@ class ExplainAlgorithm(SmdAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         param = QgsProcessingParameterFile(self.MODEL, tr("Model file"), extension="zip")
-        param.setHelp(tr("The .smdmodel.zip written by Train downscaling model."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("The .smdmodel.zip written by Train downscaling model."))
         param = QgsProcessingParameterFile(
             self.DATASET, tr("Prepared dataset folder"), behavior=QgsProcessingParameterFile.Folder)
-        param.setHelp(tr("Folder written by Prepare downscaling dataset (holds dataset.json)."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Folder written by Prepare downscaling dataset (holds dataset.json)."))
         param = QgsProcessingParameterNumber(
             self.MAX_SAMPLES, tr("Samples explained per partition"),
             QgsProcessingParameterNumber.Integer, defaultValue=2000, minValue=10)
-        param.setHelp(tr("More samples = steadier importances, longer run."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("More samples = steadier importances, longer run."), advanced=True)
         param = QgsProcessingParameterNumber(
             self.SEED, tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0)
-        param.setHelp(tr("Seed of the sample drawn."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("Seed of the sample drawn."), advanced=True)
         param = QgsProcessingParameterFeatureSink(
             self.OUTPUT_TABLE, tr("SHAP importance table"), QgsProcessing.TypeVector)
-        param.setHelp(tr("Table of mean |SHAP| per partition and predictor."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Table of mean |SHAP| per partition and predictor."))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        error = dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
-        if error:
-            return False, error
-        model = self.parameterAsFile(parameters, self.MODEL, context)
-        if not os.path.isfile(model):
-            return False, tr("Model file {!r} does not exist; train a model first.").format(model)
-        return True, ""
+    def parameter_error(self, parameters, context):
+        return (dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
+                or model_file_error(self.parameterAsFile(parameters, self.MODEL, context)))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_packages()
         from ...core.explain import explain
 
-        dataset = self.parameterAsFile(parameters, self.DATASET, context)
-        error = dataset_folder_error(dataset)
-        if error:
-            raise QgsProcessingException(error)
+        dataset = self.dataset_folder(parameters, self.DATASET, context)
         rows = self.run_core(
             explain, self.parameterAsFile(parameters, self.MODEL, context), dataset,
             max_samples=self.parameterAsInt(parameters, self.MAX_SAMPLES, context),

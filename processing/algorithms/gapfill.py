@@ -2,7 +2,6 @@
 from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -10,7 +9,7 @@ from qgis.core import (
 )
 
 from ..layers import raster_path
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, core_error, tr
 
 
 class GapFillAlgorithm(SmdAlgorithm):
@@ -48,53 +47,40 @@ class GapFillAlgorithm(SmdAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         param = QgsProcessingParameterRasterLayer(self.INPUT, tr("Time series"))
-        param.setHelp(tr("Multi-band raster, one band per date described YYYY-MM-DD."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Multi-band raster, one band per date described YYYY-MM-DD."))
         param = QgsProcessingParameterRasterLayer(self.QC, tr("QC raster"), optional=True)
-        param.setHelp(tr("Optional quality raster with the same grid and band dates."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Optional quality raster with the same grid and band dates."))
         param = QgsProcessingParameterString(self.QC_RULE, tr("QC rule (good values)"), defaultValue="",
                                              optional=True)
-        param.setHelp(tr("e.g. '0,1', 'value <= 1' or 'bits 0-1 == 0'; empty = QC value 0 is good."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("e.g. '0,1', 'value <= 1' or 'bits 0-1 == 0'; empty = QC value 0 is good."))
         param = QgsProcessingParameterNumber(self.MAX_GAP_DAYS, tr("Maximum distance to a valid value (days)"),
                                              QgsProcessingParameterNumber.Double, defaultValue=15.0, minValue=0.0)
-        param.setHelp(tr("Both neighbours used for interpolation must be this close (paper: 15)."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Both neighbours used for interpolation must be this close (paper: 15)."))
         param = QgsProcessingParameterBoolean(self.DAILY, tr("Daily output (8-day -> daily)"), defaultValue=True)
-        param.setHelp(tr("Write every day between the first and last date."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Write every day between the first and last date."))
         param = QgsProcessingParameterNumber(self.SG_HALF_WIDTH, tr("Savitzky-Golay half-width m (0 = off)"),
                                              QgsProcessingParameterNumber.Integer, defaultValue=5, minValue=0)
-        param.setHelp(tr("Window 2m+1 days (paper: m = 5)."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("Window 2m+1 days (paper: m = 5)."), advanced=True)
         param = QgsProcessingParameterNumber(self.SG_ORDER, tr("Savitzky-Golay polynomial order d"),
                                              QgsProcessingParameterNumber.Integer, defaultValue=4, minValue=0)
-        param.setHelp(tr("Must be below the window length (paper: d = 4)."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("Must be below the window length (paper: d = 4)."), advanced=True)
         param = QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Gap-filled series"))
-        param.setHelp(tr("GeoTIFF, one band per date described YYYY-MM-DD."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("GeoTIFF, one band per date described YYYY-MM-DD."))
         self.addOutput(QgsProcessingOutputNumber(self.N_DATES, tr("Dates written")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        from ...core.common import SmdError
+    def parameter_error(self, parameters, context):
         from ...core.dataprep.gapfill import parse_qc_rule
 
-        try:
-            parse_qc_rule(self.parameterAsString(parameters, self.QC_RULE, context))
-        except SmdError as err:
-            return False, str(err)
+        error = core_error(parse_qc_rule, self.parameterAsString(parameters, self.QC_RULE, context))
+        if error is not None:
+            return error
         half = self.parameterAsInt(parameters, self.SG_HALF_WIDTH, context)
         order = self.parameterAsInt(parameters, self.SG_ORDER, context)
         if half and order >= 2 * half + 1:
-            return False, tr("The Savitzky-Golay order must be below the window length 2m+1 = {}.").format(2 * half + 1)
-        return True, ""
+            return tr("The Savitzky-Golay order must be below the window length 2m+1 = {}.").format(2 * half + 1)
+        return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ...core.dataprep.gapfill import gap_fill

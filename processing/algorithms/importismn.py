@@ -2,7 +2,6 @@
 from qgis.core import (
     QgsProcessing,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
@@ -45,40 +44,33 @@ class ImportIsmnAlgorithm(SmdAlgorithm):
         param = QgsProcessingParameterFile(
             self.INPUT, tr("ISMN download (.zip or folder)"), QgsProcessingParameterFile.File,
             fileFilter=tr("ISMN download (*.zip *.stm);;All files or a folder (*)"))
-        param.setHelp(tr("The ISMN .zip, a single .stm file, or (typed) the unzipped folder."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("The ISMN .zip, a single .stm file, or (typed) the unzipped folder."))
         for name, label, default in ((self.DEPTH_FROM, "Depth from (m)", 0.0),
                                      (self.DEPTH_TO, "Depth to (m)", 0.1)):
             param = QgsProcessingParameterNumber(name, tr(label), QgsProcessingParameterNumber.Double,
                                                  defaultValue=default, minValue=0.0)
-            param.setHelp(tr("Sensors whose depth range lies inside [from, to] are used."))
-            self.addParameter(param)
+            self.add_parameter(param, tr("Sensors whose depth range lies inside [from, to] are used."))
         param = QgsProcessingParameterNumber(self.HOUR, tr("Hour of the daily reading (UTC)"),
                                              QgsProcessingParameterNumber.Integer, optional=True,
                                              minValue=0, maxValue=23)
-        param.setHelp(tr("Optional: take the reading at this UTC hour instead of the daily mean."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Optional: take the reading at this UTC hour instead of the daily mean."))
         param = QgsProcessingParameterString(self.QUALITY_FLAGS, tr("Accepted quality flags"),
                                              defaultValue="G")
-        param.setHelp(tr("Comma separated ISMN flags, e.g. G or G,U (U = not checked)."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("Comma separated ISMN flags, e.g. G or G,U (U = not checked)."),
+                           advanced=True)
         param = QgsProcessingParameterVectorDestination(self.OUTPUT, tr("Station observations"),
                                                         QgsProcessing.TypeVectorPoint)
-        param.setHelp(tr("GeoPackage point layer (EPSG:4326), one feature per station and day."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("GeoPackage point layer (EPSG:4326), one feature per station and day."))
         self.addOutput(QgsProcessingOutputNumber(self.N_RECORDS, tr("Station-days written")))
         self.addOutput(QgsProcessingOutputNumber(self.N_SITES, tr("Stations")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
+    def parameter_error(self, parameters, context):
         low = self.parameterAsDouble(parameters, self.DEPTH_FROM, context)
         high = self.parameterAsDouble(parameters, self.DEPTH_TO, context)
         if high < low:
-            return False, tr("Depth to ({} m) must not be less than depth from ({} m).").format(high, low)
-        return True, ""
+            return tr("Depth to ({} m) must not be less than depth from ({} m).").format(high, low)
+        return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ...core.dataprep.ismn import import_ismn

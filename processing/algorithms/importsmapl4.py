@@ -1,7 +1,6 @@
 """smdownscale:importsmapl4 - SMAP L4 HDF5 granules -> GeoTIFF series on EASE-Grid 2.0."""
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterExtent,
     QgsProcessingParameterMultipleLayers,
@@ -10,7 +9,7 @@ from qgis.core import (
 )
 
 from ..layers import SoilMoistureStyle, crs_wkt, style_on_load
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, core_error, tr
 
 
 class ImportSmapL4Algorithm(SmdAlgorithm):
@@ -47,46 +46,35 @@ class ImportSmapL4Algorithm(SmdAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         param = QgsProcessingParameterMultipleLayers(self.INPUT, tr("SMAP L4 granules (.h5)"),
                                                      QgsProcessing.TypeFile)
-        param.setHelp(tr("SMAP L4 HDF5 files (SPL4SMGP or SPL4SMAU), global or subsetted."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("SMAP L4 HDF5 files (SPL4SMGP or SPL4SMAU), global or subsetted."))
         param = QgsProcessingParameterString(self.VARIABLE, tr("Variable (dataset path)"),
                                              defaultValue="", optional=True)
-        param.setHelp(tr("e.g. Geophysical_Data/sm_rootzone; empty = surface soil moisture."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("e.g. Geophysical_Data/sm_rootzone; empty = surface soil moisture."))
         param = QgsProcessingParameterString(self.TIME_WINDOW, tr("UTC time window (HH:MM-HH:MM)"),
                                              defaultValue="", optional=True)
-        param.setHelp(tr("Keep granules whose UTC time is inside, e.g. 06:00-09:00; empty = all."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Keep granules whose UTC time is inside, e.g. 06:00-09:00; empty = all."))
         param = QgsProcessingParameterExtent(self.EXTENT, tr("Clip extent"), optional=True)
-        param.setHelp(tr("Optional; the clip is widened to whole 9 km cells."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Optional; the clip is widened to whole 9 km cells."))
         param = QgsProcessingParameterRasterDestination(self.OUTPUT, tr("SMAP soil moisture series"))
-        param.setHelp(tr("GeoTIFF, EPSG:6933, one band per date described YYYY-MM-DD."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("GeoTIFF, EPSG:6933, one band per date described YYYY-MM-DD."))
         self.addOutput(QgsProcessingOutputNumber(self.N_DATES, tr("Dates written")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        from ...core.common import SmdError
+    def parameter_error(self, parameters, context):
         from ...core.dataprep.smap import parse_time_window
 
-        try:
-            parse_time_window(self.parameterAsString(parameters, self.TIME_WINDOW, context))
-        except SmdError as err:
-            return False, str(err)
+        error = core_error(parse_time_window, self.parameterAsString(parameters, self.TIME_WINDOW, context))
+        if error is not None:
+            return error
         if not self.parameterAsFileList(parameters, self.INPUT, context):
-            return False, tr("Choose one or more SMAP L4 .h5 granules.")
-        return True, ""
+            return tr("Choose one or more SMAP L4 .h5 granules.")
+        return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ...core.dataprep.smap import import_smap_l4
 
         granules = self.parameterAsFileList(parameters, self.INPUT, context)
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        if not output.lower().endswith((".tif", ".tiff")):
-            raise QgsProcessingException(tr("The output must be a GeoTIFF (.tif); got {}.").format(output))
+        output = self.geotiff_output(parameters, self.OUTPUT, context)
         extent = None
         if parameters.get(self.EXTENT) not in (None, ""):
             rect = self.parameterAsExtent(parameters, self.EXTENT, context)

@@ -1,11 +1,7 @@
 """smdownscale:predict - apply a trained model to the fine predictors of a dataset."""
-import os
-
 from qgis.core import (
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -13,8 +9,7 @@ from qgis.core import (
 )
 
 from ..layers import SoilMoistureStyle, style_on_load
-from .base import SmdAlgorithm, tr
-from .train import dataset_folder_error
+from .base import SmdAlgorithm, core_error, dataset_folder_error, model_file_error, tr
 
 
 def parse_dates(text):
@@ -60,73 +55,48 @@ class PredictAlgorithm(SmdAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         param = QgsProcessingParameterFile(
             self.DATASET, tr("Prepared dataset folder"), behavior=QgsProcessingParameterFile.Folder)
-        param.setHelp(tr("Folder written by Prepare downscaling dataset (holds dataset.json)."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Folder written by Prepare downscaling dataset (holds dataset.json)."))
         param = QgsProcessingParameterFile(
             self.MODEL, tr("Model file"), extension="zip")
-        param.setHelp(tr("The .smdmodel.zip written by Train downscaling model."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("The .smdmodel.zip written by Train downscaling model."))
         param = QgsProcessingParameterString(self.DATES, tr("Dates (comma-separated, empty = all)"),
                                              optional=True)
-        param.setHelp(tr("Subset of the dataset's dates as YYYY-MM-DD, e.g. 2019-04-01,2019-04-02."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Subset of the dataset's dates as YYYY-MM-DD, e.g. 2019-04-01,2019-04-02."))
         param = QgsProcessingParameterBoolean(
             self.RESIDUAL_CORRECTION, tr("Residual correction (keep coarse means)"), defaultValue=False)
-        param.setHelp(tr("Add each coarse cell's residual back so fine pixels average to the coarse value."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Add each coarse cell's residual back so fine pixels average to the coarse value."))
         param = QgsProcessingParameterBoolean(
             self.USE_GLOBAL, tr("Predict pixels outside every partition with the global model"),
             defaultValue=False)
-        param.setHelp(tr("Without it, pixels outside all partitions stay nodata."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("Without it, pixels outside all partitions stay nodata."), advanced=True)
         param = QgsProcessingParameterBoolean(
             self.GLOBAL_ONLY, tr("Predict every pixel with the global (WP) model"), defaultValue=False)
-        param.setHelp(tr("The paper's without-partition product, for comparison."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("The paper's without-partition product, for comparison."), advanced=True)
         param = QgsProcessingParameterNumber(
             self.BLOCK_SIZE, tr("Block size (pixels)"), QgsProcessingParameterNumber.Integer,
             defaultValue=512, minValue=16, maxValue=8192)
-        param.setHelp(tr("Edge of the raster blocks predicted at once; smaller uses less memory."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Edge of the raster blocks predicted at once; smaller uses less memory."),
+            advanced=True)
         param = QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Fine soil moisture"))
-        param.setHelp(tr("GeoTIFF series, one band per date, m3/m3."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("GeoTIFF series, one band per date, m3/m3."))
         self.addOutput(QgsProcessingOutputNumber(self.N_DATES, tr("Dates written")))
         self.addOutput(QgsProcessingOutputNumber(self.N_PIXELS, tr("Pixels predicted")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        error = dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
-        if error:
-            return False, error
-        model = self.parameterAsFile(parameters, self.MODEL, context)
-        if not os.path.isfile(model):
-            return False, tr("Model file {!r} does not exist; train a model first.").format(model)
-        from ...core.common import SmdError
-
-        try:
-            parse_dates(self.parameterAsString(parameters, self.DATES, context))
-        except SmdError as err:
-            return False, str(err)
-        return True, ""
+    def parameter_error(self, parameters, context):
+        error = (dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
+                 or model_file_error(self.parameterAsFile(parameters, self.MODEL, context)))
+        return error or core_error(parse_dates, self.parameterAsString(parameters, self.DATES, context))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_packages()
         from ...core.predict import predict
 
-        dataset = self.parameterAsFile(parameters, self.DATASET, context)
-        error = dataset_folder_error(dataset)
-        if error:
-            raise QgsProcessingException(error)
+        dataset = self.dataset_folder(parameters, self.DATASET, context)
         dates = self.run_core(parse_dates, self.parameterAsString(parameters, self.DATES, context))
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        if not output.lower().endswith((".tif", ".tiff")):
-            raise QgsProcessingException(tr("The output must be a GeoTIFF (.tif); got {}.").format(output))
+        output = self.geotiff_output(parameters, self.OUTPUT, context)
         info = self.run_core(
             predict, dataset, self.parameterAsFile(parameters, self.MODEL, context), output,
             dates=dates,

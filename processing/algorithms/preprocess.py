@@ -5,7 +5,6 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingParameterCrs,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
@@ -61,64 +60,53 @@ class PreprocessAlgorithm(SmdAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         param = QgsProcessingParameterMultipleLayers(
             self.PREDICTORS, tr("Predictor rasters"), QgsProcessing.TypeRaster)
-        param.setHelp(tr("One GeoTIFF per predictor, named after the predictor; time series "
-                         "with one band per date (band description YYYY-MM-DD)."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("One GeoTIFF per predictor, named after the predictor; time series "
+                                      "with one band per date (band description YYYY-MM-DD)."))
         param = QgsProcessingParameterString(
             self.CATEGORICAL, tr("Categorical predictors (comma-separated names)"), defaultValue="lc",
             optional=True)
-        param.setHelp(tr("Predictor names aggregated by majority (mode) onto the coarse grid."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Predictor names aggregated by majority (mode) onto the coarse grid."))
         param = QgsProcessingParameterString(
             self.MASK_CLASSES, tr("Classes to mask (e.g. lc:0)"), optional=True)
-        param.setHelp(tr("name:class,class;name:class - pixels of these classes are excluded "
-                         "(e.g. lc:0 drops water)."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("name:class,class;name:class - pixels of these classes are excluded "
+                                      "(e.g. lc:0 drops water)."))
         param = QgsProcessingParameterRasterLayer(self.COARSE_SM, tr("Coarse soil moisture series"))
-        param.setHelp(tr("Soil moisture (m3/m3) on the coarse grid, one band per date described "
-                         "YYYY-MM-DD."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Soil moisture (m3/m3) on the coarse grid, one band per date described "
+                                      "YYYY-MM-DD."))
         param = QgsProcessingParameterNumber(
             self.FINE_RESOLUTION, tr("Fine resolution (target CRS units)"),
             QgsProcessingParameterNumber.Double, defaultValue=1000.0, minValue=1e-9)
-        param.setHelp(tr("Pixel size of the fine output grid, in units of the target CRS."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Pixel size of the fine output grid, in units of the target CRS."))
         param = QgsProcessingParameterCrs(self.TARGET_CRS, tr("Target CRS"), optional=True)
-        param.setHelp(tr("CRS of the fine grid; empty = the CRS of the first predictor."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("CRS of the fine grid; empty = the CRS of the first predictor."))
         param = QgsProcessingParameterNumber(
             self.MIN_VALID_FRACTION, tr("Minimum valid fraction of a coarse cell"),
             QgsProcessingParameterNumber.Double, defaultValue=0.5, minValue=0.0, maxValue=1.0)
-        param.setHelp(tr("Coarse cells with fewer valid fine pixels are not used for training."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("Coarse cells with fewer valid fine pixels are not used for training."),
+                           advanced=True)
         param = QgsProcessingParameterFolderDestination(self.OUTPUT, tr("Prepared dataset folder"))
-        param.setHelp(tr("Folder written with dataset.json, fine/ and coarse/."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Folder written with dataset.json, fine/ and coarse/."))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
+    def parameter_error(self, parameters, context):
         layers = self.parameterAsLayerList(parameters, self.PREDICTORS, context)
         if not layers:
-            return False, tr("Choose at least one predictor raster.")
+            return tr("Choose at least one predictor raster.")
         coarse = self.parameterAsRasterLayer(parameters, self.COARSE_SM, context)
         for layer in layers + [coarse]:
             if layer is not None and not layer.crs().isValid():
-                return False, tr("Raster {!r} has no coordinate reference system. Assign one "
-                                 "(Raster > Projections > Assign Projection) and run again."
-                                 ).format(layer.name())
+                return tr("Raster {!r} has no coordinate reference system. Assign one "
+                          "(Raster > Projections > Assign Projection) and run again."
+                          ).format(layer.name())
         names = [os.path.splitext(os.path.basename(layer.source()))[0] for layer in layers]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            return False, tr("Two predictor files share the name {}; the file name is the "
-                             "predictor name, so rename one.").format(", ".join(duplicates))
+            return tr("Two predictor files share the name {}; the file name is the "
+                      "predictor name, so rename one.").format(", ".join(duplicates))
         unknown = [name for name in split_names(
             self.parameterAsString(parameters, self.CATEGORICAL, context)) if name not in names]
         if unknown:
-            return False, tr("Categorical predictor(s) {} are not among the predictors ({})."
-                             ).format(", ".join(unknown), ", ".join(names))
+            return tr("Categorical predictor(s) {} are not among the predictors ({})."
+                      ).format(", ".join(unknown), ", ".join(names))
         mask_text = self.parameterAsString(parameters, self.MASK_CLASSES, context)
         if mask_text.strip():
             from ...core.common import SmdError
@@ -127,12 +115,12 @@ class PreprocessAlgorithm(SmdAlgorithm):
             try:
                 mask = parse_mask_classes(mask_text)
             except SmdError as err:
-                return False, str(err)
+                return str(err)
             missing = [name for name in mask if name not in names]
             if missing:
-                return False, tr("Mask classes refer to {} which is not a predictor ({})."
-                                 ).format(", ".join(missing), ", ".join(names))
-        return True, ""
+                return tr("Mask classes refer to {} which is not a predictor ({})."
+                          ).format(", ".join(missing), ", ".join(names))
+        return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ...core.preprocess import parse_mask_classes, preprocess

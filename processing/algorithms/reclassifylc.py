@@ -11,7 +11,7 @@ from qgis.core import (
 )
 
 from ..layers import raster_path
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, core_error, tr
 
 #: paper Table 2; equal to core.dataprep.landcover.TABLE2 (kept here so loading the provider imports no core)
 TABLE2 = "0:0,1-5:1,6:2,7-8:3,9-11:4"
@@ -44,36 +44,24 @@ class ReclassifyLandCoverAlgorithm(SmdAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         param = QgsProcessingParameterRasterLayer(self.INPUT, tr("Land-cover raster (MCD12Q1 LC_Type5)"))
-        param.setHelp(tr("Plant-functional-type land cover, values 0-11 and 255."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Plant-functional-type land cover, values 0-11 and 255."))
         param = QgsProcessingParameterBand(self.BAND, tr("Band"), defaultValue=1, parentLayerParameterName=self.INPUT,
                                            optional=True)
-        param.setHelp(tr("Band holding LC_Type5 when the file has several land-cover layers (default 1)."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Band holding LC_Type5 when the file has several land-cover layers (default 1)."))
         param = QgsProcessingParameterString(self.TABLE, tr("Reclassification table"), defaultValue=TABLE2)
-        param.setHelp(tr("original:new pairs, e.g. 0:0,1-5:1,6:2,7-8:3,9-11:4 (paper Table 2)."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("original:new pairs, e.g. 0:0,1-5:1,6:2,7-8:3,9-11:4 (paper Table 2)."))
         param = QgsProcessingParameterBoolean(self.WATER_AS_NODATA, tr("Write water (class 0) as nodata"),
                                               defaultValue=False)
-        param.setHelp(tr("Exclude water bodies downstream, as the paper does."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Exclude water bodies downstream, as the paper does."))
         param = QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Reclassified land cover"))
-        param.setHelp(tr("Single-band GeoTIFF on the input grid."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Single-band GeoTIFF on the input grid."))
         self.addOutput(QgsProcessingOutputString(self.CLASS_COUNTS, tr("Pixels per class (JSON)")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        from ...core.common import SmdError
+    def parameter_error(self, parameters, context):
         from ...core.dataprep.landcover import parse_reclass_table
 
-        try:
-            parse_reclass_table(self.parameterAsString(parameters, self.TABLE, context))
-        except SmdError as err:
-            return False, str(err)
-        return True, ""
+        return core_error(parse_reclass_table, self.parameterAsString(parameters, self.TABLE, context))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ...core.dataprep.landcover import reclassify_landcover

@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from ..layers import raster_path
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, core_error, tr
 
 
 class S1CompositeAlgorithm(SmdAlgorithm):
@@ -44,43 +44,33 @@ class S1CompositeAlgorithm(SmdAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         param = QgsProcessingParameterMultipleLayers(self.INPUT, tr("Sentinel-1 scenes"), QgsProcessing.TypeRaster)
-        param.setHelp(tr("VV or VH scenes, each dated by DATE tag, band description or file name."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("VV or VH scenes, each dated by DATE tag, band description or file name."))
         param = QgsProcessingParameterNumber(self.HALF_WINDOW, tr("Half window (days)"),
                                              QgsProcessingParameterNumber.Integer, defaultValue=6, minValue=0)
-        param.setHelp(tr("Scenes within this many days before or after a day are averaged (paper: 6)."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Scenes within this many days before or after a day are averaged (paper: 6)."))
         param = QgsProcessingParameterBoolean(self.INPUT_DB, tr("Inputs are in dB"), defaultValue=True)
-        param.setHelp(tr("Untick when the scenes hold linear power."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Untick when the scenes hold linear power."))
         param = QgsProcessingParameterBoolean(self.OUTPUT_DB, tr("Write dB"), defaultValue=True)
-        param.setHelp(tr("Untick to write linear power."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Untick to write linear power."))
         param = QgsProcessingParameterString(self.START, tr("First day (YYYY-MM-DD)"), defaultValue="", optional=True)
-        param.setHelp(tr("Empty: the date of the first scene."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Empty: the date of the first scene."))
         param = QgsProcessingParameterString(self.END, tr("Last day (YYYY-MM-DD)"), defaultValue="", optional=True)
-        param.setHelp(tr("Empty: the date of the last scene."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Empty: the date of the last scene."))
         param = QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Daily backscatter series"))
-        param.setHelp(tr("GeoTIFF, one band per day described YYYY-MM-DD."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("GeoTIFF, one band per day described YYYY-MM-DD."))
         self.addOutput(QgsProcessingOutputNumber(self.N_DATES, tr("Days written")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        from ...core.common import SmdError, parse_date
+    def parameter_error(self, parameters, context):
+        from ...core.common import parse_date
 
         for name in (self.START, self.END):
             text = self.parameterAsString(parameters, name, context).strip()
-            if text:
-                try:
-                    parse_date(text)
-                except SmdError as err:
-                    return False, str(err)
-        return True, ""
+            error = core_error(parse_date, text) if text else None
+            if error is not None:
+                return error
+        return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ...core.dataprep.s1 import s1_composite

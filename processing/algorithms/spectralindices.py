@@ -6,7 +6,6 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingOutputMultipleLayers,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
@@ -15,7 +14,7 @@ from qgis.core import (
 )
 
 from ..layers import raster_path
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, core_error, tr
 
 INDEX_NAMES = ("ndvi", "evi", "ndwi", "nsdsi")
 
@@ -51,45 +50,35 @@ class SpectralIndicesAlgorithm(SmdAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         param = QgsProcessingParameterMultipleLayers(self.INPUT, tr("Reflectance rasters (one per date)"),
                                                      QgsProcessing.TypeRaster)
-        param.setHelp(tr("Multi-band surface-reflectance rasters on one grid, dated by DATE tag or file name."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Multi-band surface-reflectance rasters on one grid, dated by DATE tag or file name."))
         param = QgsProcessingParameterEnum(self.INDICES, tr("Indices"), options=[n.upper() for n in INDEX_NAMES],
                                            allowMultiple=True, defaultValue=list(range(len(INDEX_NAMES))))
-        param.setHelp(tr("Indices to compute; each becomes <index>.tif in the output folder."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Indices to compute; each becomes <index>.tif in the output folder."))
         param = QgsProcessingParameterString(self.BAND_MAP, tr("Band map"),
                                              defaultValue="red:1,nir:2,blue:3,green:4,swir1:6,swir2:7")
-        param.setHelp(tr("name:band pairs (1-based); names not given keep the MOD09A1 default."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("name:band pairs (1-based); names not given keep the MOD09A1 default."),
+                           advanced=True)
         param = QgsProcessingParameterNumber(self.SCALE_FACTOR, tr("Reflectance scale factor"),
                                              QgsProcessingParameterNumber.Double, defaultValue=0.0001,
                                              minValue=0.0)
-        param.setHelp(tr("Stored value x factor = reflectance (MOD09A1: 0.0001)."))
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("Stored value x factor = reflectance (MOD09A1: 0.0001)."), advanced=True)
         param = QgsProcessingParameterFolderDestination(self.OUTPUT, tr("Output folder"))
-        param.setHelp(tr("Receives ndvi.tif, evi.tif, ndwi.tif, nsdsi.tif (those chosen)."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Receives ndvi.tif, evi.tif, ndwi.tif, nsdsi.tif (those chosen)."))
         self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUT_LAYERS, tr("Index series")))
         self.addOutput(QgsProcessingOutputNumber(self.N_DATES, tr("Dates written")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        from ...core.common import SmdError
+    def parameter_error(self, parameters, context):
         from ...core.dataprep.indices import parse_band_map
 
-        try:
-            parse_band_map(self.parameterAsString(parameters, self.BAND_MAP, context))
-        except SmdError as err:
-            return False, str(err)
+        error = core_error(parse_band_map, self.parameterAsString(parameters, self.BAND_MAP, context))
+        if error is not None:
+            return error
         if not self.parameterAsEnums(parameters, self.INDICES, context):
-            return False, tr("Choose at least one index.")
+            return tr("Choose at least one index.")
         if self.parameterAsDouble(parameters, self.SCALE_FACTOR, context) <= 0:
-            return False, tr("The scale factor must be positive.")
-        return True, ""
+            return tr("The scale factor must be positive.")
+        return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         import rasterio

@@ -1,13 +1,9 @@
 """smdownscale:train - fit the partitioned stacking ensemble on a prepared dataset."""
-import os
-
 from qgis.core import (
     QgsFeatureRequest,
     QgsProcessing,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
@@ -17,22 +13,12 @@ from qgis.core import (
 )
 
 from ..layers import partitions_from_source
-from .base import SmdAlgorithm, require_packages, tr
+from .base import SmdAlgorithm, dataset_folder_error, require_packages, tr
 
 BASE_MODEL_IDS = ("xgboost", "lightgbm", "catboost")
 BASE_MODEL_LABELS = ("XGBoost", "LightGBM", "CatBoost")
 CV_STRATEGY_IDS = ("random", "spatial", "dates")
 CV_STRATEGY_LABELS = ("Random pixels", "Spatial blocks", "Leave dates out")
-
-
-def dataset_folder_error(folder):
-    """A message when ``folder`` is not a prepared dataset, else None."""
-    if not folder:
-        return tr("Choose the prepared dataset folder (output of Prepare downscaling dataset).")
-    if not os.path.isfile(os.path.join(folder, "dataset.json")):
-        return tr("{} is not a prepared dataset folder (no dataset.json). Run Prepare downscaling "
-                  "dataset first and choose its output folder.").format(folder)
-    return None
 
 
 class TrainAlgorithm(SmdAlgorithm):
@@ -80,45 +66,40 @@ class TrainAlgorithm(SmdAlgorithm):
         "Table-3 numbers (R and RMSE on training and test samples per partition and model).")
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        advanced = QgsProcessingParameterDefinition.FlagAdvanced
         param = QgsProcessingParameterFile(
             self.DATASET, tr("Prepared dataset folder"), behavior=QgsProcessingParameterFile.Folder)
-        param.setHelp(tr("Folder written by Prepare downscaling dataset (holds dataset.json)."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Folder written by Prepare downscaling dataset (holds dataset.json)."))
         param = QgsProcessingParameterFeatureSource(
             self.PARTITIONS, tr("Terrain partitions"), [QgsProcessing.TypeVectorPolygon], optional=True)
-        param.setHelp(tr("Polygons of terrain regions; one model is trained per region. "
-                         "Empty = one global model."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Polygons of terrain regions; one model is trained per region. "
+                                      "Empty = one global model."))
         param = QgsProcessingParameterField(
             self.PARTITION_FIELD, tr("Partition name field"), parentLayerParameterName=self.PARTITIONS,
             optional=True)
-        param.setHelp(tr("Field holding the region names (required with partitions)."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Field holding the region names (required with partitions)."))
         param = QgsProcessingParameterEnum(
             self.BASE_MODELS, tr("Base models"), options=list(BASE_MODEL_LABELS), allowMultiple=True,
             defaultValue=[0, 1, 2])
-        param.setHelp(tr("Learners stacked by the linear meta-learner."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Learners stacked by the linear meta-learner."))
         param = QgsProcessingParameterNumber(
             self.FOLDS, tr("Cross-validation folds"), QgsProcessingParameterNumber.Integer,
             defaultValue=5, minValue=2, maxValue=20)
-        param.setHelp(tr("Folds giving the out-of-fold predictions the meta-learner is fitted on."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Folds giving the out-of-fold predictions the meta-learner is fitted on."))
         param = QgsProcessingParameterNumber(
             self.TEST_FRACTION, tr("Test fraction"), QgsProcessingParameterNumber.Double,
             defaultValue=0.3, minValue=0.05, maxValue=0.9)
-        param.setHelp(tr("Share of samples held out for the test scores (0.3 = the paper's 7:3)."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Share of samples held out for the test scores (0.3 = the paper's 7:3)."))
         param = QgsProcessingParameterEnum(
             self.CV_STRATEGY, tr("Cross-validation strategy"), options=list(CV_STRATEGY_LABELS),
             defaultValue=0)
-        param.setHelp(tr("Random samples, spatial blocks of coarse cells, or whole dates left out."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Random samples, spatial blocks of coarse cells, or whole dates left out."))
         param = QgsProcessingParameterNumber(
             self.SEED, tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=42)
-        param.setHelp(tr("Seed of the split, the folds and the learners (same seed = same model)."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Seed of the split, the folds and the learners (same seed = same model)."))
         for name, label, kind, default, minimum, maximum, help_text in (
                 (self.N_ESTIMATORS, "Trees per base model", QgsProcessingParameterNumber.Integer,
                  300, 1, 100000, "Boosting rounds of each learner."),
@@ -138,55 +119,48 @@ class TrainAlgorithm(SmdAlgorithm):
                  0, 0, 256, "CPU threads each learner uses.")):
             param = QgsProcessingParameterNumber(name, tr(label), kind, defaultValue=default,
                                                  minValue=minimum, maxValue=maximum)
-            param.setHelp(tr(help_text))
-            param.setFlags(param.flags() | advanced)
-            self.addParameter(param)
+            self.add_parameter(param, tr(help_text), advanced=True)
         param = QgsProcessingParameterBoolean(
             self.TRAIN_GLOBAL, tr("Also train the global (unpartitioned) model"), defaultValue=True)
-        param.setHelp(tr("The paper's WP model, for comparison and as a fallback."))
-        param.setFlags(param.flags() | advanced)
-        self.addParameter(param)
+        self.add_parameter(param, tr("The paper's WP model, for comparison and as a fallback."),
+                           advanced=True)
         param = QgsProcessingParameterBoolean(
             self.FALLBACK_TO_GLOBAL, tr("Use the global model for partitions with too few samples"),
             defaultValue=False)
-        param.setHelp(tr("Instead of failing when a partition has fewer than the minimum samples."))
-        param.setFlags(param.flags() | advanced)
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Instead of failing when a partition has fewer than the minimum samples."),
+            advanced=True)
         param = QgsProcessingParameterFileDestination(
             self.OUTPUT_MODEL, tr("Model file"), tr("smdownscale model (*.smdmodel.zip *.zip)"))
-        param.setHelp(tr("Zip with the learners' native model files and a manifest."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Zip with the learners' native model files and a manifest."))
         param = QgsProcessingParameterFileDestination(
             self.OUTPUT_REPORT, tr("Training report"),
             tr("HTML (*.html);;CSV (*.csv);;JSON (*.json)"), optional=True, createByDefault=True)
-        param.setHelp(tr("Table-3 numbers: R and RMSE on train and test samples per partition and model."))
-        self.addParameter(param)
+        self.add_parameter(
+            param, tr("Table-3 numbers: R and RMSE on train and test samples per partition and model."))
         self.addOutput(QgsProcessingOutputNumber(self.R_TEST, tr("Test R of the stacking models (partitions weighted by test samples)")))
         self.addOutput(QgsProcessingOutputNumber(self.RMSE_TEST, tr("Test RMSE of the stacking models (partitions weighted by test samples)")))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
+    def parameter_error(self, parameters, context):
         error = dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
         if error:
-            return False, error
+            return error
         if not self.parameterAsEnums(parameters, self.BASE_MODELS, context):
-            return False, tr("Choose at least one base model.")
+            return tr("Choose at least one base model.")
         source = self.parameterAsSource(parameters, self.PARTITIONS, context)
         if source is not None:
             field = self.parameterAsString(parameters, self.PARTITION_FIELD, context)
             if not field:
-                return False, tr("Choose the partition name field of the partition layer.")
+                return tr("Choose the partition name field of the partition layer.")
             if source.fields().lookupField(field) < 0:
-                return False, tr("The partition layer has no field {!r}. Fields: {}.").format(
-                    field, ", ".join(source.fields().names()))
+                return tr("The partition layer has no field {!r}. Fields: {}.").format(
+             field, ", ".join(source.fields().names()))
             if not source.sourceCrs().isValid():
-                return False, tr("The partition layer has no coordinate reference system; "
-                                 "assign one first.")
+                return tr("The partition layer has no coordinate reference system; "
+                          "assign one first.")
             if next(source.getFeatures(QgsFeatureRequest().setLimit(1)), None) is None:
-                return False, tr("The partition layer has no features.")
-        return True, ""
+                return tr("The partition layer has no features.")
+        return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         base_models = tuple(BASE_MODEL_IDS[i] for i in
@@ -194,10 +168,7 @@ class TrainAlgorithm(SmdAlgorithm):
         require_packages(*self.REQUIRES, *base_models)
         from ...core.train import train_model, write_training_report
 
-        dataset = self.parameterAsFile(parameters, self.DATASET, context)
-        error = dataset_folder_error(dataset)
-        if error:
-            raise QgsProcessingException(error)
+        dataset = self.dataset_folder(parameters, self.DATASET, context)
         source = self.parameterAsSource(parameters, self.PARTITIONS, context)
         partitions = None
         if source is not None:

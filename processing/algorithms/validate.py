@@ -94,17 +94,14 @@ class ValidateAlgorithm(SmdAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         param = QgsProcessingParameterRasterLayer(self.DOWNSCALED, tr("Downscaled soil moisture"))
-        param.setHelp(tr("Series raster, one band per date described YYYY-MM-DD."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Series raster, one band per date described YYYY-MM-DD."))
         param = QgsProcessingParameterMultipleLayers(
             self.OTHER_PRODUCTS, tr("Other products to compare"), QgsProcessing.TypeRaster,
             optional=True)
-        param.setHelp(tr("Further series rasters (e.g. SMAP 9 km) validated side by side."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Further series rasters (e.g. SMAP 9 km) validated side by side."))
         param = QgsProcessingParameterFeatureSource(
             self.STATIONS, tr("Station observations"), [QgsProcessing.TypeVectorPoint])
-        param.setHelp(tr("Points, one per site and date, with site id, date and value fields."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Points, one per site and date, with site id, date and value fields."))
         for name, label, default, kind, help_text in (
                 (self.SITE_FIELD, "Site id field", "site_id", QgsProcessingParameterField.Any,
                  "Identifies the station; readings with the same id form one site."),
@@ -117,17 +114,14 @@ class ValidateAlgorithm(SmdAlgorithm):
             param = QgsProcessingParameterField(name, tr(label), defaultValue=default,
                                                 parentLayerParameterName=self.STATIONS, type=kind,
                                                 optional=True)
-            param.setHelp(tr(help_text))
-            self.addParameter(param)
+            self.add_parameter(param, tr(help_text))
         param = QgsProcessingParameterFeatureSink(
             self.OUTPUT, tr("Validation points"), QgsProcessing.TypeVectorPoint)
-        param.setHelp(tr("One point per site and product with n, r, rmse, bias, ubrmse."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("One point per site and product with n, r, rmse, bias, ubrmse."))
         param = QgsProcessingParameterFileDestination(
             self.OUTPUT_REPORT, tr("Validation report"), tr("HTML (*.html);;CSV (*.csv);;JSON (*.json)"),
             optional=True, createByDefault=True)
-        param.setHelp(tr("Per-site metrics, the summary per product and unmatched sites."))
-        self.addParameter(param)
+        self.add_parameter(param, tr("Per-site metrics, the summary per product and unmatched sites."))
         self.addOutput(QgsProcessingOutputNumber(self.MEAN_R, tr("Mean R (downscaled)")))
         self.addOutput(QgsProcessingOutputNumber(self.MEDIAN_R, tr("Median R (downscaled)")))
         self.addOutput(QgsProcessingOutputNumber(self.MEAN_UBRMSE, tr("Mean ubRMSE (downscaled)")))
@@ -138,28 +132,25 @@ class ValidateAlgorithm(SmdAlgorithm):
         return (self.parameterAsString(parameters, name, context)
                 or self.parameterDefinition(name).defaultValue())
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
+    def parameter_error(self, parameters, context):
         layers = [self.parameterAsRasterLayer(parameters, self.DOWNSCALED, context)]
         layers += self.parameterAsLayerList(parameters, self.OTHER_PRODUCTS, context)
         for layer in layers:
             if layer is not None and not layer.crs().isValid():
-                return False, tr("Raster {!r} has no coordinate reference system; assign one "
-                                 "first.").format(layer.name())
+                return tr("Raster {!r} has no coordinate reference system; assign one "
+                          "first.").format(layer.name())
         source = self.parameterAsSource(parameters, self.STATIONS, context)
         if source is None:
-            return False, tr("The station layer could not be loaded.")
+            return tr("The station layer could not be loaded.")
         if not source.sourceCrs().isValid():
-            return False, tr("The station layer has no coordinate reference system; assign one first.")
+            return tr("The station layer has no coordinate reference system; assign one first.")
         names = source.fields().names()
         for param in (self.SITE_FIELD, self.DATE_FIELD, self.VALUE_FIELD):
             field = self.field_name(parameters, param, context)
             if field not in names:
-                return False, tr("The station layer has no field {!r} (parameter {}). Fields: {}."
-                                 ).format(field, param, ", ".join(names))
-        return True, ""
+                return tr("The station layer has no field {!r} (parameter {}). Fields: {}."
+                          ).format(field, param, ", ".join(names))
+        return None
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ...core.validate import validate, write_validation_report
