@@ -1,7 +1,7 @@
 """Raster grids: the fine (predictor) grid and the coarse (soil-moisture) grid of a dataset.
 
 A :class:`Grid` is a CRS + affine transform + size. It serialises to JSON as WKT plus the six
-affine coefficients so prepared datasets and model files can store it without pickle.
+affine coefficients so prepared datasets and model files can store it as plain JSON.
 """
 import math
 

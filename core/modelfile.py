@@ -8,7 +8,7 @@ Layout (DESIGN.md)::
     models/<pid>/catboost.cbm   CatBoost binary       models/<pid>/meta.json      weights, encoder
     models/global/...           the unpartitioned ("WP") model, when trained
 
-Nothing is pickled, and loading never executes code: members are read as bytes, checked against
+Members are plain data and loading never executes code: they are read as bytes, checked against
 the manifest's sha256 and handed to the boosters' own loaders.
 """
 import datetime as _dt

@@ -7,7 +7,7 @@ on the whole training set. :class:`StackEnsemble` does the same as scikit-learn'
 boosters' native APIs: the fold fits and the refit run side by side (one booster thread each),
 XGBoost and CatBoost share the binning of the training data across folds
 (``QuantileDMatrix(ref=...)``, ``Pool.quantize`` + ``Pool.slice``), and every booster is saved
-in its own native format (see :mod:`.modelfile`; nothing is pickled).
+in its own native format (see :mod:`.modelfile`; plain data only, no executable serialisation).
 
 Heavy libraries are imported inside the methods that need them.
 """
@@ -86,8 +86,8 @@ def encode(X, encoder):
     A missing (NaN) category gives NaN in all its one-hot columns, so the boosters treat it as
     missing; a category not seen at fit time gives zeros in all of them.
     """
-    # Hand-written instead of sklearn's OneHotEncoder: it must round-trip through JSON (no
-    # pickle) and keep NaN as "missing" for the boosters rather than as an extra category.
+    # Hand-written instead of sklearn's OneHotEncoder: it must round-trip through JSON
+    # (plain data only) and keep NaN as "missing" for the boosters rather than as an extra category.
     X = np.asarray(X, dtype=np.float32)
     names = encoder["feature_names"]
     if X.ndim != 2 or X.shape[1] != len(names):
@@ -547,7 +547,7 @@ class StackEnsemble:
 
     @classmethod
     def from_members(cls, members, *, n_threads=None):
-        """Rebuild a fitted ensemble from :meth:`to_members` output (no pickle involved)."""
+        """Rebuild a fitted ensemble from :meth:`to_members` output (JSON and native booster files only)."""
         try:
             meta = json.loads(members["meta.json"].decode("utf-8"))
             names = list(meta["base_models"])

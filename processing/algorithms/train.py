@@ -62,7 +62,8 @@ class TrainAlgorithm(SmdAlgorithm):
         "of coarse cells, or whole dates left out.<br>"
         "Advanced: number of trees, learning rate, depth, threads, minimum samples per partition."
         "<h3>Outputs</h3><b>Model file</b> (.smdmodel.zip): a zip of the learners' native model "
-        "files and a manifest (no pickle). <b>Training report</b> (.html, .csv or .json): the "
+        "files and a JSON manifest (nothing in it can run code when loaded). "
+        "<b>Training report</b> (.html, .csv or .json): the "
         "Table-3 numbers (R and RMSE on training and test samples per partition and model).")
 
     def initAlgorithm(self, config=None):  # noqa: N802
