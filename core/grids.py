@@ -287,3 +287,31 @@ def padded_grid(grid, cover, cover_name="coarse grid"):
     transform = Affine(t.a, t.b, t.c - pad_left * t.a, t.d, t.e, t.f - pad_top * t.e)
     return (Grid(grid.crs, transform, grid.width + pad_left + pad_right,
                  grid.height + pad_top + pad_bottom), (pad_top, pad_left))
+
+
+# -- EASE-Grid 2.0 global 9 km (M09), the grid of SMAP L4 ------------------------------------
+#: NSIDC EASE2_M09km.gpd: cell size and upper-left corner in EPSG:6933 metres, size in cells.
+EASE2_EPSG = 6933
+M09_CELL_SIZE = 9008.055210146
+M09_ULX = -17367530.4451615
+M09_ULY = 7314540.8306386
+M09_COLUMNS = 3856
+M09_ROWS = 1624
+
+
+def m09_cells_covering(xmin, ymin, xmax, ymax):
+    """Global (row0, row1, col0, col1) of the M09 cells touching an EPSG:6933 box (snapped out)."""
+    col0 = int(math.floor((xmin - M09_ULX) / M09_CELL_SIZE))
+    col1 = int(math.ceil((xmax - M09_ULX) / M09_CELL_SIZE))
+    row0 = int(math.floor((M09_ULY - ymax) / M09_CELL_SIZE))
+    row1 = int(math.ceil((M09_ULY - ymin) / M09_CELL_SIZE))
+    return row0, row1, col0, col1
+
+
+def m09_grid(row0, row1, col0, col1):
+    """The :class:`Grid` of global M09 rows row0..row1-1 and columns col0..col1-1."""
+    from affine import Affine
+
+    transform = Affine(M09_CELL_SIZE, 0.0, M09_ULX + col0 * M09_CELL_SIZE,
+                       0.0, -M09_CELL_SIZE, M09_ULY - row0 * M09_CELL_SIZE)
+    return Grid(f"EPSG:{EASE2_EPSG}", transform, col1 - col0, row1 - row0)

@@ -23,12 +23,10 @@ import os
 import numpy as np
 
 from .common import write_series
+from .grids import Grid, m09_cells_covering, m09_grid
 
 UTM50N = "EPSG:32650"
 EASE2 = "EPSG:6933"
-EASE2_M09_X0 = -17367530.4451615
-EASE2_M09_Y0 = 7314540.8306386
-EASE2_M09_CELL = 9008.055210146
 
 PARTITION_NAMES = ("HB", "JH", "WX", "YJ", "WN")
 DYNAMIC_500M = ("ndvi", "ndwi", "nsdsi", "evi")
@@ -136,26 +134,9 @@ def _write_stations(folder, sites, observations, crs):
     return csv_path, gpkg_path
 
 
-class _Grid:
-    def __init__(self, x0, y0, res, width, height, crs):
-        from rasterio.transform import from_origin
-
-        self.transform = from_origin(x0, y0, res, res)
-        self.width, self.height, self.crs = width, height, crs
-
-    def profile(self):
-        return {"crs": self.crs, "transform": self.transform, "width": self.width, "height": self.height}
-
-
 def ease_grid_covering(bounds_in_ease):
     """The cropped EASE-Grid 2.0 M09 grid covering (xmin, ymin, xmax, ymax) in EPSG:6933."""
-    xmin, ymin, xmax, ymax = bounds_in_ease
-    col0 = int(np.floor((xmin - EASE2_M09_X0) / EASE2_M09_CELL))
-    col1 = int(np.ceil((xmax - EASE2_M09_X0) / EASE2_M09_CELL))
-    row0 = int(np.floor((EASE2_M09_Y0 - ymax) / EASE2_M09_CELL))
-    row1 = int(np.ceil((EASE2_M09_Y0 - ymin) / EASE2_M09_CELL))
-    return _Grid(EASE2_M09_X0 + col0 * EASE2_M09_CELL, EASE2_M09_Y0 - row0 * EASE2_M09_CELL,
-                 EASE2_M09_CELL, col1 - col0, row1 - row0, EASE2)
+    return m09_grid(*m09_cells_covering(*bounds_in_ease))
 
 
 def scenario_dates(n_dates, start="2019-04-01"):
@@ -179,6 +160,7 @@ def make_scenario(folder, *, size="small", seed=0, n_dates=None, n_stations=None
     ``partition_field``, ``stations_csv``, ``stations``, ``truth``, ``dates``, ``categorical``,
     ``mask_classes``.
     """
+    from rasterio.transform import from_origin
     from rasterio.warp import Resampling, reproject, transform_bounds
 
     cols, rows, default_dates = SIZES[size]
@@ -189,8 +171,8 @@ def make_scenario(folder, *, size="small", seed=0, n_dates=None, n_stations=None
     os.makedirs(predictor_folder, exist_ok=True)
 
     x0, y0, res = 600000.0, 3600000.0, 1000.0
-    fine = _Grid(x0, y0, res, cols, rows, UTM50N)
-    fine_500 = _Grid(x0, y0, res / 2, cols * 2, rows * 2, UTM50N)
+    fine = Grid(UTM50N, from_origin(x0, y0, res, res), cols, rows)
+    fine_500 = Grid(UTM50N, from_origin(x0, y0, res / 2, res / 2), cols * 2, rows * 2)
 
     # --- partitions and static predictors (1 km) -------------------------------------------
     polygons = _partition_polygons(x0, y0, cols * res, rows * res)

@@ -259,7 +259,7 @@ def _write_granule(path, values, row0, col0, when, cell_lat, cell_lon):
     except ImportError as err:
         raise SmdError("Writing the SMAP-like granules needs h5py (pip install -r requirements-dev.txt).") from err
 
-    from .dataprep.smap import M09_CELL_SIZE, M09_ULX, M09_ULY
+    from .grids import M09_CELL_SIZE, M09_ULX, M09_ULY
 
     rows, cols = values.shape
     surface = np.where(np.isfinite(values), values, SMAP_FILL).astype("float32")
@@ -314,7 +314,7 @@ def _write_smap(soil_moisture_path, folder, progress):
     import rasterio
     from rasterio.warp import transform as transform_points
 
-    from .dataprep.smap import M09_CELL_SIZE, M09_ULX, M09_ULY
+    from .grids import M09_CELL_SIZE, M09_ULX, M09_ULY
 
     os.makedirs(folder)
     granules = []

@@ -7,7 +7,6 @@ definition (NSIDC ``EASE2_M09km.gpd``) and the subset's global column/row offset
 """
 import contextlib
 import datetime as _dt
-import math
 import os
 import re
 
@@ -16,13 +15,8 @@ import numpy as np
 from .. import common
 from ..common import SmdError
 
-#: Global EASE-Grid 2.0 9 km grid (NSIDC EASE2_M09km.gpd).
-M09_CELL_SIZE = 9008.055210146
-M09_ULX = -17367530.4451615
-M09_ULY = 7314540.8306386
-M09_COLUMNS = 3856
-M09_ROWS = 1624
-EASE2_EPSG = 6933
+from ..grids import (EASE2_EPSG, M09_CELL_SIZE, M09_COLUMNS, M09_ROWS, M09_ULX, M09_ULY,
+                     m09_cells_covering, m09_grid)
 
 #: Default variables: the product's surface soil moisture, in order of preference.
 SURFACE_SOIL_MOISTURE = ("Geophysical_Data/sm_surface", "Analysis_Data/sm_surface_analysis")
@@ -428,10 +422,7 @@ def _extent_window(extent, rows, cols):
             xmin, ymin, xmax, ymax = transform_bounds(source_crs, CRS.from_epsg(EASE2_EPSG),
                                                       xmin, ymin, xmax, ymax, densify_pts=21)
     # cells touching the extent (snap outward to whole cells)
-    c0 = int(math.floor((xmin - M09_ULX) / M09_CELL_SIZE))
-    c1 = int(math.ceil((xmax - M09_ULX) / M09_CELL_SIZE))
-    r0 = int(math.floor((M09_ULY - ymax) / M09_CELL_SIZE))
-    r1 = int(math.ceil((M09_ULY - ymin) / M09_CELL_SIZE))
+    r0, r1, c0, c1 = m09_cells_covering(xmin, ymin, xmax, ymax)
     row0, row1 = max(row0, r0), min(row1, r1)
     col0, col1 = max(col0, c0), min(col1, c1)
     if row0 >= row1 or col0 >= col1:
@@ -491,8 +482,6 @@ def import_smap_l4(granule_paths, output_path, *, variable=None, time_window=Non
     (without a window: the daily mean of the 3-hourly granules; with a window: the mean of the
     granules inside it). Granules may cover different subsets; the output covers their union.
     """
-    from rasterio.crs import CRS
-    from rasterio.transform import Affine
 
     progress = common.Progress.wrap(progress)
     if isinstance(granule_paths, (str, os.PathLike)):
@@ -528,10 +517,7 @@ def import_smap_l4(granule_paths, output_path, *, variable=None, time_window=Non
     union_cols = (min(g["col_offset"] for g in kept), max(g["col_offset"] + g["shape"][1] for g in kept))
     out_window = _extent_window(extent, union_rows, union_cols)
     row0, row1, col0, col1 = out_window
-    transform = Affine(M09_CELL_SIZE, 0.0, M09_ULX + col0 * M09_CELL_SIZE,
-                       0.0, -M09_CELL_SIZE, M09_ULY - row0 * M09_CELL_SIZE)
-    grid_profile = dict(crs=CRS.from_epsg(EASE2_EPSG), transform=transform,
-                        width=col1 - col0, height=row1 - row0)
+    grid_profile = m09_grid(row0, row1, col0, col1).profile()
 
     write = progress.sub(0.1, 1.0)
 
@@ -554,4 +540,4 @@ def import_smap_l4(granule_paths, output_path, *, variable=None, time_window=Non
     return dict(output=output_path, dates=dates, variable=names.pop(),
                 granules_used={d: [os.path.basename(g["path"]) for g in by_date[d]] for d in dates},
                 granules_skipped=skipped, width=col1 - col0, height=row1 - row0,
-                transform=tuple(transform)[:6], row_offset=row0, column_offset=col0)
+                transform=tuple(grid_profile["transform"])[:6], row_offset=row0, column_offset=col0)
