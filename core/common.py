@@ -8,6 +8,8 @@ import shutil
 NODATA = float("nan")
 
 #: Creation options for every raster the plugin writes: float32, tiled, compressed, NaN nodata.
+#: Band-interleaved: series are written and read one date at a time, so a tile holds one date
+#: and is compressed once (pixel interleaving re-reads and re-compresses shared tiles).
 GTIFF_PROFILE = dict(
     driver="GTiff", dtype="float32", nodata=NODATA, tiled=True, blockxsize=256, blockysize=256,
     compress="deflate", predictor=3, interleave="band", BIGTIFF="IF_SAFER",

@@ -138,13 +138,9 @@ class Dataset:
 
     def fine_block_windows(self, block_size=512):
         """rasterio Windows tiling the fine grid in blocks of at most ``block_size`` pixels."""
-        from rasterio.windows import Window
+        from .grids import block_windows
 
-        block_size = max(1, int(block_size))
-        for row in range(0, self.fine_grid.height, block_size):
-            for col in range(0, self.fine_grid.width, block_size):
-                yield Window(col, row, min(block_size, self.fine_grid.width - col),
-                             min(block_size, self.fine_grid.height - row))
+        return block_windows(self.fine_grid.width, self.fine_grid.height, max(1, int(block_size)))
 
     # -- reading ---------------------------------------------------------------------------
     def _handle(self, path):

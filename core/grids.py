@@ -289,6 +289,21 @@ def padded_grid(grid, cover, cover_name="coarse grid"):
                  grid.height + pad_top + pad_bottom), (pad_top, pad_left))
 
 
+def block_windows(width, height, block_size=256):
+    """Row-major rasterio Windows of at most ``block_size`` x ``block_size`` pixels covering a grid.
+
+    Outputs are tiled by 256, so multiples of 256 keep writes tile-aligned.
+    """
+    from rasterio.windows import Window
+
+    if int(block_size) < 1:
+        raise SmdError(f"block_size must be a positive number of pixels, got {block_size!r}.")
+    block_size = int(block_size)
+    for row in range(0, height, block_size):
+        for col in range(0, width, block_size):
+            yield Window(col, row, min(block_size, width - col), min(block_size, height - row))
+
+
 # -- EASE-Grid 2.0 global 9 km (M09), the grid of SMAP L4 ------------------------------------
 #: NSIDC EASE2_M09km.gpd: cell size and upper-left corner in EPSG:6933 metres, size in cells.
 EASE2_EPSG = 6933

@@ -271,9 +271,6 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         grid = dataset.fine_grid
         n_cells = dataset.coarse_grid.width * dataset.coarse_grid.height
         profile = series_profile(grid.profile(), len(date_indexes))
-        # band-interleaved: every date is written separately, so a tile holds one date only and
-        # is compressed once (pixel interleaving would re-read/re-compress shared tiles)
-        profile["interleave"] = "band"
         report = {"output": os.path.abspath(output_path),
                   "dates": [dataset.dates[i] for i in date_indexes],
                   "pixels_predicted": 0, "pixels_nan": 0, "pixels_per_model": {},

@@ -22,7 +22,8 @@ import re
 import numpy as np
 
 from ..common import Progress, SmdError, read_band_dates
-from .series_io import (block_windows, check_output_not_input, dates_from_numbers, day_numbers, grid_profile,
+from ..grids import block_windows
+from .series_io import (check_output_not_input, dates_from_numbers, day_numbers, grid_profile,
                         open_series_writer, read_masked, require_same_grid)
 
 #: Pixels processed together in the time interpolation (bounds the temporaries per window).

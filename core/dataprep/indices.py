@@ -15,8 +15,9 @@ import os
 import numpy as np
 
 from ..common import Progress, SmdError
-from .series_io import (block_windows, check_output_not_input, grid_profile, open_series_writer,
-                        raster_date, read_masked, require_same_grid)
+from ..grids import block_windows
+from .series_io import (check_output_not_input, grid_profile, open_series_writer, raster_date, read_masked,
+                        require_same_grid)
 
 #: MOD09A1 band numbers (1-based): red 1, nir 2, blue 3, green 4, swir1 6, swir2 7.
 MOD09A1_BANDS = {"red": 1, "nir": 2, "blue": 3, "green": 4, "swir1": 6, "swir2": 7}

@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from ..common import Progress, SmdError
-from .series_io import block_windows, check_output_not_input, grid_profile, open_series_writer, read_masked
+from ..grids import block_windows
+from .series_io import check_output_not_input, grid_profile, open_series_writer, read_masked
 
 #: The paper's Table 2 as reclassification text.
 TABLE2 = "0:0,1-5:1,6:2,7-8:3,9-11:4"

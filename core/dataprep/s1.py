@@ -20,8 +20,9 @@ import os
 import numpy as np
 
 from ..common import Progress, SmdError, parse_date, read_band_dates
-from .series_io import (block_windows, check_output_not_input, dates_from_numbers, grid_profile,
-                        open_series_writer, raster_date, read_masked, same_grid)
+from ..grids import block_windows
+from .series_io import (check_output_not_input, dates_from_numbers, grid_profile, open_series_writer,
+                        raster_date, read_masked, same_grid)
 
 PIXEL_CHUNK = 16384
 

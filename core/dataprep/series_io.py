@@ -92,21 +92,6 @@ def require_same_grid(reference, other, reference_name, other_name):
             "(Raster > Projections > Warp, using the reference as target extent/resolution).")
 
 
-def block_windows(width, height, block_size=256):
-    """Row-major rasterio Windows of ``block_size`` pixels covering the grid.
-
-    The writers below tile outputs by 256, so multiples of 256 keep writes tile-aligned.
-    """
-    from rasterio.windows import Window
-
-    if int(block_size) < 1:
-        raise SmdError(f"block_size must be a positive number of pixels, got {block_size!r}.")
-    block_size = int(block_size)
-    for row in range(0, height, block_size):
-        for col in range(0, width, block_size):
-            yield Window(col, row, min(block_size, width - col), min(block_size, height - row))
-
-
 def read_masked(src, indexes, window):
     """float64 read of ``indexes`` in ``window`` with the band nodata values turned into NaN."""
     data = src.read(indexes, window=window, out_dtype="float64")
@@ -141,7 +126,6 @@ def open_series_writer(path, grid, count, dates=None):
     import rasterio
 
     profile = series_profile(grid, count)
-    profile["interleave"] = "band"
     with atomic_output(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             if dates:
