@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from .common import (Progress, SmdError, atomic_output, is_nodata, read_band_dates,
+from .common import (Progress, SmdError, atomic_output, gdal_cache_limit, is_nodata, read_band_dates,
                      series_profile)
 from .dataset import (DOY, TARGET, VALID_FRACTION, Dataset, coarse_path, fine_path,
                       write_manifest)
@@ -339,7 +339,7 @@ def _write(plan, progress, Resampling):
         if item.name in categories:
             categories[item.name].update(_categories(values))
 
-    with atomic_output(plan["output_folder"]) as tmp:
+    with gdal_cache_limit(), atomic_output(plan["output_folder"]) as tmp:
         os.makedirs(os.path.join(tmp, "fine"))
         os.makedirs(os.path.join(tmp, "coarse"))
 

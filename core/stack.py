@@ -140,7 +140,10 @@ def _split_params(model_name, params, seed, n_threads):
 
 
 class _Binned:
-    """Training data of one base model, binned once and sliced per fold."""
+    """Training data of one base model and its per-fold subsets.
+
+    XGBoost and CatBoost bin once and slice per fold; LightGBM bins each fold on its own rows.
+    """
 
     def __init__(self, model_name, X, y, native):
         self.model_name = model_name

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from ..common import SmdError, atomic_output, parse_date, series_profile
+from ..common import SmdError, atomic_output, gdal_cache_limit, parse_date, series_profile
 
 _ISO = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
 _COMPACT = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})(?!\d)")
@@ -121,12 +121,13 @@ def open_series_writer(path, grid, count, dates=None):
     """Open a float32/NaN GeoTIFF (core.common profile) for window-wise writing, atomically.
 
     Band-interleaved so that later per-date reads touch one band only. Band descriptions are
-    ``dates`` when given (a static single band otherwise).
+    ``dates`` when given (a static single band otherwise). GDAL's block cache is capped while
+    the writer is open, so memory does not grow with the raster.
     """
     import rasterio
 
     profile = series_profile(grid, count)
-    with atomic_output(path) as tmp:
+    with gdal_cache_limit(), atomic_output(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             if dates:
                 for band, date in enumerate(dates, start=1):
