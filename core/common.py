@@ -2,8 +2,6 @@
 import contextlib
 import datetime as _dt
 import math
-import os
-import shutil
 
 NODATA = float("nan")
 
@@ -74,46 +72,6 @@ class Progress:
                         _end=self._start + span * end, _log=self._log)
 
 
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-@contextlib.contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
-
-    Works for files and folders. On any exception (including :class:`Cancelled`) the
-    temporary is removed and an existing ``path`` is left untouched.
-    """
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        raise SmdError(f"The output folder {parent!r} does not exist; create it or choose another output path.")
-    base = os.path.basename(path)
-    stem, ext = os.path.splitext(base)
-    # keep the extension so GDAL/OGR drivers guess the format from the temporary name
-    tmp = os.path.join(parent, f".{stem}.tmp-{os.getpid()}{ext}")
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        # sidecars GDAL may have written beside the temporary (e.g. .aux.xml)
-        for leftover in os.listdir(parent):
-            if leftover.startswith(os.path.basename(tmp)):
-                _remove(os.path.join(parent, leftover))
-        raise
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    aux = tmp + ".aux.xml"
-    if os.path.exists(aux):
-        os.replace(aux, path + ".aux.xml")
-
-
 def parse_date(text):
     """ISO ``YYYY-MM-DD`` -> datetime.date, SmdError otherwise."""
     try:
@@ -177,13 +135,14 @@ def write_series(path, bands, dates, grid_profile):
     single-band raster. Written atomically.
     """
     import numpy as np
-    import rasterio
+
+    from .outputs import CheckedRasterWriter, atomic_output
 
     bands = list(bands) if not hasattr(bands, "__next__") else bands
     count = len(dates) if dates else 1
     profile = series_profile(grid_profile, count)
     with atomic_output(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with CheckedRasterWriter(tmp, profile, final_path=path) as dst:
             for index, band in enumerate(bands, start=1):
                 dst.write(np.asarray(band, dtype="float32"), index)
                 if dates:
@@ -221,3 +180,11 @@ def gdal_cache_limit(max_bytes=256 * 2**20):
         yield
     finally:
         gdal.SetCacheMax(previous)
+
+
+
+def atomic_output(path, **kwargs):
+    """:func:`core.outputs.atomic_output` (its home), for the modules importing it from here."""
+    from .outputs import atomic_output as atomic
+
+    return atomic(path, **kwargs)

@@ -13,12 +13,19 @@ Layout (see DESIGN.md)::
 """
 import json
 import os
+import time
+import uuid
 
 from .common import SmdError, day_of_year
 from .grids import Grid
 
 FORMAT = "smdownscale-dataset"
-VERSION = 1
+#: 2: every raster carries the dataset's identity (``dataset_id``), checked when opened
+VERSION = 2
+#: GeoTIFF metadata item holding the ``dataset_id`` of the dataset a raster belongs to
+DATASET_ID_TAG = "SMDOWNSCALE_DATASET_ID"
+#: attempts at opening a dataset that another run is replacing at that moment
+_OPEN_ATTEMPTS = 3
 MANIFEST = "dataset.json"
 DOY = "doy"
 TARGET = "soil_moisture"
@@ -43,44 +50,66 @@ class Dataset:
     def __init__(self, folder, manifest):
         self.folder = os.path.abspath(folder)
         self.manifest = manifest
-        self.dates = list(manifest["dates"])
-        self.predictors = [dict(p) for p in manifest["predictors"]]
-        self.fine_grid = Grid.from_json(manifest["fine_grid"])
-        self.coarse_grid = Grid.from_json(manifest["coarse_grid"])
-        self.min_valid_fraction = float(manifest.get("min_valid_fraction", 0.5))
-        self.mask_classes = {k: list(v) for k, v in (manifest.get("mask_classes") or {}).items()}
-        self.target = manifest.get("target", TARGET)
-        self._by_name = {p["name"]: p for p in self.predictors}
         self._handles = {}
+        path = os.path.join(self.folder, MANIFEST)
+        try:
+            self.dataset_id = str(manifest["dataset_id"])
+            self.dates = [str(date) for date in manifest["dates"]]
+            self.predictors = [dict(p) for p in manifest["predictors"]]
+            self.fine_grid = Grid.from_json(manifest["fine_grid"])
+            self.coarse_grid = Grid.from_json(manifest["coarse_grid"])
+            self.min_valid_fraction = float(manifest.get("min_valid_fraction", 0.5))
+            self.mask_classes = {str(k): list(v) for k, v in (manifest.get("mask_classes") or {}).items()}
+            self.target = str(manifest.get("target", TARGET))
+            self._by_name = {str(p["name"]): p for p in self.predictors}
+        except SmdError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
+            raise SmdError(f"{path} is damaged ({type(err).__name__}: {err}); run preprocess "
+                           "again.") from err
+        if not self.dates or len(set(self.dates)) != len(self.dates):
+            raise SmdError(f"{path} is damaged (no dates or repeated dates); run preprocess again.")
+        if len(self._by_name) != len(self.predictors):
+            raise SmdError(f"{path} is damaged (repeated predictor names); run preprocess again.")
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def open(cls, folder):
-        """Open a prepared dataset folder; SmdError if it is missing or not a dataset."""
-        path = os.path.join(folder, MANIFEST)
-        if not os.path.isfile(path):
-            raise SmdError(f"{folder!r} is not a prepared dataset (no {MANIFEST}); run the "
-                           "preprocess step first.")
-        try:
-            with open(path, encoding="utf-8") as handle:
-                manifest = json.load(handle)
-        except (OSError, json.JSONDecodeError) as err:
-            raise SmdError(f"{path}: cannot read the dataset manifest ({err}).") from err
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise SmdError(f"{path} is not a smdownscale dataset manifest.")
-        if manifest.get("version") != VERSION:
-            raise SmdError(f"{path}: dataset version {manifest.get('version')!r} is not supported "
-                           f"(this plugin reads version {VERSION}); run preprocess again.")
-        missing_keys = [k for k in ("dates", "predictors", "fine_grid", "coarse_grid")
-                        if k not in manifest]
-        if missing_keys:
-            raise SmdError(f"{path}: the manifest lacks {', '.join(missing_keys)}.")
-        dataset = cls(folder, manifest)
-        missing = [p for p in dataset.raster_paths() if not os.path.isfile(p)]
+        """Open a prepared dataset folder; SmdError if it is missing, damaged or not a dataset.
+
+        Every raster is opened here and must carry the manifest's ``dataset_id``: a dataset
+        being replaced by another run at this moment is either read whole, old or new, or
+        refused - never a mix of the two (open handles keep reading the generation they opened).
+        """
+        for attempt in range(_OPEN_ATTEMPTS):
+            dataset = cls(folder, _read_manifest(folder))
+            try:
+                dataset._open_rasters()
+                return dataset
+            except _GenerationChanged:
+                dataset.close()
+                time.sleep(0.2 * (attempt + 1))
+        raise SmdError(f"The dataset in {folder!r} is being replaced by another run (its files "
+                       "belong to two different preprocess runs); wait until that run has finished "
+                       "and try again.")
+
+    def _open_rasters(self):
+        missing = [p for p in self.raster_paths() if not os.path.isfile(p)]
         if missing:
-            raise SmdError(f"The dataset in {folder!r} is incomplete; missing: "
-                           f"{', '.join(os.path.relpath(p, folder) for p in missing)}.")
-        return dataset
+            self._maybe_changed()
+            raise SmdError(f"The dataset in {self.folder!r} is incomplete; missing: "
+                           f"{', '.join(os.path.relpath(p, self.folder) for p in missing)}. Run "
+                           "preprocess again.")
+        for path in self.raster_paths():
+            self._handle(path)
+
+    def _maybe_changed(self):
+        """Raise _GenerationChanged when dataset.json is no longer the one this object read."""
+        try:
+            if _read_manifest(self.folder).get("dataset_id") != self.dataset_id:
+                raise _GenerationChanged()
+        except SmdError:
+            raise _GenerationChanged() from None
 
     def raster_paths(self):
         """Every raster the manifest promises (valid_fraction is optional, not listed)."""
@@ -147,7 +176,19 @@ class Dataset:
         import rasterio
 
         if path not in self._handles:
-            self._handles[path] = rasterio.open(path)
+            try:
+                handle = rasterio.open(path)
+            except rasterio.errors.RasterioIOError as err:
+                self._maybe_changed()
+                raise SmdError(f"The dataset raster {path} cannot be read ({err}); run preprocess "
+                               "again.") from err
+            if handle.tags().get(DATASET_ID_TAG) != self.dataset_id:
+                handle.close()
+                self._maybe_changed()
+                raise SmdError(f"The dataset raster {path} does not belong to the dataset "
+                               f"described by {MANIFEST} (it was copied in or edited); run "
+                               "preprocess again.")
+            self._handles[path] = handle
         return self._handles[path]
 
     def _band(self, name, date_index):
@@ -220,10 +261,47 @@ class Dataset:
         return features
 
 
+class _GenerationChanged(Exception):
+    """dataset.json changed while a dataset was being opened (another run replaced it)."""
+
+
+def _read_manifest(folder):
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        raise SmdError(f"{folder!r} is not a prepared dataset (no {MANIFEST}); run the "
+                       "preprocess step first.")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError
+        raise SmdError(f"{path}: cannot read the dataset manifest ({err}); run preprocess "
+                       "again.") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SmdError(f"{path} is not a smdownscale dataset manifest.")
+    if manifest.get("version") != VERSION:
+        raise SmdError(f"{path}: dataset version {manifest.get('version')!r} is not supported "
+                       f"(this plugin reads version {VERSION}); run preprocess again.")
+    missing_keys = [k for k in ("dataset_id", "dates", "predictors", "fine_grid", "coarse_grid")
+                    if k not in manifest]
+    if missing_keys:
+        raise SmdError(f"{path}: the manifest lacks {', '.join(missing_keys)}; run preprocess "
+                       "again.")
+    return manifest
+
+
 def write_manifest(folder, *, dates, predictors, fine_grid, coarse_grid, min_valid_fraction,
                    mask_classes, extra=None):
-    """Write ``dataset.json`` into ``folder`` (used by preprocess inside its temporary folder)."""
-    manifest = {"format": FORMAT, "version": VERSION, "dates": list(dates),
+    """Seal a dataset folder: give it a new identity and write ``dataset.json`` last.
+
+    Every raster the manifest lists is tagged with the new ``dataset_id`` (GeoTIFF metadata, no
+    pixel is rewritten), so :meth:`Dataset.open` can tell rasters of two preprocess runs apart.
+    Used by preprocess inside its temporary folder, and by tests and the bench that assemble a
+    dataset by hand.
+    """
+    from .outputs import tag_raster, write_text_output
+
+    manifest = {"format": FORMAT, "version": VERSION, "dataset_id": uuid.uuid4().hex,
+                "dates": list(dates),
                 "predictors": list(predictors), "fine_grid": fine_grid.to_json(),
                 "coarse_grid": coarse_grid.to_json(),
                 "min_valid_fraction": float(min_valid_fraction),
@@ -231,6 +309,12 @@ def write_manifest(folder, *, dates, predictors, fine_grid, coarse_grid, min_val
                 "target": TARGET}
     if extra:
         manifest.update(extra)
-    with open(os.path.join(folder, MANIFEST), "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=1)
+    rasters = [coarse_path(folder, TARGET), coarse_path(folder, VALID_FRACTION)]
+    for predictor in predictors:
+        if not predictor.get("derived"):
+            rasters += [fine_path(folder, predictor["name"]), coarse_path(folder, predictor["name"])]
+    for path in rasters:
+        if os.path.isfile(path):
+            tag_raster(path, {DATASET_ID_TAG: manifest["dataset_id"]})
+    write_text_output(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1))
     return manifest

@@ -24,7 +24,8 @@ import os
 
 import numpy as np
 
-from .common import Progress, SmdError, atomic_output, gdal_cache_limit, series_profile
+from .common import Progress, SmdError, gdal_cache_limit, series_profile
+from .outputs import CheckedRasterWriter, atomic_output, check_outputs, raise_gdal_errors
 from .dataset import Dataset
 
 #: Above this many fine pixels the per-block partition/cell maps are recomputed for every date
@@ -260,6 +261,7 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         raise SmdError(f"block_size must be a whole number of pixels, got {block_size!r}.") from err
     if block_size < 1:
         raise SmdError(f"block_size must be at least 1 pixel, got {block_size}.")
+    check_outputs([(output_path, "raster")], inputs=[dataset_folder, model_path])
     progress.update(0.0, "loading the model")
     loaded = load_model(model_path)
     with gdal_cache_limit(), Dataset.open(dataset_folder) as dataset:
@@ -306,7 +308,7 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
             return values, cells
 
         with atomic_output(output_path) as tmp:
-            with rasterio.open(tmp, "w", **profile) as dst:
+            with CheckedRasterWriter(tmp, profile, final_path=output_path) as dst:
                 for band, date_index in enumerate(date_indexes, start=1):
                     dst.set_band_description(band, dataset.dates[date_index])
                 if not residual_correction:
@@ -319,8 +321,21 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
                 else:
                     _predict_with_correction(dataset, date_indexes, windows, dst, tmp, n_cells, maps,
                                              predict_block, tick, report)
+                if report["pixels_predicted"] == 0:
+                    raise SmdError(_nothing_predicted(report))
         progress.update(1.0, f"wrote {len(date_indexes)} date(s) to {output_path}")
     return report
+
+
+def _nothing_predicted(report):
+    """The message when a prediction would be 100% NaN: why, and what to change."""
+    if report["pixels_without_model"]:
+        return (f"No pixel could be predicted: {report['pixels_without_model']} valid pixels lie "
+                "outside every partition of the model or in partitions without a model. Tick "
+                "'Predict pixels outside every partition with the global model', or use the model "
+                "trained for this area.")
+    return ("No pixel could be predicted: every fine pixel has a missing predictor on the chosen "
+            "dates. Check the dataset's predictors (masked classes, nodata) and the dates.")
 
 
 def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_cells, maps,
@@ -339,7 +354,10 @@ def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_
     worst_before = worst_after = 0.0
     uncorrected = 0
     try:
-        with rasterio.open(scratch_path, "w+", **scratch_profile) as scratch:
+        # the scratch is rewritten for every date, so it cannot be verified by read-back like
+        # the output; any GDAL failure while it is written or read fails the run instead
+        with raise_gdal_errors(dst.final_path), \
+                rasterio.open(scratch_path, "w+", **scratch_profile) as scratch:
             for band, date_index in enumerate(date_indexes, start=1):
                 sums = np.zeros(n_cells)
                 counts = np.zeros(n_cells)

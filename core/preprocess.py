@@ -14,10 +14,10 @@ import os
 
 import numpy as np
 
-from .common import (Progress, SmdError, atomic_output, gdal_cache_limit, is_nodata, read_band_dates,
-                     series_profile)
+from .common import Progress, SmdError, gdal_cache_limit, is_nodata, read_band_dates, series_profile
 from .dataset import (DOY, TARGET, VALID_FRACTION, Dataset, coarse_path, fine_path,
                       write_manifest)
+from .outputs import CheckedRasterWriter, atomic_output, check_outputs
 from .grids import (Grid, coarse_grid_for, fine_grid_for, padded_grid, parse_crs,
                     transform_bounds_safe)
 
@@ -119,17 +119,7 @@ def _validate(predictor_paths, soil_moisture_path, output_folder, categorical, m
         raise SmdError(f"The fine resolution {fine_resolution!r} is not a number.") from None
 
     output_folder = os.path.abspath(output_folder)
-    all_paths = [os.path.abspath(p) for p in predictor_paths] + [os.path.abspath(soil_moisture_path)]
-    inside = [p for p in all_paths if os.path.commonpath([p, output_folder]) == output_folder]
-    if inside:
-        raise SmdError(f"The output folder {output_folder!r} contains the input "
-                       f"{os.path.basename(inside[0])}; choose a new folder for the dataset.")
-    if (os.path.isdir(output_folder) and os.listdir(output_folder)
-            and not os.path.isfile(os.path.join(output_folder, "dataset.json"))):
-        raise SmdError(f"The output folder {output_folder!r} exists and is not a prepared dataset; "
-                       "choose a new or empty folder (it would be replaced).")
-    if os.path.exists(output_folder) and not os.path.isdir(output_folder):
-        raise SmdError(f"The output {output_folder!r} is a file; the dataset is a folder.")
+    check_outputs([(output_folder, "dataset")], inputs=[*predictor_paths, soil_moisture_path])
 
     inputs = []
     try:
@@ -339,7 +329,7 @@ def _write(plan, progress, Resampling):
         if item.name in categories:
             categories[item.name].update(_categories(values))
 
-    with gdal_cache_limit(), atomic_output(plan["output_folder"]) as tmp:
+    with gdal_cache_limit(), atomic_output(plan["output_folder"], folder=True) as tmp:
         os.makedirs(os.path.join(tmp, "fine"))
         os.makedirs(os.path.join(tmp, "coarse"))
 
@@ -397,9 +387,12 @@ def _write(plan, progress, Resampling):
                 soil_moisture[is_nodata(soil_moisture, target.nodata)] = np.nan
                 soil_moisture[fraction < min_fraction - 1e-6] = np.nan
                 target_out.write(soil_moisture, index + 1)
-        finally:
+        except BaseException:
             for handle in outputs.values():
-                handle.close()
+                handle.abort()
+            raise
+        for handle in outputs.values():
+            handle.close()  # verifies what was written
 
         manifest_predictors = []
         for item in inputs:
@@ -421,20 +414,15 @@ def _write(plan, progress, Resampling):
 
 
 def _open_series(path, grid, dates):
-    import rasterio
-
-    handle = rasterio.open(path, "w", **series_profile(grid.profile(), len(dates)))
+    handle = CheckedRasterWriter(path, series_profile(grid.profile(), len(dates)))
     for band, date in enumerate(dates, start=1):
         handle.set_band_description(band, date)
     return handle
 
 
 def _write_raster(path, grid, bands, dates):
-    import rasterio
-
-    with rasterio.open(path, "w", **series_profile(grid.profile(), len(bands))) as handle:
+    with CheckedRasterWriter(path, series_profile(grid.profile(), len(bands))) as handle:
         for band, values in enumerate(bands, start=1):
             handle.write(np.asarray(values, dtype="float32"), band)
             if dates:
                 handle.set_band_description(band, dates[band - 1])
-

@@ -152,7 +152,7 @@ def test_dataset_round_trip_features(case):
     assert (coarse[:, 2] == 91).all()
     with open(os.path.join(case["out"], "dataset.json")) as handle:
         manifest = json.load(handle)
-    assert manifest["format"] == "smdownscale-dataset" and manifest["version"] == 1
+    assert manifest["format"] == "smdownscale-dataset" and manifest["version"] == 2 and len(manifest["dataset_id"]) == 32
     assert manifest["predictors"][-1] == {"name": "doy", "kind": "continuous", "dynamic": True,
                                           "derived": True}
     assert manifest["fine_grid"]["transform"] == [1000.0, 0.0, 400000.0, 0.0, -1000.0, 3006000.0]
