@@ -26,20 +26,46 @@ class Partitions:
         GeoJSON geometries (Polygon / MultiPolygon), same length as ``names``.
     crs : str
         CRS of the geometries (WKT, or anything ``rasterio.crs.CRS.from_user_input`` accepts).
+    feature_ids : list, optional
+        Feature ids of the source layer (same length), named in the error messages.
+    check_geometries : bool
+        Refuse empty, non-polygon and invalid (OGR/GEOS ``IsValid``) geometries.
+
+    Raises
+    ------
+    SmdError
+        No partitions, empty or repeated names, a geometry that is not a valid polygon.
     """
 
-    def __init__(self, names, geometries, crs):
-        names = [str(n) for n in names]
+    def __init__(self, names, geometries, crs, *, feature_ids=None, check_geometries=True):
+        raw_names = list(names)
         geometries = list(geometries)
-        if not names:
+        # ``feature_ids`` (optional, same length) only improve the messages: "feature 7"
+        labels = list(feature_ids) if feature_ids is not None else list(range(1, len(raw_names) + 1))
+        if not raw_names:
             raise SmdError("No partitions given: the partition layer has no features.")
-        if len(names) != len(geometries):
-            raise SmdError(f"{len(names)} partition names but {len(geometries)} geometries.")
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        if len(raw_names) != len(geometries):
+            raise SmdError(f"{len(raw_names)} partition names but {len(geometries)} geometries.")
+        empty = [str(label) for label, name in zip(labels, raw_names)
+                 if name is None or str(name).strip() in ("", "NULL")]
+        if empty:
+            raise SmdError(f"Partition feature(s) {', '.join(empty[:10])} have an empty name; give "
+                           "every partition polygon a name in the partition name field.")
+        names = [str(n) for n in raw_names]
+        where = {}
+        for label, name in zip(labels, names):
+            where.setdefault(name, []).append(str(label))
+        repeated = {name: ids for name, ids in where.items() if len(ids) > 1}
         if repeated:
-            raise SmdError(f"Partition names must be unique; repeated: {', '.join(repeated)}.")
-        for name, geometry in zip(names, geometries):
-            if not isinstance(geometry, dict) or "type" not in geometry:
+            detail = "; ".join(f"{name!r} (features {', '.join(ids[:10])})"
+                               for name, ids in sorted(repeated.items())[:10])
+            raise SmdError(f"Partition names must be unique; repeated: {detail}. Give each region "
+                           "its own name, or merge the features of one region first (Vector > "
+                           "Geoprocessing Tools > Dissolve, by the name field).")
+        for label, name, geometry in zip(labels, names, geometries):
+            if check_geometries:
+                _check_geometry(name, label, geometry)
+            elif not isinstance(geometry, dict) or "type" not in geometry:
                 raise SmdError(f"Partition {name!r} has no valid GeoJSON geometry.")
         self.names = names
         self.geometries = geometries
@@ -61,7 +87,8 @@ class Partitions:
     @classmethod
     def from_json(cls, data):
         try:
-            return cls(data["names"], data["geometries"], data["crs"])
+            # stored in a model file: checked when the model was trained
+            return cls(data["names"], data["geometries"], data["crs"], check_geometries=False)
         except (KeyError, TypeError) as err:
             raise SmdError("Invalid partitions description: needs names, geometries, crs.") from err
 
@@ -113,6 +140,7 @@ class Partitions:
                     raise SmdError(f"{os.path.basename(path)}: feature {number} has no value in "
                                    f"field {field!r}; every partition polygon needs a name.")
                 name = str(value)
+                _check_geometry(name, number, json.loads(geometry.ExportToJson()))
                 if name in merged:
                     merged[name] = merged[name].Union(geometry)
                 else:
@@ -125,6 +153,35 @@ class Partitions:
             return cls(names, geometries, reference.ExportToWkt())
         finally:
             source = None  # closes the OGR data source
+
+
+def _check_geometry(name, label, geometry):
+    """SmdError unless ``geometry`` is a non-empty, valid GeoJSON (Multi)Polygon."""
+    if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
+        kind = geometry.get("type") if isinstance(geometry, dict) else type(geometry).__name__
+        raise SmdError(f"Partition {name!r} (feature {label}) is not a polygon ({kind}); the "
+                       "partition layer must hold polygons.")
+    try:
+        from osgeo import ogr
+    except ImportError:  # no OGR bindings: the rasteriser will judge the geometry
+        return
+    try:
+        shape = ogr.CreateGeometryFromJson(json.dumps(geometry))
+    except (RuntimeError, TypeError, ValueError):  # GDAL exceptions may be on
+        shape = None
+    if shape is None:
+        raise SmdError(f"Partition {name!r} (feature {label}) has a geometry that cannot be read "
+                       "(broken coordinates).")
+    if shape.IsEmpty():
+        raise SmdError(f"Partition {name!r} (feature {label}) has an empty geometry.")
+    try:
+        valid = shape.IsValid()
+    except RuntimeError:
+        valid = False
+    if not valid:
+        raise SmdError(f"Partition {name!r} (feature {label}) has an invalid geometry (e.g. a "
+                       "self-intersecting ring or a ring with fewer than 4 points); repair it "
+                       "first (Vector > Geometry Tools > Fix Geometries) and use the result.")
 
 
 def _burn(shapes, shape, transform):

@@ -11,8 +11,10 @@ Because neighbouring coarse cells and consecutive days are autocorrelated, ``cv_
 also split the test set and the folds by blocks of coarse cells ("spatial") or by whole dates
 ("dates") instead of by sample ("random").
 """
+import contextlib
 import csv
 import html
+import io
 import json
 import math
 import os
@@ -20,12 +22,18 @@ import time
 
 import numpy as np
 
-from .common import Progress, SmdError, atomic_output
+from .common import Progress, SmdError
+from .outputs import atomic_output, write_text_output
 
 GLOBAL_LABEL = "WP"
 CV_STRATEGIES = ("random", "spatial", "dates")
 MODEL_LABELS = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost", "stack": "Stacking"}
 ROW_FIELDS = ("partition", "model", "n_train", "n_test", "r_train", "rmse_train", "r_test", "rmse_test")
+REPORT_EXTENSIONS = (".json", ".csv", ".html", ".htm")
+#: Plausible volumetric soil moisture (m3/m3). Sensors and retrievals give small negative values
+#: on very dry soil (calibration noise), so 0.02 below zero is tolerated; above 1 m3/m3 is
+#: physically impossible (the pore space is at most the whole volume).
+SM_VALID_RANGE = (-0.02, 1.0)
 
 
 class Samples:
@@ -39,8 +47,11 @@ class Samples:
     predictor_names, partition_names : list of str      dates : list of str
     """
 
-    def __init__(self, X, y, partition, row, col, date_index, predictor_names, partition_names, dates):
+    def __init__(self, X, y, partition, row, col, date_index, predictor_names, partition_names, dates,
+                 diagnostics=None):
         self.X, self.y, self.partition = X, y, partition
+        #: counts explaining an empty sample set: target_valid, features_valid, both_valid
+        self.diagnostics = dict(diagnostics or {})
         self.row, self.col, self.date_index = row, col, date_index
         self.predictor_names = list(predictor_names)
         self.partition_names = list(partition_names)
@@ -99,12 +110,19 @@ def build_samples(dataset, partitions=None, *, progress=None):
         partition_names = []
     rows, cols = np.divmod(np.arange(h * w, dtype=np.int32), np.int32(w))
     parts = {key: [] for key in ("X", "y", "partition", "cell", "date")}
+    diagnostics = {"target_valid": 0, "features_valid": 0, "both_valid": 0, "cells": h * w,
+                   "dates": len(dataset.dates)}
     n_dates = len(dataset.dates)
     for d in range(n_dates):
         progress.update(d / n_dates, f"reading samples of {dataset.dates[d]}")
         features = dataset.coarse_features(d)
         target = dataset.read_target(d).ravel()
-        valid = np.isfinite(target) & np.all(np.isfinite(features), axis=1)
+        target_ok = np.isfinite(target)
+        features_ok = np.all(np.isfinite(features), axis=1)
+        valid = target_ok & features_ok
+        diagnostics["target_valid"] += int(target_ok.sum())
+        diagnostics["features_valid"] += int(features_ok.sum())
+        diagnostics["both_valid"] += int(valid.sum())
         if partitions is not None:
             valid &= cell_partition >= 0
         cells = np.flatnonzero(valid)
@@ -120,7 +138,7 @@ def build_samples(dataset, partitions=None, *, progress=None):
     cell = cat["cell"].astype(np.int64)
     return Samples(X, cat["y"].astype(np.float32), cat["partition"].astype(np.int16),
                    rows[cell], cols[cell], cat["date"].astype(np.int32), dataset.predictor_names,
-                   partition_names, dataset.dates)
+                   partition_names, dataset.dates, diagnostics)
 
 
 def split_groups(samples, index, cv_strategy, spatial_block_cells):
@@ -157,7 +175,13 @@ def split_train_test(samples, index, *, test_fraction, cv_strategy, spatial_bloc
                            "so no group can be held out for testing; use cv_strategy='random' or a "
                            "smaller spatial_block_cells.")
         splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-    train, test = next(splitter.split(index, groups=groups))
+    try:
+        train, test = next(splitter.split(index, groups=groups))
+    except ValueError as err:  # scikit-learn: "the resulting train set will be empty" and alike
+        what = "samples" if groups is None else ("dates" if cv_strategy == "dates" else "spatial blocks")
+        raise SmdError(f"{len(index)} samples ({what}) cannot be split into a training and a test set "
+                       f"with test_fraction={test_fraction} ({err}); use more data, a larger "
+                       "min_samples or another test_fraction.") from err
     return index[train], index[test], (None if groups is None else groups[train])
 
 
@@ -202,6 +226,10 @@ def _fit_one(samples, index, label, settings, progress):
                                            spatial_block_cells=settings["spatial_block_cells"],
                                            seed=settings["seed"])
     folds = settings["folds"]
+    if len(test) == 0:
+        raise SmdError(f"Partition {label!r}: no sample is left for the test set ({len(index)} samples, "
+                       f"test_fraction={settings['test_fraction']}); use more samples or a larger "
+                       "test_fraction.")
     if groups is None:
         cv = KFold(folds, shuffle=True, random_state=settings["seed"])
         if len(train) < folds:
@@ -241,8 +269,9 @@ def _check_settings(folds, test_fraction, cv_strategy, spatial_block_cells, min_
 
 def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xgboost", "lightgbm", "catboost"),
                 folds=5, test_fraction=0.3, cv_strategy="random", spatial_block_cells=4, seed=42, params=None,
-                train_global=True, min_samples=50, fallback_to_global=False, n_threads=None, progress=None):
-    """Train the partitioned Stacking models and write the model file.
+                train_global=True, min_samples=50, fallback_to_global=False, n_threads=None, report_path=None,
+                progress=None):
+    """Train the partitioned Stacking models and write the model file (and the report).
 
     Parameters
     ----------
@@ -271,17 +300,29 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
         ``fallback_to_global`` is True (recorded as a warning in the report).
     n_threads : int or None
         Threads per booster (None = all cores).
+    report_path : str or None
+        Also write the training report (.json, .csv or .html, :func:`write_training_report`).
+        Model and report are written together: both into temporaries, renamed into place only
+        when both were written, so a failed report leaves no model file and vice versa.
     progress : Progress, optional
 
     Returns
     -------
     TrainingReport
+
+    Raises
+    ------
+    SmdError
+        Bad settings, no usable sample (all-NaN target, no cell where every predictor is valid),
+        soil moisture outside 0..1 m3/m3 (e.g. in percent), too few samples, a model or report
+        that cannot be written (the message names the file and the cause).
     """
     from .dataset import Dataset
-    from .modelfile import save_model
 
     progress = Progress.wrap(progress)
     _check_settings(folds, test_fraction, cv_strategy, spatial_block_cells, min_samples)
+    if report_path:
+        _report_extension(report_path)  # refused before training, not after
     started = time.perf_counter()
     dataset = Dataset.open(dataset_folder)
     categorical = {p["name"]: (list(p["categories"]) if p.get("categories") else None)
@@ -292,9 +333,7 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
                 "fallback_to_global": bool(fallback_to_global), "n_threads": n_threads,
                 "categorical": categorical}
     samples = build_samples(dataset, partitions, progress=progress.sub(0.0, 0.05))
-    if len(samples) == 0:
-        raise SmdError(f"The dataset {dataset_folder!r} has no coarse cell with valid soil moisture and "
-                       "predictors (inside the partitions); check the inputs and min_valid_fraction.")
+    _check_samples(samples, dataset_folder, partitions is not None)
 
     warnings, fallback = [], {}
     jobs = []  # (label, sample positions, is the global model)
@@ -341,13 +380,111 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
         partitions=summaries, rows=rows, warnings=warnings, fallback=fallback,
         train_seconds=round(time.perf_counter() - started, 3))
     progress.update(0.96, "writing the model file")
-    save_model(model_path, models=models, global_model=global_model, predictors=dataset.predictors,
-               partitions_json=partitions_json, fine_grid=dataset.fine_grid, coarse_grid=dataset.coarse_grid,
-               dates=dataset.dates, metrics={"rows": _json_safe(rows), "partitions": summaries},
-               params=_json_safe(settings), extra={"fallback": fallback, "warnings": warnings,
-                                                    "global_label": GLOBAL_LABEL})
+    model_kwargs = dict(models=models, global_model=global_model, predictors=dataset.predictors,
+                        partitions_json=partitions_json, fine_grid=dataset.fine_grid,
+                        coarse_grid=dataset.coarse_grid, dates=dataset.dates,
+                        metrics={"rows": _json_safe(rows), "partitions": summaries},
+                        params=_json_safe(settings), extra={"fallback": fallback, "warnings": warnings,
+                                                             "global_label": GLOBAL_LABEL})
+    _write_model_and_report(model_path, model_kwargs, report, report_path)
     progress.update(1.0, "model written")
     return report
+
+
+def _check_samples(samples, dataset_folder, with_partitions):
+    """SmdError when no sample is usable or the soil moisture is not in m3/m3."""
+    if len(samples) == 0:
+        d = samples.diagnostics
+        if d.get("target_valid", 1) == 0:
+            raise SmdError(f"The soil moisture of the dataset {dataset_folder!r} is empty (no valid value "
+                           f"on any of its {d.get('dates', '?')} dates, all NaN or nodata); prepare the "
+                           "dataset again from a soil-moisture raster with values.")
+        if d.get("features_valid", 1) == 0:
+            raise SmdError(f"The dataset {dataset_folder!r} has no coarse cell where every predictor is "
+                           "valid on any date (a predictor is all nodata); remove that predictor or "
+                           "lower min_valid_fraction when preparing the dataset.")
+        where = " inside the partitions" if with_partitions else ""
+        raise SmdError(f"The dataset {dataset_folder!r} has no coarse cell with valid soil moisture and "
+                       f"predictors on the same date{where} ({d.get('target_valid', '?')} valid soil-"
+                       f"moisture values, {d.get('features_valid', '?')} cells with all predictors); "
+                       "check the inputs and min_valid_fraction.")
+    low, high = SM_VALID_RANGE
+    y_min, y_max = float(np.min(samples.y)), float(np.max(samples.y))
+    if y_min < low or y_max > high:
+        n_bad = int(np.count_nonzero((samples.y < low) | (samples.y > high)))
+        hint = (" The values look like percent: divide the soil moisture by 100 before preparing "
+                "the dataset." if 1.0 < y_max <= 100.0 and y_min >= low else
+                " If these are fill values, declare them as the raster's nodata value.")
+        raise SmdError(f"The soil moisture of the dataset {dataset_folder!r} ranges {y_min:g}..{y_max:g}, "
+                       f"but volumetric soil moisture is in m3/m3 (0..1); {n_bad} of {len(samples)} "
+                       f"samples lie outside {low:g}..{high:g}.{hint}")
+
+
+def _report_extension(path):
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in REPORT_EXTENSIONS:
+        raise SmdError(f"Report {os.fspath(path)!r}: use a .json, .csv or .html file name.")
+    return ext
+
+
+def _write_model_and_report(model_path, model_kwargs, report, report_path):
+    """Model file and report into temporaries; renamed into place only when both were written."""
+    from .modelfile import save_model
+
+    def model(tmp):
+        try:
+            save_model(tmp, **model_kwargs)
+        except SmdError as err:  # name the final file, not the temporary
+            message = str(err).replace(os.path.abspath(tmp), os.path.abspath(model_path))
+            if message == str(err):
+                raise
+            raise SmdError(message) from err
+
+    outputs = [(model_path, model)]
+    if report_path:
+        outputs.append((report_path, lambda tmp: write_training_report(report, tmp, _final_path=report_path)))
+    write_together(outputs)
+
+
+def write_together(outputs):
+    """Write several files as one: each into a temporary, renamed into place only when all were
+    written (in the given order); when a rename fails, the files already renamed are removed, so
+    none is left without the others.
+
+    Parameters
+    ----------
+    outputs : list of (final_path, write)
+        ``write(tmp)`` writes the file at the temporary path ``tmp``. An OSError (disk full,
+        permission...) becomes SmdError naming ``final_path`` and the cause.
+    """
+    from .outputs import describe_os_error, write_error
+
+    renamed = []
+
+    def marker(final):
+        def record(exc_type, exc, tb):
+            if exc_type is None:
+                renamed.append(final)
+            return False
+        return record
+
+    try:
+        with contextlib.ExitStack() as stack:
+            temporaries = {}
+            # entered in reverse: the stack exits last-in first, so the renames run in order
+            for final, _ in reversed(outputs):
+                stack.push(marker(final))
+                temporaries[final] = stack.enter_context(atomic_output(final))
+            for final, write in outputs:
+                try:
+                    write(temporaries[final])
+                except OSError as err:
+                    raise write_error(os.path.abspath(final), describe_os_error(err)) from err
+    except BaseException:
+        for final in renamed:
+            with contextlib.suppress(OSError):
+                os.remove(final)
+        raise
 
 
 def _json_safe(value):
@@ -361,37 +498,55 @@ def _json_safe(value):
     return value
 
 
-def write_training_report(report, path):
+def write_training_report(report, path, *, _final_path=None):
     """Write a training report as .json, .csv (Table-3 rows) or .html, atomically.
+
+    A write that fails (disk full, permission, missing folder) raises SmdError naming the file
+    and the cause; nothing is left under ``path``.
 
     Returns
     -------
     str
         ``path``.
     """
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".json", ".csv", ".html", ".htm"):
-        raise SmdError(f"Report {path!r}: use a .json, .csv or .html file name.")
+    ext = _report_extension(_final_path or path)
     rows = report.rows() if hasattr(report, "rows") else list(report.get("rows", []))
-    with atomic_output(path) as tmp:
-        if ext == ".json":
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(_json_safe(dict(report)), handle, indent=1, allow_nan=False)
-        elif ext == ".csv":
-            with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            def cell(v):
-                return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
-            lines = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Training report</title></head>",
-                     "<body><h1>Stacking models: samples and performance (cf. paper Table 3)</h1>",
-                     "<table border='1'><tr>" + "".join(f"<th>{f}</th>" for f in ROW_FIELDS) + "</tr>"]
-            lines += ["<tr>" + "".join(f"<td>{cell(row.get(f))}</td>" for f in ROW_FIELDS) + "</tr>" for row in rows]
-            lines.append("</table>")
-            lines += [f"<p>Warning: {html.escape(w)}</p>" for w in report.get("warnings", [])]
-            lines.append("</body></html>")
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write("\n".join(lines))
+    if ext == ".json":
+        text = json.dumps(_json_safe(dict(report)), indent=1, allow_nan=False)
+    elif ext == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    else:
+        def cell(v):
+            if isinstance(v, float):
+                return f"{v:.4f}" if math.isfinite(v) else "n/a"
+            return html.escape(str(v))
+        lines = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Training report</title></head>",
+                 "<body><h1>Stacking models: samples and performance (cf. paper Table 3)</h1>",
+                 "<table border='1'><tr>" + "".join(f"<th>{f}</th>" for f in ROW_FIELDS) + "</tr>"]
+        lines += ["<tr>" + "".join(f"<td>{cell(row.get(f))}</td>" for f in ROW_FIELDS) + "</tr>" for row in rows]
+        lines.append("</table>")
+        lines += [f"<p>Warning: {html.escape(w)}</p>" for w in report.get("warnings", [])]
+        lines.append("</body></html>")
+        text = "\n".join(lines)
+    if _final_path is None:
+        write_text_output(path, text)
+    else:  # ``path`` is already the caller's temporary: write it, name the final file on errors
+        _write_temporary_text(path, text, _final_path)
     return path
+
+
+def _write_temporary_text(tmp, text, final_path):
+    """Write ``text`` into the temporary ``tmp``; an OSError becomes SmdError naming ``final_path``."""
+    from .outputs import describe_os_error, write_error
+
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise write_error(os.path.abspath(final_path), describe_os_error(err)) from err

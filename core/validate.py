@@ -9,9 +9,15 @@ in ``ValidationResult.unmatched`` with the reason, per product.
 
 Station readings: several readings of one site on one date (e.g. hourly) are averaged to a daily
 value; non-finite readings are ignored.
+
+Plausibility: station readings and the product values read at the sites must be volumetric soil
+moisture in m3/m3 (:data:`SM_VALID_RANGE`); values in percent or undeclared fill values are
+refused with a message instead of giving an RMSE of 23. A product that no site can be compared
+with (stations outside it, no shared date, only nodata) is refused with the reasons.
 """
 import csv
 import html
+import io
 import json
 import math
 import os
@@ -20,11 +26,16 @@ from collections import OrderedDict
 import numpy as np
 
 from . import metrics
-from .common import Progress, SmdError, atomic_output, is_nodata, parse_date, read_band_dates
+from .common import Progress, SmdError, is_nodata, parse_date, read_band_dates
+from .train import SM_VALID_RANGE, _write_temporary_text, write_together
 
 PER_SITE_FIELDS = ("product", "site_id", "x", "y", "n", "r", "rmse", "bias", "ubrmse")
 UNMATCHED_FIELDS = ("product", "site_id", "x", "y", "reason")
 SUMMARY_METRICS = ("r", "rmse", "bias", "ubrmse")
+#: unmatched reason -> short key of the summary counts
+REASON_KEYS = (("outside the raster", "n_outside"), ("no overlapping dates", "n_no_shared_dates"),
+               ("only nodata", "n_only_nodata"))
+MAX_EXAMPLES = 5
 
 
 class ValidationResult:
@@ -103,11 +114,67 @@ def _group_stations(stations):
     if count == 0:
         raise SmdError("The station list is empty: give at least one in-situ reading "
                        "(site id, date, value, x, y).")
+    if not sums:
+        raise SmdError(f"None of the {count} station readings has a finite soil-moisture value (all "
+                       "NaN, inf or empty); check the value field.")
+    _check_range(((site_id, date, total / n) for (site_id, date), (total, n) in sums.items()),
+                 "The station readings", "Fix or remove these readings, or convert the station values "
+                 "to m3/m3.")
     for site in sites.values():
         site["values"] = {}
     for (site_id, date), (total, n) in sums.items():
         sites[site_id]["values"][date] = total / n
     return sites
+
+
+def _check_range(items, what, advice):
+    """SmdError when any (site_id, date, value) lies outside :data:`SM_VALID_RANGE`.
+
+    The message counts the offending values, gives a few examples, and hints at percent when
+    the values fit 0..100.
+    """
+    low, high = SM_VALID_RANGE
+    bad, n, lowest, highest = [], 0, math.inf, -math.inf
+    for site_id, date, value in items:
+        n += 1
+        lowest, highest = min(lowest, value), max(highest, value)
+        if not low <= value <= high:
+            bad.append((site_id, date, value))
+    if not bad:
+        return
+    examples = ", ".join(f"site {s} on {d}: {v:g}" for s, d, v in bad[:MAX_EXAMPLES])
+    if 1.0 < highest <= 100.0 and lowest >= low:
+        hint = (f" The values ({lowest:g}..{highest:g}) look like percent: divide them by 100 to get "
+                "m3/m3.")
+    else:
+        hint = (f" The values range {lowest:g}..{highest:g}; fill values (e.g. -9999) must be "
+                "declared as nodata, not stored as readings.")
+    raise SmdError(f"{what} are not volumetric soil moisture in m3/m3 (0..1): {len(bad)} of {n} "
+                   f"values lie outside {low:g}..{high:g} ({examples}).{hint} {advice}")
+
+
+def _unmatched_counts(rows):
+    """Counts of unmatched sites per reason kind (:data:`REASON_KEYS`)."""
+    counts = {key: 0 for _, key in REASON_KEYS}
+    for row in rows:
+        for prefix, key in REASON_KEYS:
+            if row["reason"].startswith(prefix):
+                counts[key] += 1
+    return counts
+
+
+def _nothing_compared(name, path, n_sites, unmatched, station_span, dates):
+    counts = _unmatched_counts(unmatched)
+    parts = []
+    if counts["n_outside"]:
+        parts.append(f"{counts['n_outside']} lie outside the raster (check the station layer's CRS)")
+    if counts["n_no_shared_dates"]:
+        parts.append(f"{counts['n_no_shared_dates']} have no date in common with it (stations "
+                     f"{station_span[0]}..{station_span[1]}, raster {dates[0]}..{dates[-1]})")
+    if counts["n_only_nodata"]:
+        parts.append(f"{counts['n_only_nodata']} sit on nodata pixels on every shared date")
+    return SmdError(f"Product {name!r} ({path}) cannot be compared with any of the {n_sites} station "
+                    f"sites: {'; '.join(parts)}. Use stations and rasters of the same area and period.")
 
 
 def _open_product(name, path):
@@ -146,8 +213,11 @@ def _sample_site(src, row, col, band_indexes):
     return values
 
 
-def _summary_row(name, rows, n_unmatched):
-    row = {"product": name, "n_sites": len(rows), "n_unmatched": n_unmatched}
+def _summary_row(name, rows, unmatched):
+    row = {"product": name, "n_sites": len(rows), "n_unmatched": len(unmatched),
+           "n_pairs": int(sum(r["n"] for r in rows)),
+           "n_sites_with_r": sum(1 for r in rows if isinstance(r["r"], float) and math.isfinite(r["r"]))}
+    row.update(_unmatched_counts(unmatched))
     for key in SUMMARY_METRICS:
         stats = metrics.summarise(r[key] for r in rows)
         row[f"mean_{key}"] = stats["mean"]
@@ -199,6 +269,8 @@ def validate(products, stations, *, stations_crs="EPSG:4326", progress=None):
         raise SmdError(f"The stations' CRS {stations_crs!r} is not a known CRS (e.g. EPSG:4326).") from err
 
     site_ids = list(sites)
+    all_dates = sorted({d for site in sites.values() for d in site["values"]})
+    station_span = (all_dates[0], all_dates[-1])
     xs = [sites[s]["x"] for s in site_ids]
     ys = [sites[s]["y"] for s in site_ids]
     per_site, summary, unmatched = [], [], []
@@ -207,9 +279,14 @@ def validate(products, stations, *, stations_crs="EPSG:4326", progress=None):
         src, dates = _open_product(name, os.fspath(path))
         with src:
             band_of_date = {date: band for band, date in enumerate(dates, start=1)}
-            with rasterio.Env(CHECK_WITH_INVERT_PROJ=True):
-                raster_xs, raster_ys = transform(source_crs, src.crs, xs, ys)
-            product_rows, product_unmatched = [], []
+            try:
+                with rasterio.Env(CHECK_WITH_INVERT_PROJ=True):
+                    raster_xs, raster_ys = transform(source_crs, src.crs, xs, ys)
+            except Exception as err:  # rasterio/PROJ raise several classes for impossible transforms
+                raise SmdError(f"Product {name!r}: the station coordinates cannot be transformed from "
+                               f"the stations' CRS to the raster's ({err}); check the station layer's "
+                               "CRS.") from err
+            product_rows, product_unmatched, product_values = [], [], []
             for i, site_id in enumerate(site_ids):
                 product_progress.update(i / len(site_ids), f"{name}: site {site_id}")
                 site = sites[site_id]
@@ -228,17 +305,28 @@ def validate(products, stations, *, stations_crs="EPSG:4326", progress=None):
                     product_unmatched.append({**base, "reason": (
                         f"no overlapping dates (station: {span}; raster: {dates[0]}..{dates[-1]})")})
                     continue
-                predicted = _sample_site(src, row, col, [band_of_date[d] for d in shared])
+                try:
+                    predicted = _sample_site(src, row, col, [band_of_date[d] for d in shared])
+                except rasterio.errors.RasterioError as err:
+                    raise SmdError(f"Product {name!r}: {path} cannot be read at site {site_id!r} "
+                                   f"(row {row}, col {col}): {err}. The file may be damaged; write "
+                                   "it again.") from err
                 if not np.isfinite(predicted).any():
                     product_unmatched.append({**base, "reason": (
                         f"only nodata at pixel (row {row}, col {col}) on the {len(shared)} shared dates")})
                     continue
                 observed = np.array([site["values"][d] for d in shared], dtype="float64")
+                product_values += [(site_id, d, float(v)) for d, v in zip(shared, predicted) if math.isfinite(v)]
                 product_rows.append({**base, **metrics.all_metrics(predicted, observed)})
             product_progress.update(1.0, f"{name}: {len(product_rows)} sites compared")
         per_site.extend(product_rows)
         unmatched.extend(product_unmatched)
-        summary.append(_summary_row(name, product_rows, len(product_unmatched)))
+        if not product_rows:
+            raise _nothing_compared(name, path, len(site_ids), product_unmatched, station_span, dates)
+        _check_range(product_values, f"The values of product {name!r} ({path}) at the stations",
+                     "Use a soil-moisture raster in m3/m3 (e.g. the output of Predict fine soil "
+                     "moisture), or rescale it first.")
+        summary.append(_summary_row(name, product_rows, product_unmatched))
     return ValidationResult(per_site, summary, unmatched)
 
 
@@ -284,39 +372,40 @@ def write_validation_report(result, path):
         data = result.to_dict()
         data = {k: ([{f: _json_value(v) for f, v in row.items()} for row in rows] if isinstance(rows, list) else rows)
                 for k, rows in data.items()}
-        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, allow_nan=False)
-        return [path]
-    if ext == ".csv":
+        texts = [(path, json.dumps(data, indent=1, allow_nan=False))]
+    elif ext == ".csv":
         fields = PER_SITE_FIELDS + ("status",)
-        summary_path = os.path.splitext(path)[0] + "_summary.csv"
-        with atomic_output(path) as tmp, atomic_output(summary_path) as tmp_summary:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=fields)
-                writer.writeheader()
-                for row in result.per_site:
-                    writer.writerow({**{f: _cell(row[f]) for f in PER_SITE_FIELDS}, "status": "ok"})
-                for row in result.unmatched:
-                    writer.writerow({"product": row["product"], "site_id": row["site_id"],
-                                     "x": _cell(row["x"]), "y": _cell(row["y"]), "status": row["reason"]})
-            with open(tmp_summary, "w", newline="", encoding="utf-8") as fh:
-                summary_fields = list(result.summary[0]) if result.summary else ["product"]
-                writer = csv.DictWriter(fh, fieldnames=summary_fields)
-                writer.writeheader()
-                for row in result.summary:
-                    writer.writerow({f: _cell(v) for f, v in row.items()})
-        return [path, summary_path]
-    summary_fields = list(result.summary[0]) if result.summary else ["product"]
-    page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Soil-moisture validation</title>"
-            "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}</style>"
-            "</head><body>\n<h1>Soil-moisture validation against in-situ stations</h1>\n"
-            "<p>R: Pearson correlation; RMSE, bias (product - station) and ubRMSE in m3/m3 "
-            "(paper Eq. 5-8). Classes: R high &gt; 0.6, moderate 0.4-0.6, low &lt; 0.4; "
-            "ubRMSE meets &lt; 0.04, acceptable 0.04-0.06, poor &gt; 0.06.</p>\n"
-            + _html_table("Summary per product", summary_fields, result.summary)
-            + _html_table("Per site", PER_SITE_FIELDS, result.per_site)
-            + _html_table("Sites not compared", UNMATCHED_FIELDS, result.unmatched)
-            + "</body></html>\n")
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    return [path]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\r\n")
+        writer.writeheader()
+        for row in result.per_site:
+            writer.writerow({**{f: _cell(row[f]) for f in PER_SITE_FIELDS}, "status": "ok"})
+        for row in result.unmatched:
+            writer.writerow({"product": row["product"], "site_id": row["site_id"],
+                             "x": _cell(row["x"]), "y": _cell(row["y"]), "status": row["reason"]})
+        summary_buffer = io.StringIO()
+        summary_fields = list(result.summary[0]) if result.summary else ["product"]
+        writer = csv.DictWriter(summary_buffer, fieldnames=summary_fields, lineterminator="\r\n")
+        writer.writeheader()
+        for row in result.summary:
+            writer.writerow({f: _cell(v) for f, v in row.items()})
+        texts = [(path, buffer.getvalue()),
+                 (os.path.splitext(path)[0] + "_summary.csv", summary_buffer.getvalue())]
+    else:
+        summary_fields = list(result.summary[0]) if result.summary else ["product"]
+        page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Soil-moisture validation</title>"
+                "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}</style>"
+                "</head><body>\n<h1>Soil-moisture validation against in-situ stations</h1>\n"
+                "<p>R: Pearson correlation; RMSE, bias (product - station) and ubRMSE in m3/m3 "
+                "(paper Eq. 5-8). Classes: R high &gt; 0.6, moderate 0.4-0.6, low &lt; 0.4; "
+                "ubRMSE meets &lt; 0.04, acceptable 0.04-0.06, poor &gt; 0.06. R needs at least "
+                "3 shared dates per site.</p>\n"
+                + _html_table("Summary per product", summary_fields, result.summary)
+                + _html_table("Per site", PER_SITE_FIELDS, result.per_site)
+                + _html_table("Sites not compared", UNMATCHED_FIELDS, result.unmatched)
+                + "</body></html>\n")
+        texts = [(path, page)]
+    # the CSV report and its summary are written together: both or neither
+    write_together([(final, (lambda tmp, text=text, final=final: _write_temporary_text(tmp, text, final)))
+                    for final, text in texts])
+    return [final for final, _ in texts]

@@ -66,7 +66,9 @@ def partitions_from_source(source, field):
         raise QgsProcessingException(
             tr("The partition layer has no field {!r}. Fields: {}.").format(
                 field, ", ".join(source.fields().names())))
-    names, geometries = [], []
+    from ..core.common import SmdError
+
+    names, geometries, feature_ids = [], [], []
     for feature in source.getFeatures():
         geometry = feature.geometry()
         if geometry.isNull() or geometry.isEmpty():
@@ -80,9 +82,13 @@ def partitions_from_source(source, field):
                     feature.id(), field))
         names.append(str(value))
         geometries.append(json.loads(geometry.asJson(17)))
+        feature_ids.append(feature.id())
     if not names:
         raise QgsProcessingException(tr("The partition layer has no polygons."))
-    return Partitions(names, geometries, crs_wkt(source.sourceCrs()))
+    try:
+        return Partitions(names, geometries, crs_wkt(source.sourceCrs()), feature_ids=feature_ids)
+    except SmdError as err:  # repeated names, invalid geometries: a message, not a traceback
+        raise QgsProcessingException(str(err)) from err
 
 
 def date_text(value):

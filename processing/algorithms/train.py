@@ -1,4 +1,6 @@
 """smdownscale:train - fit the partitioned stacking ensemble on a prepared dataset."""
+import math
+
 from qgis.core import (
     QgsFeatureRequest,
     QgsProcessing,
@@ -167,7 +169,7 @@ class TrainAlgorithm(SmdAlgorithm):
         base_models = tuple(BASE_MODEL_IDS[i] for i in
                             self.parameterAsEnums(parameters, self.BASE_MODELS, context))
         require_packages(*self.REQUIRES, *base_models)
-        from ...core.train import train_model, write_training_report
+        from ...core.train import train_model
 
         dataset = self.dataset_folder(parameters, self.DATASET, context)
         source = self.parameterAsSource(parameters, self.PARTITIONS, context)
@@ -193,19 +195,30 @@ class TrainAlgorithm(SmdAlgorithm):
             train_global=self.parameterAsBoolean(parameters, self.TRAIN_GLOBAL, context),
             min_samples=self.parameterAsInt(parameters, self.MIN_SAMPLES, context),
             fallback_to_global=self.parameterAsBoolean(parameters, self.FALLBACK_TO_GLOBAL, context),
-            n_threads=threads if threads > 0 else None, progress=self.progress(feedback))
+            n_threads=threads if threads > 0 else None, report_path=report_path or None,
+            progress=self.progress(feedback))
+        # model and report were written together (both or neither)
         results = {self.OUTPUT_MODEL: model_path}
         if report_path:
-            self.run_core(write_training_report, report, report_path)
             results[self.OUTPUT_REPORT] = report_path
         stacking = stacking_test_scores(report)
         for warning in report.get("warnings", []):
             feedback.pushWarning(warning)
         for row in report.rows():
-            feedback.pushInfo("{partition} {model}: R train {r_train:.3f}, RMSE train {rmse_train:.4f}, "
-                              "R test {r_test:.3f}, RMSE test {rmse_test:.4f}".format(**row))
+            feedback.pushInfo("{partition} {model}: n train {n_train}, n test {n_test}, R train {r_train}, "
+                              "RMSE train {rmse_train}, R test {r_test}, RMSE test {rmse_test}".format(
+                                  **{key: _fmt(value) for key, value in row.items()}))
         results[self.R_TEST], results[self.RMSE_TEST] = stacking
         return results
+
+
+def _fmt(value):
+    """A report number for the log: 4 decimals, 'n/a' for NaN / None (too few samples)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else "n/a"
+    return str(value)
 
 
 def learner_params(base_models, n_estimators, learning_rate, max_depth):
@@ -227,12 +240,18 @@ def stacking_test_scores(report):
     rows = [row for row in report.rows() if str(row["model"]).lower().startswith("stack")
             and str(row["partition"]).lower() not in ("global", "wp")]
     rows = rows or [row for row in report.rows() if str(row["model"]).lower().startswith("stack")]
+    # rows whose test score is undefined (fewer than 3 test samples: R is NaN) carry no weight
+    rows = [row for row in rows if _finite(row.get("r_test")) and _finite(row.get("rmse_test"))]
     total = sum(row["n_test"] for row in rows)
     if not rows or total == 0:
         return float("nan"), float("nan")
     r = sum(row["r_test"] * row["n_test"] for row in rows) / total
     rmse = (sum(row["rmse_test"] ** 2 * row["n_test"] for row in rows) / total) ** 0.5
     return float(r), float(rmse)
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 ALGORITHMS = [TrainAlgorithm]
