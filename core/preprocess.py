@@ -11,6 +11,7 @@
 Everything is written into a temporary folder renamed at the end (``atomic_output``).
 """
 import os
+import re
 
 import numpy as np
 
@@ -414,14 +415,23 @@ def _write(plan, progress, Resampling):
 
 
 def _open_series(path, grid, dates):
-    handle = CheckedRasterWriter(path, series_profile(grid.profile(), len(dates)))
+    handle = CheckedRasterWriter(path, series_profile(grid.profile(), len(dates)),
+                                 final_path=_final_path(path))
     for band, date in enumerate(dates, start=1):
         handle.set_band_description(band, date)
     return handle
 
 
+def _final_path(path):
+    """``<folder>/fine/x.tif`` for ``<parent>/.<folder>.tmp-<host>-<pid>/fine/x.tif`` (messages)."""
+    temporary = os.path.dirname(os.path.dirname(path))
+    name = re.sub(r"^\.(.*)\.tmp-[A-Za-z0-9]+-\d+$", r"\1", os.path.basename(temporary))
+    return os.path.join(os.path.dirname(temporary), name, os.path.relpath(path, temporary))
+
+
 def _write_raster(path, grid, bands, dates):
-    with CheckedRasterWriter(path, series_profile(grid.profile(), len(bands))) as handle:
+    with CheckedRasterWriter(path, series_profile(grid.profile(), len(bands)),
+                             final_path=_final_path(path)) as handle:
         for band, values in enumerate(bands, start=1):
             handle.write(np.asarray(values, dtype="float32"), band)
             if dates:

@@ -5,15 +5,18 @@ of a ``core`` function, call it with a :class:`~smdownscale.core.common.Progress
 Processing feedback, and turn :class:`~smdownscale.core.common.SmdError` into
 ``QgsProcessingException``.
 """
+import functools
 import importlib.util
 import os
 import sys
+import traceback
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingParameterDefinition
+from qgis.core import (Qgis, QgsApplication, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingException,
+                       QgsProcessingParameterDefinition)
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ...core.common import Cancelled, Progress, SmdError
+from ...core.common import Progress, SmdError
 
 ICONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "icons")
 
@@ -125,25 +128,80 @@ def feedback_progress(feedback):
     return Progress(callback, feedback.isCanceled, _log=feedback.pushInfo)
 
 
+def core_error_message(err):
+    """The user's message for a core error: SmdError text, or the pip command for a learner."""
+    if isinstance(err, ImportError):
+        name = (getattr(err, "name", None) or "").split(".")[0]
+        if name in PIP_REQUIREMENTS:
+            return tr("The Python package {} could not be imported ({}). Install it with:\n  {}").format(
+                name, err, pip_command([name]))
+        return tr("A Python package could not be imported ({}).").format(err)
+    return str(err)
+
+
 def run_core(function, *args, **kwargs):
     """Call a core function, turning its errors into ``QgsProcessingException``.
 
     ``SmdError`` (bad input, cancellation) keeps its message; a missing learner gives the pip
-    command. Other exceptions propagate unchanged so that bugs show their traceback.
+    command. Other exceptions reach :func:`user_facing_errors`, which logs their traceback.
     """
     try:
         return function(*args, **kwargs)
-    except Cancelled as err:
-        raise QgsProcessingException(str(err)) from err
-    except SmdError as err:
-        raise QgsProcessingException(str(err)) from err
-    except ImportError as err:
-        name = (getattr(err, "name", None) or "").split(".")[0]
-        if name in PIP_REQUIREMENTS:
-            raise QgsProcessingException(
-                tr("The Python package {} could not be imported ({}). Install it with:\n  {}").format(
-                    name, err, pip_command([name]))) from err
-        raise
+    except (SmdError, ImportError) as err:
+        raise QgsProcessingException(core_error_message(err)) from err
+
+
+def error_log_path():
+    """The file unexpected errors' tracebacks are appended to (in the QGIS profile folder)."""
+    folder = QgsApplication.qgisSettingsDirPath() or os.path.expanduser("~")
+    return os.path.join(folder, "smdownscale-errors.log")
+
+
+def log_traceback(where):
+    """Put the current exception's traceback into the QGIS message log and the error log file.
+
+    Returns the log file path, or None when it could not be written.
+    """
+    details = f"smdownscale: {where} failed\n{traceback.format_exc()}"
+    QgsMessageLog.logMessage(details, "smdownscale", Qgis.Critical)
+    path = error_log_path()
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(details + "\n")
+    except OSError:
+        return None
+    return path
+
+
+def user_facing_errors(method, where):
+    """Wrap a QGIS entry point so that every failure reaches the user as one message.
+
+    Input problems (SmdError) keep their message; a missing learner gives the pip command;
+    anything else is a bug or an environment failure: its traceback goes to the log only and
+    the message says where to find it.
+    """
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except QgsProcessingException:
+            raise
+        except (SmdError, ImportError) as err:
+            if isinstance(err, ImportError):
+                log_traceback(f"{self.id()} {where}")
+            raise QgsProcessingException(core_error_message(err)) from err
+        except MemoryError as err:
+            raise QgsProcessingException(tr(
+                "{} ran out of memory. Use a coarser fine resolution, a smaller extent or a "
+                "smaller block size.").format(self.displayName())) from err
+        except Exception as err:  # noqa: BLE001 - the last line of defence before the user
+            log = log_traceback(f"{self.id()} {where}")
+            raise QgsProcessingException(tr(
+                "{} failed unexpectedly ({}: {}). This is a fault of the plugin, not of your data "
+                "choices; the details are in the QGIS message log (smdownscale tab){}. Please "
+                "report it.").format(self.displayName(), type(err).__name__, err,
+                                     tr(" and in {}").format(log) if log else "")) from err
+    return wrapper
 
 
 class SmdAlgorithm(QgsProcessingAlgorithm):
@@ -158,6 +216,14 @@ class SmdAlgorithm(QgsProcessingAlgorithm):
 
     ALG_ID = ""
     DISPLAY_NAME = ""
+
+    def __init_subclass__(cls, **kwargs):
+        # every algorithm's run and parameter check end in one message, never a traceback
+        super().__init_subclass__(**kwargs)
+        for name, where in (("processAlgorithm", "run"), ("parameter_error", "parameter check")):
+            if name in cls.__dict__:
+                setattr(cls, name, user_facing_errors(cls.__dict__[name], where))
+
     GROUP_ID = "downscaling"
     HELP = ""
     REQUIRES = ()
