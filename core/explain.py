@@ -14,9 +14,10 @@ import os
 
 import numpy as np
 
-from .common import Progress, SmdError, atomic_output
+from .common import Progress, SmdError
+from .outputs import atomic_output, describe_os_error, write_error
 
-FIELDS = ("partition", "predictor", "mean_abs_shap")
+FIELDS = ("partition", "predictor", "mean_abs_shap", "n_samples")
 
 
 def explain(model_path, dataset_folder, *, max_samples=2000, seed=0, progress=None):
@@ -38,8 +39,9 @@ def explain(model_path, dataset_folder, *, max_samples=2000, seed=0, progress=No
     Returns
     -------
     list of dict
-        ``{"partition", "predictor", "mean_abs_shap"}``; per partition (model file order, the
-        global model last) the predictors by decreasing importance.
+        ``{"partition", "predictor", "mean_abs_shap", "n_samples"}`` (``n_samples``: training
+        samples explained for that partition); per partition (model file order, the global
+        model last) the predictors by decreasing importance.
     """
     from .dataset import Dataset
     from .modelfile import load_model
@@ -47,8 +49,11 @@ def explain(model_path, dataset_folder, *, max_samples=2000, seed=0, progress=No
     from .train import GLOBAL_LABEL, build_samples, split_train_test
 
     progress = Progress.wrap(progress)
-    if int(max_samples) < 1:
-        raise SmdError(f"max_samples={max_samples!r}: explain at least 1 sample per partition.")
+    max_samples = _count(max_samples, "max_samples")
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError, OverflowError):
+        raise SmdError(f"seed={seed!r}: use an integer.") from None
     loaded = load_model(model_path)
     dataset = Dataset.open(dataset_folder)
     if dataset.predictor_names != loaded.predictor_names:
@@ -76,23 +81,49 @@ def explain(model_path, dataset_folder, *, max_samples=2000, seed=0, progress=No
             raise SmdError(f"The dataset has no training samples of partition {label!r}; use the dataset "
                            "the model was trained on.")
         train, _, _ = split_train_test(samples, index, **split)
-        chosen = np.sort(rng.choice(train, size=min(int(max_samples), train.size), replace=False))
+        if train.size == 0:
+            raise SmdError(f"Partition {label!r} has no training sample in this dataset; use the dataset "
+                           "the model was trained on.")
+        chosen = np.sort(rng.choice(train, size=min(max_samples, train.size), replace=False))
+        progress.info(f"{label}: SHAP of {chosen.size} of {train.size} training samples")
         values, _ = model.shap_values(samples.X[chosen], collapse=True)
         importance = np.abs(values).mean(axis=0)
+        if not np.all(np.isfinite(importance)):
+            raise SmdError(f"The SHAP values of partition {label!r} are not finite; the model file or the "
+                           "dataset is damaged - train the model again.")
         for j in np.argsort(-importance, kind="stable"):
             rows.append({"partition": label, "predictor": model.feature_names_[j],
-                         "mean_abs_shap": float(importance[j])})
+                         "mean_abs_shap": float(importance[j]), "n_samples": int(chosen.size)})
     progress.update(1.0, "SHAP done")
     return rows
 
 
+def _count(value, name):
+    """A positive integer parameter, SmdError otherwise."""
+    if isinstance(value, bool):
+        raise SmdError(f"{name}={value!r}: use a whole number of at least 1.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SmdError(f"{name}={value!r}: use a whole number of at least 1.") from None
+    if not np.isfinite(number) or number != int(number) or number < 1:
+        raise SmdError(f"{name}={value!r}: explain at least 1 sample per partition (a whole number).")
+    return int(number)
+
+
 def write_explain_table(rows, path):
-    """Write explain rows as CSV (partition, predictor, mean_abs_shap), atomically."""
-    if os.path.splitext(path)[1].lower() != ".csv":
+    """Write explain rows as CSV (partition, predictor, mean_abs_shap, n_samples), atomically.
+
+    A write that fails (disk full, permission, missing folder) raises SmdError naming the file.
+    """
+    if os.path.splitext(os.fspath(path))[1].lower() != ".csv":
         raise SmdError(f"{path!r}: the SHAP table is written as .csv; use that extension.")
     with atomic_output(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        except OSError as err:  # named with the final path, not the temporary
+            raise write_error(os.path.abspath(path), describe_os_error(err)) from err
     return path

@@ -99,7 +99,7 @@ def date_text(value):
         return value.toString("yyyy-MM-dd") if value.isValid() else None
     if value is None or str(value) in ("", "NULL"):
         return None
-    return str(value).strip()[:10]
+    return str(value).strip()[:10].replace("/", "-") or None
 
 
 def observations_from_source(source, site_field, date_field, value_field):
@@ -128,8 +128,10 @@ def observations_from_source(source, site_field, date_field, value_field):
         geometry = feature.geometry()
         value = feature[value_field]
         date = date_text(feature[date_field])
+        site = feature[site_field]
+        site = None if site is None or str(site) == "NULL" else str(site).strip()
         if geometry.isNull() or geometry.isEmpty() or value in (None, "") or date is None \
-                or str(value) == "NULL":
+                or str(value) == "NULL" or not site:
             skipped += 1
             continue
         if QgsWkbTypes.geometryType(geometry.wkbType()) != QgsWkbTypes.PointGeometry:
@@ -139,8 +141,9 @@ def observations_from_source(source, site_field, date_field, value_field):
             number = float(value)
         except (TypeError, ValueError) as err:
             raise QgsProcessingException(
-                tr("Station value {!r} in field {!r} is not a number.").format(value, value_field)) from err
-        observations.append(Observation(str(feature[site_field]), date, number, point.x(), point.y()))
+                tr("Station feature {}: the value {!r} in field {!r} is not a number; the soil-moisture "
+                   "field must hold numbers in m3/m3.").format(feature.id(), value, value_field)) from err
+        observations.append(Observation(site, date, number, point.x(), point.y()))
     return observations, skipped
 
 
@@ -203,3 +206,215 @@ def style_on_load(context, layer_id, post_processor_class):
         _POST_PROCESSORS.append(post_processor)
         del _POST_PROCESSORS[:-100]
         context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(post_processor)
+
+
+# ------------------------------------------------------------------ checked feature sinks
+def source_file(text):
+    """The file behind a layer source or sink destination, or None when it is not a file.
+
+    ``/a/b.gpkg|layername=x`` -> ``/a/b.gpkg``; ``ogr:dbname='/a/b.gpkg' table="x" (geom)`` ->
+    ``/a/b.gpkg``; ``memory:``, ``postgres://...``, ``Point?crs=...`` (memory layers) -> None.
+    """
+    import re
+
+    text = str(text or "").strip()
+    if not text:
+        return None
+    if text.startswith("ogr:"):
+        match = re.search(r"dbname='((?:[^'\\]|\\.)*)'", text)
+        return os.path.abspath(match.group(1).replace("\\'", "'")) if match else None
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    path = text.split("|", 1)[0]
+    if not path or path.startswith("memory:") or "://" in path or "?" in path or ":" in path.split(os.sep)[0]:
+        return None
+    return os.path.abspath(path)
+
+
+def same_file(first, second):
+    """True when two layer sources / destinations name the same file (real paths compared)."""
+    first, second = source_file(first), source_file(second)
+    if not first or not second:
+        return False
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def _ogr_feature_count(path, layer_name):
+    """Feature count of a written vector file read back with OGR; raises with the reason."""
+    from osgeo import gdal, ogr
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        try:
+            datasource = ogr.Open(path)
+        except RuntimeError as err:  # GDAL exceptions may be on
+            raise ValueError(str(err)) from err
+        if datasource is None:
+            raise ValueError(gdal.GetLastErrorMsg() or "OGR cannot open it")
+        layer = datasource.GetLayerByName(layer_name) if layer_name else datasource.GetLayer(0)
+        if layer is None:
+            raise ValueError(f"it has no layer {layer_name!r}" if layer_name else "it has no layer")
+        count = layer.GetFeatureCount()
+        datasource = None
+        return count
+    finally:
+        gdal.PopErrorHandler()
+
+
+class CheckedSink:
+    """A Processing feature sink whose every write is checked, then read back.
+
+    1. :meth:`resolve` (before anything is created): the destination through
+       ``parameterAsOutputLayer``; refused when it is one of ``protected`` (the inputs: the
+       station layer, the rasters...), compared as real paths without ``|layername=``.
+    2. :meth:`create`: ``parameterAsSink``; remembers whether the file existed before.
+    3. :meth:`add`: every ``addFeature`` result checked.
+    4. :meth:`finish`: ``flushBuffer`` and ``lastError`` checked, the writer closed, GDAL errors
+       seen meanwhile collected (a GeoPackage's COMMIT on a full disk fails only at close), and
+       the file reopened with OGR: its feature count must be the number written.
+    5. :meth:`discard`: on any failure, removes the file when this run created it.
+
+    Failures raise ``QgsProcessingException`` naming the file and the cause.
+    """
+
+    def __init__(self, algorithm, parameters, name, context, what):
+        self.algorithm, self.parameters, self.name, self.context = algorithm, parameters, name, context
+        self.what = what
+        self.destination = None
+        self.sink = None
+        self.sink_id = None
+        self.file = None
+        self.created = False
+        self.count = 0
+        self._errors = []
+        self._handler_pushed = False
+
+    def resolve(self, protected=()):
+        """The destination; refuses one that is an input (``protected``: (label, source))."""
+        self.destination = self.algorithm.parameterAsOutputLayer(self.parameters, self.name, self.context)
+        for label, source in protected:
+            if source and same_file(self.destination, source):
+                raise QgsProcessingException(
+                    tr("The {} output {} is the {} ({}); an input is never overwritten. Choose "
+                       "another output file.").format(self.what, source_file(self.destination), label,
+                                                      source))
+        return self.destination
+
+    def _existing(self):
+        path = source_file(self.destination)
+        if not path:
+            return set()
+        # QGIS appends the default extension (.gpkg) to a name it does not recognise
+        return {os.path.realpath(p) for p in (path, path + ".gpkg") if os.path.lexists(p)}
+
+    def create(self, fields, geometry_type, crs):
+        if self.destination is None:
+            self.resolve()
+        existed = self._existing()
+        self._push_gdal_handler()
+        try:
+            self.sink, self.sink_id = self.algorithm.parameterAsSink(
+                self.parameters, self.name, self.context, fields, geometry_type, crs)
+        except QgsProcessingException:
+            self._pop_gdal_handler()
+            raise
+        if self.sink is None:
+            self._pop_gdal_handler()
+            raise QgsProcessingException(self.algorithm.invalidSinkError(self.parameters, self.name))
+        self.file = source_file(self.sink_id)
+        self.created = bool(self.file) and os.path.realpath(self.file) not in existed
+        return self
+
+    def _push_gdal_handler(self):
+        try:
+            from osgeo import gdal
+        except ImportError:
+            return
+        errors = self._errors
+
+        def handler(error_class, number, message):
+            if error_class >= gdal.CE_Failure:
+                errors.append(str(message))
+        gdal.PushErrorHandler(handler)
+        self._handler = handler  # keep the callable alive while GDAL holds it
+        self._handler_pushed = True
+
+    def _pop_gdal_handler(self):
+        if self._handler_pushed:
+            from osgeo import gdal
+
+            gdal.PopErrorHandler()
+            self._handler_pushed = False
+
+    def _fail(self, cause):
+        where = self.file or self.sink_id or self.destination
+        raise QgsProcessingException(
+            tr("Could not write the {} output {}: {}. Nothing was kept under that name; free some "
+               "space, fix the permissions or choose another output path.").format(self.what, where, cause))
+
+    def _cause(self, fallback):
+        for message in self._errors:
+            lowered = message.lower()
+            if "disk is full" in lowered or "no space left" in lowered:
+                return tr("the disk is full")
+            if "readonly" in lowered or "read-only" in lowered:
+                return tr("the file system is read-only")
+            if "permission" in lowered:
+                return tr("permission denied")
+        if self._errors:
+            return self._errors[0]
+        return fallback
+
+    def add(self, feature):
+        from qgis.core import QgsFeatureSink
+
+        if not self.sink.addFeature(feature, QgsFeatureSink.FastInsert):
+            self._fail(self._cause(self.sink.lastError() or tr("a feature could not be added")))
+        self.count += 1
+
+    def finish(self):
+        """Flush, close and verify; returns the sink id."""
+        try:
+            flushed = self.sink.flushBuffer()
+            error = self.sink.lastError()
+            if flushed is False or error:
+                self._fail(self._cause(error or tr("the features could not be flushed")))
+            # closing the writer commits the file (a GeoPackage's COMMIT may fail only now)
+            self.sink = None
+            import gc
+            gc.collect()
+        finally:
+            self._pop_gdal_handler()
+        if self._errors:
+            self._fail(self._cause(self._errors[0]))
+        if self.file:
+            layer_name = None
+            if "|layername=" in str(self.sink_id):
+                layer_name = str(self.sink_id).split("|layername=", 1)[1].split("|", 1)[0]
+            try:
+                count = _ogr_feature_count(self.file, layer_name)
+            except ValueError as err:
+                self._fail(tr("the written file cannot be read back ({})").format(err))
+            if count >= 0 and count != self.count:
+                self._fail(tr("{} features were written but {} read back").format(self.count, count))
+        return self.sink_id
+
+    def discard(self):
+        """Drop the sink and remove the file when this run created it (never a file it did not)."""
+        self.sink = None
+        self._pop_gdal_handler()
+        if not (self.created and self.file):
+            return
+        import gc
+        gc.collect()
+        parent, base = os.path.split(self.file)
+        stem = os.path.splitext(base)[0]
+        for name in os.listdir(parent) if os.path.isdir(parent) else []:
+            # the file and its sidecars (.shx/.dbf/.prj/.cpg of a shapefile, -wal/-shm/-journal)
+            if name == base or name.startswith(base + "-") or (
+                    base.lower().endswith(".shp") and os.path.splitext(name)[0] == stem
+                    and os.path.splitext(name)[1].lower() in (".shx", ".dbf", ".prj", ".cpg", ".qix", ".qmd")):
+                try:
+                    os.remove(os.path.join(parent, name))
+                except OSError:
+                    pass

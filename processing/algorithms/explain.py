@@ -1,12 +1,12 @@
 """smdownscale:explain - SHAP importance of the predictors of a trained model."""
+import os
+
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
-    QgsFeatureSink,
     QgsField,
     QgsFields,
     QgsProcessing,
-    QgsProcessingException,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
@@ -14,6 +14,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ..layers import CheckedSink
 from .base import SmdAlgorithm, dataset_folder_error, model_file_error, tr
 
 
@@ -22,14 +23,16 @@ def table_fields():
     fields.append(QgsField("partition", QVariant.String))
     fields.append(QgsField("predictor", QVariant.String))
     fields.append(QgsField("mean_abs_shap", QVariant.Double))
+    fields.append(QgsField("n_samples", QVariant.Int))
     return fields
 
 
 def row_values(row):
-    """(partition, predictor, mean_abs_shap) from a dict row or a tuple row."""
+    """(partition, predictor, mean_abs_shap, n_samples) from a dict row or a tuple row."""
     if isinstance(row, dict):
-        return row["partition"], row["predictor"], row["mean_abs_shap"]
-    return tuple(row[:3])
+        return row["partition"], row["predictor"], row["mean_abs_shap"], row.get("n_samples")
+    row = tuple(row)
+    return row[:3] + ((row[3] if len(row) > 3 else None),)
 
 
 class ExplainAlgorithm(SmdAlgorithm):
@@ -79,21 +82,29 @@ class ExplainAlgorithm(SmdAlgorithm):
         from ...core.explain import explain
 
         dataset = self.dataset_folder(parameters, self.DATASET, context)
+        model_path = self.parameterAsFile(parameters, self.MODEL, context)
+        # the table's destination is resolved and checked before the (long) SHAP run
+        output = CheckedSink(self, parameters, self.OUTPUT_TABLE, context, tr("SHAP table"))
+        output.resolve([(tr("model file"), model_path),
+                        (tr("dataset manifest"), os.path.join(dataset, "dataset.json"))])
         rows = self.run_core(
-            explain, self.parameterAsFile(parameters, self.MODEL, context), dataset,
+            explain, model_path, dataset,
             max_samples=self.parameterAsInt(parameters, self.MAX_SAMPLES, context),
             seed=self.parameterAsInt(parameters, self.SEED, context), progress=self.progress(feedback))
         fields = table_fields()
-        sink, sink_id = self.parameterAsSink(parameters, self.OUTPUT_TABLE, context, fields,
-                                             QgsWkbTypes.NoGeometry, QgsCoordinateReferenceSystem())
-        if sink is None:
-            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT_TABLE))
-        for row in rows:
-            partition, predictor, value = row_values(row)
-            feature = QgsFeature(fields)
-            feature.setAttributes([str(partition), str(predictor), float(value)])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
-            feedback.pushInfo(f"{partition} {predictor}: {float(value):.5f}")
+        output.create(fields, QgsWkbTypes.NoGeometry, QgsCoordinateReferenceSystem())
+        try:
+            for row in rows:
+                partition, predictor, value, n_samples = row_values(row)
+                feature = QgsFeature(fields)
+                feature.setAttributes([str(partition), str(predictor), float(value),
+                                       None if n_samples is None else int(n_samples)])
+                output.add(feature)
+                feedback.pushInfo(f"{partition} {predictor}: {float(value):.5f}")
+            sink_id = output.finish()
+        except BaseException:
+            output.discard()
+            raise
         return {self.OUTPUT_TABLE: sink_id}
 
 

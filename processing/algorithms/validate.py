@@ -1,9 +1,9 @@
 """smdownscale:validate - compare soil-moisture rasters with in-situ stations."""
 import math
+import os
 
 from qgis.core import (
     QgsFeature,
-    QgsFeatureSink,
     QgsField,
     QgsFields,
     QgsGeometry,
@@ -21,7 +21,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..layers import UbrmseStyle, crs_wkt, observations_from_source, raster_path, style_on_load
+from ..layers import (CheckedSink, UbrmseStyle, crs_wkt, observations_from_source, raster_path, same_file,
+                      style_on_load)
 from .base import SmdAlgorithm, tr
 
 METRIC_FIELDS = ("r", "rmse", "bias", "ubrmse")
@@ -152,6 +153,11 @@ class ValidateAlgorithm(SmdAlgorithm):
                           ).format(field, param, ", ".join(names))
         return None
 
+    def station_source_path(self, parameters, context):
+        """The station layer's source (file path, maybe with |layername=), or None."""
+        layer = self.parameterAsVectorLayer(parameters, self.STATIONS, context)
+        return layer.source() if layer is not None else None
+
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         from ...core.validate import validate, write_validation_report
 
@@ -162,16 +168,30 @@ class ValidateAlgorithm(SmdAlgorithm):
         source = self.parameterAsSource(parameters, self.STATIONS, context)
         if source is None:
             raise QgsProcessingException(tr("The station layer could not be loaded."))
+        # the destination is resolved and checked before anything is created or computed
+        output = CheckedSink(self, parameters, self.OUTPUT, context, tr("validation points"))
+        protected = [(tr("station layer"), self.station_source_path(parameters, context))]
+        protected += [(tr("raster {!r}").format(name), path) for name, path in products.items()]
+        output.resolve(protected)
+        report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        if report_path:
+            if os.path.splitext(report_path)[1].lower() not in (".csv", ".json", ".html", ".htm"):
+                raise QgsProcessingException(tr("Validation report {}: use a .html, .csv or .json file "
+                                                "name.").format(report_path))
+            for label, path in protected + [(tr("validation points output"), output.destination)]:
+                if path and same_file(report_path, path):
+                    raise QgsProcessingException(tr("The validation report {} is the {}; choose another "
+                                                    "report file.").format(report_path, label))
         observations, skipped = observations_from_source(
             source, self.field_name(parameters, self.SITE_FIELD, context),
             self.field_name(parameters, self.DATE_FIELD, context),
             self.field_name(parameters, self.VALUE_FIELD, context))
         if skipped:
-            feedback.pushWarning(tr("{} station features without point, date or value were skipped."
-                                    ).format(skipped))
+            feedback.pushWarning(tr("{} station features without site id, point, date or value were "
+                                    "skipped.").format(skipped))
         if not observations:
-            raise QgsProcessingException(tr("The station layer has no readings with a point, a date "
-                                            "and a value."))
+            raise QgsProcessingException(tr("The station layer has no readings with a site id, a point, "
+                                            "a date and a value."))
         feedback.pushInfo(tr("{} readings, products: {}").format(len(observations), ", ".join(names)))
         result = self.run_core(validate, products, observations,
                                stations_crs=crs_wkt(source.sourceCrs()),
@@ -179,30 +199,38 @@ class ValidateAlgorithm(SmdAlgorithm):
         for row in result.unmatched:
             feedback.pushWarning(tr("{} site {}: {}").format(row["product"], row["site_id"], row["reason"]))
 
-        sink, sink_id = self.parameterAsSink(parameters, self.OUTPUT, context, output_fields(),
-                                             QgsWkbTypes.Point, source.sourceCrs())
-        if sink is None:
-            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-        for row in result.per_site:
-            feature = QgsFeature(output_fields())
-            feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(float(row["x"]), float(row["y"]))))
-            feature.setAttributes([str(row["product"]), str(row["site_id"]), int(row["n"])]
-                                  + [_number(row[name]) for name in METRIC_FIELDS])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+        output.create(output_fields(), QgsWkbTypes.Point, source.sourceCrs())
+        try:
+            fields = output_fields()
+            for row in result.per_site:
+                feature = QgsFeature(fields)
+                feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(float(row["x"]), float(row["y"]))))
+                feature.setAttributes([str(row["product"]), str(row["site_id"]), int(row["n"])]
+                                      + [_number(row[name]) for name in METRIC_FIELDS])
+                output.add(feature)
+            sink_id = output.finish()
+            results = {self.OUTPUT: sink_id}
+            if report_path:
+                self.run_core(write_validation_report, result, report_path)
+                results[self.OUTPUT_REPORT] = report_path
+        except BaseException:
+            output.discard()  # a failed run leaves no validation layer it created
+            raise
         style_on_load(context, sink_id, UbrmseStyle)
-
-        results = {self.OUTPUT: sink_id}
-        report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
-        if report_path:
-            self.run_core(write_validation_report, result, report_path)
-            results[self.OUTPUT_REPORT] = report_path
         summary = result.summary_for(names[0])
         results.update({self.MEAN_R: summary["mean_r"], self.MEDIAN_R: summary["median_r"],
                         self.MEAN_UBRMSE: summary["mean_ubrmse"], self.MEAN_BIAS: summary["mean_bias"]})
         for row in result.summary:
+            feedback.pushInfo(tr("{product}: {n_sites} sites compared ({n_pairs} station-days, R defined at "
+                                 "{n_sites_with_r}), {n_unmatched} not compared ({n_outside} outside the "
+                                 "raster, {n_no_shared_dates} without a shared date, {n_only_nodata} on "
+                                 "nodata)").format(**row))
             feedback.pushInfo(", ".join(
                 f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
                 for key, value in row.items()))
+        if not math.isfinite(summary["mean_r"]):
+            feedback.pushWarning(tr("R is undefined at every site of {!r}: it needs at least 3 dates shared "
+                                    "by the station and the raster.").format(names[0]))
         return results
 
 
