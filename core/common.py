@@ -2,6 +2,7 @@
 import contextlib
 import datetime as _dt
 import math
+import os
 
 NODATA = float("nan")
 
@@ -70,6 +71,48 @@ class Progress:
         span = self._end - self._start
         return Progress(self._callback, self._is_cancelled, _start=self._start + span * start,
                         _end=self._start + span * end, _log=self._log)
+
+
+#: Volumetric soil moisture is a fraction of volume: m3/m3 in [0, 1].
+SOIL_MOISTURE_RANGE = (0.0, 1.0)
+
+
+def check_soil_moisture_range(values, label):
+    """SmdError when finite ``values`` leave 0..1 m3/m3; the message hints at percent units.
+
+    The one rule for every soil-moisture input (satellite series, station readings, products).
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype="float64")
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    lower, upper = SOIL_MOISTURE_RANGE
+    if low >= lower and high <= upper:
+        return
+    hint = ""
+    if low >= lower and high <= 100.0:
+        hint = (" The values look like percent (vol. %): divide them by 100 (e.g. with the "
+                "Raster Calculator) to get m3/m3.")
+    raise SmdError(f"{label}: soil moisture must be in m3/m3 between {lower:g} and {upper:g}, but "
+                   f"the values range from {low:.4g} to {high:.4g}.{hint}")
+
+
+def available_memory_bytes():
+    """Memory the system can give this process now (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def parse_date(text):

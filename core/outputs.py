@@ -450,11 +450,16 @@ class CheckedRasterWriter:
             self.abort()
         return False
 
-    def write(self, array, indexes=1, window=None):
+    def write(self, array, indexes=None, window=None):
+        """rasterio's ``write``: ``indexes`` None means every band (3-D) or band 1 (2-D)."""
         import numpy as np
 
         array = np.asarray(array, dtype=self._dst.dtypes[0])
-        bands = [indexes] if isinstance(indexes, int) else list(indexes)
+        if indexes is None:
+            bands = list(range(1, array.shape[0] + 1)) if array.ndim == 3 else [1]
+            indexes = bands if array.ndim == 3 else 1
+        else:
+            bands = [indexes] if isinstance(indexes, int) else list(indexes)
         planes = [array] if array.ndim == 2 else list(array)
         for band, plane in zip(bands, planes):
             finite = plane[np.isfinite(plane)]

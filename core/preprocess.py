@@ -10,12 +10,14 @@
 
 Everything is written into a temporary folder renamed at the end (``atomic_output``).
 """
+import math
 import os
 import re
 
 import numpy as np
 
-from .common import Progress, SmdError, gdal_cache_limit, is_nodata, read_band_dates, series_profile
+from .common import (Progress, SmdError, available_memory_bytes, check_soil_moisture_range, gdal_cache_limit,
+                     is_nodata, read_band_dates, series_profile)
 from .dataset import (DOY, TARGET, VALID_FRACTION, Dataset, coarse_path, fine_path,
                       write_manifest)
 from .outputs import CheckedRasterWriter, atomic_output, check_outputs
@@ -184,12 +186,79 @@ def _validate(predictor_paths, soil_moisture_path, output_folder, categorical, m
                       for item in inputs_and_target]
         fine_grid = fine_grid_for(footprints, crs, fine_resolution)
         coarse_grid, target_window = coarse_grid_for(target.grid, fine_grid, target.label)
+        _check_finer_than_coarse(fine_grid, coarse_grid, fine_resolution)
+        _check_fine_grid_fits(fine_grid, fine_resolution, 1 + len(mask_classes))
+        _check_target_values(target, target_window, dates)
         plan.update(fine_grid=fine_grid, coarse_grid=coarse_grid, target_window=target_window)
     except BaseException:
         for item in inputs_and_target:
             item.close()
         raise
     return plan
+
+
+def _check_finer_than_coarse(fine_grid, coarse_grid, fine_resolution):
+    """The fine cell must be smaller than a soil-moisture cell (compared in the fine CRS)."""
+    left, bottom, right, top = coarse_grid.footprint_in(fine_grid.crs)
+    coarse_size = min((right - left) / coarse_grid.width, (top - bottom) / coarse_grid.height)
+    if fine_resolution >= coarse_size:
+        raise SmdError(f"The fine resolution {fine_resolution:g} is not finer than the soil-moisture "
+                       f"grid (cells of about {coarse_size:.4g} in the units of "
+                       f"{fine_grid.crs.to_string()}); downscaling needs a smaller cell size, e.g. "
+                       f"{coarse_size / 9:.3g}.")
+
+
+#: bytes held per fine pixel while preprocess runs: float32 warp output, aggregation and validity
+#: masks; plus one float32 array per masked static predictor (measured peak about 22 B/pixel)
+_PREPROCESS_BYTES_PER_PIXEL = 24
+_PREPROCESS_BYTES_PER_MASK = 4
+#: share of the available memory one run may plan to use
+_MEMORY_SHARE = 0.5
+
+
+def _check_fine_grid_fits(fine_grid, fine_resolution, n_masks):
+    """Refuse a fine grid whose full-grid arrays would not fit in memory, before allocating."""
+    pixels = fine_grid.width * fine_grid.height
+    needed = pixels * (_PREPROCESS_BYTES_PER_PIXEL + _PREPROCESS_BYTES_PER_MASK * n_masks)
+    available = available_memory_bytes()
+    if available is None or needed <= available * _MEMORY_SHARE:
+        return
+    budget = available * _MEMORY_SHARE
+    suggested = fine_resolution * math.sqrt(needed / budget)
+    raise SmdError(f"The fine grid would be {fine_grid.width:,} x {fine_grid.height:,} pixels, "
+                   f"about {needed / 2**30:.1f} GiB while preparing, but only "
+                   f"{available / 2**30:.1f} GiB of memory is available. Use a coarser fine "
+                   f"resolution (at least {suggested:.3g}) or clip the inputs to a smaller extent.")
+
+
+def _check_target_values(target, window, dates):
+    """The soil moisture over the fine extent: some valid value, all within 0..1 m3/m3."""
+    low, high = math.inf, -math.inf
+    for date in dates:  # one band at a time: memory stays at one coarse band
+        values = target.src.read(target.band_of_date[date], window=window).astype("float32")
+        values = values[~is_nodata(values, target.nodata)]
+        if values.size:
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+    if low > high:
+        raise SmdError(f"{target.label} has no valid soil-moisture value over the predictors' "
+                       "extent on any date; check its nodata value and that it overlaps the "
+                       "predictors.")
+    check_soil_moisture_range([low, high], target.label)
+
+
+def _check_usable(valid_pixels, usable_cells, mask_classes, min_fraction):
+    """Refuse a dataset nothing could be learned from: an all-NaN predictor or no usable cell."""
+    empty = [name for name, count in valid_pixels.items() if count == 0]
+    if empty:
+        masked = f" after masking {mask_classes}" if mask_classes else ""
+        raise SmdError(f"Predictor(s) {', '.join(empty)} have no valid pixel over the "
+                       f"soil-moisture extent{masked}; check their nodata value, extent and dates, "
+                       "or leave them out.")
+    if usable_cells == 0:
+        raise SmdError("No coarse cell has both a valid soil-moisture value and fine predictors "
+                       f"covering at least {min_fraction:g} of it on any date, so there is nothing "
+                       "to train on. Check that the inputs overlap, lower the minimum valid "
+                       "fraction, or mask fewer classes.")
 
 
 def _short_list(items, limit=10):
@@ -326,7 +395,10 @@ def _write(plan, progress, Resampling):
         resampling = Resampling.mode if item.name in categorical else Resampling.average
         return _warp(rasterio.band(item.src, band), item.nodata, fine_grid, resampling)
 
+    valid_pixels = {item.name: 0 for item in inputs}
+
     def record_categories(item, values):
+        valid_pixels[item.name] += int(np.isfinite(values).sum())
         if item.name in categories:
             categories[item.name].update(_categories(values))
 
@@ -358,6 +430,7 @@ def _write(plan, progress, Resampling):
             progress.check()
 
         outputs = {}
+        usable_cells = 0
         try:
             for item in dynamics:
                 outputs[("fine", item.name)] = _open_series(fine_path(tmp, item.name), fine_grid, dates)
@@ -387,6 +460,7 @@ def _write(plan, progress, Resampling):
                                                 window=plan["target_window"]).astype("float32")
                 soil_moisture[is_nodata(soil_moisture, target.nodata)] = np.nan
                 soil_moisture[fraction < min_fraction - 1e-6] = np.nan
+                usable_cells += int(np.isfinite(soil_moisture).sum())
                 target_out.write(soil_moisture, index + 1)
         except BaseException:
             for handle in outputs.values():
@@ -394,6 +468,7 @@ def _write(plan, progress, Resampling):
             raise
         for handle in outputs.values():
             handle.close()  # verifies what was written
+        _check_usable(valid_pixels, usable_cells, mask_classes, min_fraction)
 
         manifest_predictors = []
         for item in inputs:

@@ -16,7 +16,8 @@ import re
 
 import numpy as np
 
-from ..common import SmdError, atomic_output, gdal_cache_limit, parse_date, series_profile
+from ..common import SmdError, gdal_cache_limit, parse_date, series_profile
+from ..outputs import CheckedRasterWriter, atomic_output
 
 _ISO = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
 _COMPACT = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})(?!\d)")
@@ -124,11 +125,10 @@ def open_series_writer(path, grid, count, dates=None):
     ``dates`` when given (a static single band otherwise). GDAL's block cache is capped while
     the writer is open, so memory does not grow with the raster.
     """
-    import rasterio
 
     profile = series_profile(grid, count)
     with gdal_cache_limit(), atomic_output(path) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with CheckedRasterWriter(tmp, profile, final_path=path) as dst:
             if dates:
                 for band, date in enumerate(dates, start=1):
                     dst.set_band_description(band, date)
