@@ -315,9 +315,19 @@ class CheckedSink:
         try:
             self.sink, self.sink_id = self.algorithm.parameterAsSink(
                 self.parameters, self.name, self.context, fields, geometry_type, crs)
-        except QgsProcessingException:
+        except QgsProcessingException as err:
+            # QGIS's message quotes the whole failed SQL; say what failed and why instead
             self._pop_gdal_handler()
-            raise
+            self.file = source_file(self.destination)
+            self.created = bool(self.file) and os.path.realpath(self.file) not in existed
+            self._errors.append(str(err))
+            cause = self._cause(None)
+            self.discard()
+            if cause is None or cause == str(err):
+                if len(str(err)) <= 300:
+                    raise
+                cause = str(err)[:300] + "..."
+            self._fail(cause)
         if self.sink is None:
             self._pop_gdal_handler()
             raise QgsProcessingException(self.algorithm.invalidSinkError(self.parameters, self.name))
