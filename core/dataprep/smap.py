@@ -7,8 +7,13 @@ definition (NSIDC ``EASE2_M09km.gpd``) and the subset's global column/row offset
 """
 import contextlib
 import datetime as _dt
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import threading
 
 import numpy as np
 
@@ -109,40 +114,70 @@ def _gdal_exceptions():
             gdal.DontUseExceptions()
 
 
+def _damaged(path, name, detail):
+    """The SmdError for a dataset GDAL/HDF5 cannot read (their messages are often empty)."""
+    detail = str(detail or "").strip() or "the HDF5 library reported a read error without a message"
+    return SmdError(
+        f"{os.path.basename(path)}: cannot read the dataset /{name} ({detail}). The granule is damaged "
+        "(a corrupt compressed chunk, corrupt metadata or a truncated download); download it again or "
+        "leave it out.")
+
+
 class _Array:
     """One HDF5 dataset through GDAL's multidimensional API (h5py-like subset)."""
 
-    def __init__(self, mdarray):
+    def __init__(self, mdarray, path="", name=""):
         self._array = mdarray
+        self.path = path
+        self.name = name
         self.shape = tuple(d.GetSize() for d in mdarray.GetDimensions())
         self.ndim = len(self.shape)
 
     def attr(self, key, default=None):
         if key == "units":  # GDAL exposes the units attribute as the array's unit
-            return self._array.GetUnit() or default
+            try:
+                return self._array.GetUnit() or default
+            except (RuntimeError, TypeError, ValueError, UnicodeDecodeError):
+                return default
         with _gdal_exceptions():
             try:
                 attribute = self._array.GetAttribute(key)
-            except RuntimeError:
-                return default
-        return default if attribute is None else attribute.Read()
+                return default if attribute is None else attribute.Read()
+            except (RuntimeError, TypeError, ValueError, UnicodeDecodeError, OverflowError):
+                return default  # an unreadable attribute counts as absent
 
     def nodata(self):
         """The dataset's _FillValue, or None."""
         with _gdal_exceptions():
             try:
-                return self._array.GetNoDataValueAsDouble()
-            except (RuntimeError, TypeError):
+                value = self._array.GetNoDataValueAsDouble()
+            except (RuntimeError, TypeError, ValueError, OverflowError):
                 return None
+        return value if value is not None and np.isfinite(value) else None
 
     def read(self, window=None):
-        """Whole array, or ``window = (row0, row1, col0, col1)`` of a 2-D array."""
+        """Whole array, or ``window = (row0, row1, col0, col1)`` of a 2-D array.
+
+        Every failure is an SmdError naming the file and the dataset: GDAL's HDF5 driver often
+        raises a bare ``RuntimeError`` with an empty message when a chunk fails to decompress.
+        """
         with _gdal_exceptions():
-            if window is None:
-                return np.asarray(self._array.ReadAsArray())
-            row0, row1, col0, col1 = window
-            return np.asarray(self._array.ReadAsArray(array_start_idx=[row0, col0],
-                                                      count=[row1 - row0, col1 - col0]))
+            try:
+                if window is None:
+                    values = self._array.ReadAsArray()
+                else:
+                    row0, row1, col0, col1 = window
+                    values = self._array.ReadAsArray(array_start_idx=[row0, col0],
+                                                     count=[row1 - row0, col1 - col0])
+            except (RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as err:
+                raise _damaged(self.path, self.name, err) from err
+        if values is None:
+            raise _damaged(self.path, self.name, "no data returned")
+        values = np.asarray(values)
+        if values.dtype.kind not in "biuf":
+            raise SmdError(f"{os.path.basename(self.path)}: the dataset /{self.name} holds "
+                           f"{values.dtype} values, not numbers; choose a numeric dataset.")
+        return values
 
 
 class _Granule:
@@ -166,7 +201,16 @@ class _Granule:
             except RuntimeError as err:
                 raise SmdError(f"{path} is not a readable HDF5 file ({err}). Choose SMAP L4 .h5 "
                                "granules.") from err
-            self._root = self._dataset.GetRootGroup()
+            if self._dataset is None:
+                raise SmdError(f"{path} is not a readable HDF5 file. Choose SMAP L4 .h5 granules.")
+            try:
+                self._root = self._dataset.GetRootGroup()
+            except RuntimeError as err:
+                raise SmdError(f"{path}: its HDF5 root group cannot be read ({err or 'no message'}); "
+                               "the file is damaged. Download it again.") from err
+            if self._root is None:
+                raise SmdError(f"{path}: its HDF5 root group cannot be read; the file is damaged. "
+                               "Download it again.")
         self.path = path
 
     def __enter__(self):
@@ -190,7 +234,12 @@ class _Granule:
                 mdarray = group.OpenMDArray(parts[-1])
             except RuntimeError:
                 return None
-        return None if mdarray is None else _Array(mdarray)
+        if mdarray is None:
+            return None
+        try:
+            return _Array(mdarray, self.path, "/".join(parts))
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise _damaged(self.path, "/".join(parts), err) from err
 
     def has(self, name):
         return self.array(name) is not None
@@ -199,40 +248,83 @@ class _Granule:
         """Paths of the 2-D datasets (excluding Metadata and the cell index/coordinate arrays)."""
         found = []
 
-        def walk(group, prefix):
+        def walk(group, prefix, depth):
+            if group is None or depth > 16:
+                return
             for name in group.GetMDArrayNames() or []:
                 path = prefix + name
                 if path in ("cell_row", "cell_column", "cell_lat", "cell_lon"):
                     continue
-                if len(group.OpenMDArray(name).GetDimensions()) == 2:
-                    found.append(path)
+                try:
+                    array = group.OpenMDArray(name)
+                    if array is not None and len(array.GetDimensions()) == 2:
+                        found.append(path)
+                except RuntimeError:
+                    continue  # an unreadable dataset is not offered
             for name in group.GetGroupNames() or []:
                 if not (prefix == "" and name == "Metadata"):
-                    walk(group.OpenGroup(name), prefix + name + "/")
+                    try:
+                        child = group.OpenGroup(name)
+                    except RuntimeError:
+                        continue
+                    walk(child, prefix + name + "/", depth + 1)
 
         with _gdal_exceptions():
-            walk(self._root, "")
+            try:
+                walk(self._root, "", 0)
+            except RuntimeError as err:
+                detail = str(err).strip() or "HDF5 error"
+                raise SmdError(f"{os.path.basename(self.path)}: cannot list its datasets ({detail}); the "
+                               "granule is damaged. Download it again.") from err
         return found
+
+
+#: Granule times outside this span are refused as implausible (SMAP launched in 2015).
+PLAUSIBLE_YEARS = (2000, None)  # None: up to tomorrow
+
+
+def _plausible_time(when, path, source):
+    first = _dt.datetime(PLAUSIBLE_YEARS[0], 1, 1)
+    last = _dt.datetime.utcnow() + _dt.timedelta(days=1)
+    if not first <= when <= last:
+        raise SmdError(
+            f"{os.path.basename(path)}: its {source} gives the time {when:%Y-%m-%d %H:%M}, outside "
+            f"{first:%Y-%m-%d} .. today; the file is damaged or not a SMAP granule. Download it again.")
+    return when
 
 
 def _granule_time(h5, path):
     """UTC datetime of a granule from /time (units attribute) or the filename timestamp."""
-    dataset = h5.array("time")
+    try:
+        dataset = h5.array("time")
+        values = None if dataset is None else np.asarray(dataset.read(), dtype="float64").reshape(-1)
+    except (SmdError, TypeError, ValueError):
+        dataset = values = None  # an unreadable /time: fall back to the file name
     if dataset is not None:
         units = _text(dataset.attr("units", "")).strip()
         match = re.fullmatch(r"seconds since\s+(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s*(?:UTC|Z)?",
                              units)
-        values = np.asarray(dataset.read(), dtype="float64").reshape(-1)
         if match and values.size and np.isfinite(values[0]):
             epoch_text = f"{match.group(1)} {match.group(2)}"
-            if epoch_text.startswith(J2000_LABEL):
-                epoch = J2000_NOMINAL
-            else:
-                epoch = _dt.datetime.fromisoformat(epoch_text)
-            return epoch + _dt.timedelta(seconds=float(values[0])), "time"
+            try:
+                if epoch_text.startswith(J2000_LABEL):
+                    epoch = J2000_NOMINAL
+                else:
+                    epoch = _dt.datetime.fromisoformat(epoch_text)
+                when = epoch + _dt.timedelta(seconds=float(values[0]))
+            except (ValueError, OverflowError) as err:
+                raise SmdError(
+                    f"{os.path.basename(path)}: its /time ({values[0]:g} {units}) is not a valid date "
+                    "and time; the file is damaged. Download it again.") from err
+            return _plausible_time(when, path, "/time"), "time"
     match = _FILENAME_TIME.search(os.path.basename(path))
     if match:
-        return _dt.datetime.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S"), "filename"
+        try:
+            when = _dt.datetime.strptime(match.group(1) + match.group(2), "%Y%m%d%H%M%S")
+        except ValueError:
+            when = None
+        if when is not None:
+            return _plausible_time(when, path, "file name"), "filename"
     raise SmdError(
         f"{path}: cannot tell the granule's time: it has no /time dataset with units "
         "'seconds since ...' and its name has no YYYYMMDDThhmmss timestamp. Keep the original "
@@ -291,10 +383,12 @@ def _regular_offset(h5, name, axis, shape, path):
     to cell ``offset + its own row/column index``). Read in row blocks to keep memory flat.
     """
     dataset = h5.array(name)
+    if dataset is None:
+        return None
     if dataset.shape != shape:
         raise SmdError(f"{path}: /{name} has shape {dataset.shape}, the data {shape}.")
     fill = dataset.nodata()
-    fill = 4294967294 if fill is None else int(fill)
+    fill = 4294967294 if fill is None or not np.isfinite(fill) else int(fill)
     offset = None
     for row_start in range(0, shape[0], _ROW_BLOCK):
         row_end = min(row_start + _ROW_BLOCK, shape[0])
@@ -391,6 +485,9 @@ def _scan_granule(path, variable):
     with _Granule(path) as h5:
         name = _resolve_variable(h5, path, variable)
         dataset = h5.array(name)
+        if dataset is None or dataset.ndim != 2 or min(dataset.shape) == 0:
+            raise SmdError(f"{os.path.basename(path)}: the dataset /{name} is empty or not 2-D "
+                           f"(shape {None if dataset is None else dataset.shape}); the granule is damaged.")
         when, source = _granule_time(h5, path)
         row_offset, col_offset = _locate(h5, path, dataset.shape)
         return dict(path=path, variable=name, time=when, time_source=source, shape=dataset.shape,
@@ -481,25 +578,193 @@ def import_smap_l4(granule_paths, output_path, *, variable=None, time_window=Non
     Several granules on the same UTC date are averaged cell by cell over their valid values
     (without a window: the daily mean of the 3-hourly granules; with a window: the mean of the
     granules inside it). Granules may cover different subsets; the output covers their union.
-    """
 
+    The granules are read in a child Python process (see :data:`_ISOLATION_NOTE`): a damaged
+    granule can crash the HDF5 library, and that must not take QGIS down with it. A crash
+    there becomes an SmdError naming the granule. ``SMDOWNSCALE_SMAP_IN_PROCESS=1`` reads in
+    this process instead (what the child itself does).
+    """
     progress = common.Progress.wrap(progress)
     if isinstance(granule_paths, (str, os.PathLike)):
         granule_paths = [granule_paths]
     granule_paths = [os.fspath(p) for p in granule_paths]
     if not granule_paths:
         raise SmdError("No SMAP granules given; choose one or more SMAP L4 .h5 files.")
+    parse_time_window(time_window)  # option errors before any process is started
+    for path in granule_paths:
+        if not os.path.isfile(path):
+            raise SmdError(f"SMAP granule {path!r} does not exist.")
+    if extent is not None:
+        extent = list(extent)
+    options = dict(variable=variable, time_window=time_window, extent=extent)
+    python = None if os.environ.get("SMDOWNSCALE_SMAP_IN_PROCESS") == "1" else child_python()
+    from ..outputs import atomic_output
+
+    with atomic_output(output_path) as tmp:
+        if python is None:
+            result = _import(granule_paths, tmp, output_path, progress=progress, **options)
+        else:
+            result = _import_in_child(python, granule_paths, tmp, output_path, options, progress)
+    result["output"] = output_path
+    return result
+
+
+#: Why the granules are read in a child process (the finding of issue 8, case 6).
+_ISOLATION_NOTE = """
+A granule with one flipped byte in the fractal heap that holds the root group's link names
+(e.g. byte 52070 of SMAP_L4_SM_aup_UTM_input.h5) makes libhdf5 1.10.8 (Debian 12, and every
+GDAL built on it) free uninitialised pointers: H5Giterate -> H5G__dense_iterate builds a link
+table with malloc, the heap block fails its checksum part-way, and the error path
+(H5G__link_release_table) resets *all* table entries, including those never filled in. The
+result depends on what the recycled heap memory holds: in a fresh small process (gdalinfo,
+gdalmdiminfo) it is zeros and nothing happens; in a long-lived Python/QGIS process it is
+garbage, hence ``free(): invalid pointer`` (SIGABRT, exit 134) or SIGSEGV. With
+MALLOC_PERTURB_=85 gdalinfo and gdalmdiminfo crash on the same file. GDAL's HDF5 drivers (the
+classic one behind gdalinfo and the multidimensional one used here) enumerate every group on
+open/lookup (OpenGroup/OpenMDArray call H5Giterate), so no read path through GDAL avoids the
+bug in-process, and h5py uses the same libhdf5. The fix is isolation: the reading runs in a
+child interpreter and a crash there is reported as a damaged granule.
+"""
+
+
+def child_python():
+    """A Python interpreter to run the granule reader in, or None (then read in-process).
+
+    ``sys.executable`` inside QGIS desktop is the QGIS binary, so the interpreter beside
+    ``sys.exec_prefix`` is used then; ``SMDOWNSCALE_PYTHON`` overrides.
+    """
+    override = os.environ.get("SMDOWNSCALE_PYTHON")
+    if override:
+        return override if os.path.isfile(override) else None
+    exe = sys.executable or ""
+    if os.path.basename(exe).lower().startswith("python") and os.path.isfile(exe):
+        return exe
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if os.name == "nt":
+        candidates = [os.path.join(sys.exec_prefix, "python.exe"), os.path.join(sys.exec_prefix, "python3.exe")]
+    else:
+        candidates = [os.path.join(sys.exec_prefix, "bin", f"python{version}"),
+                      os.path.join(sys.exec_prefix, "bin", "python3")]
+    return next((path for path in candidates if os.path.isfile(path)), None)
+
+
+_CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smap_child.py")
+
+
+def _signal_name(code):
+    try:
+        return signal.Signals(-code).name
+    except (ValueError, AttributeError):
+        return f"exit status {code}"
+
+
+def _import_in_child(python, granule_paths, tmp, output_path, options, progress):
+    """Run :func:`_import` in a child interpreter; relay progress, honour cancel, map failures."""
+    import queue
+
+    job = dict(granules=granule_paths, output=tmp, final_output=os.path.abspath(output_path), **options)
+    env = dict(os.environ, SMDOWNSCALE_SMAP_IN_PROCESS="1")
+    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+    try:
+        child = subprocess.Popen([python, _CHILD_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=env, creationflags=flags)
+    except OSError:
+        return _import(granule_paths, tmp, output_path, progress=progress, **options)
+    lines = queue.Queue()
+    stderr = []
+
+    def pump(stream, sink):
+        for line in iter(stream.readline, b""):
+            sink(line)
+        stream.close()
+
+    readers = [threading.Thread(target=pump, args=(child.stdout, lines.put), daemon=True),
+               threading.Thread(target=pump, args=(child.stderr, lambda l: stderr.append(l) if len(stderr) < 200 else None),
+                                daemon=True)]
+    for reader in readers:
+        reader.start()
+    current, final, ready = None, None, False
+    try:
+        child.stdin.write(json.dumps(job).encode("utf-8"))
+        child.stdin.close()
+        while True:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                progress.check()
+                if child.poll() is not None and not readers[0].is_alive() and lines.empty():
+                    break
+                continue
+            try:
+                message = json.loads(line.decode("utf-8", "replace"))
+            except ValueError:
+                continue  # a library printed on stdout
+            if not isinstance(message, dict):
+                continue
+            if "ready" in message:
+                ready = True
+            elif "granule" in message:
+                current = message["granule"]
+            elif "progress" in message:
+                progress.update(message["progress"], message.get("message"))
+            elif "result" in message or "error" in message or "failure" in message:
+                final = message
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    code = child.wait()
+    for reader in readers:
+        reader.join(timeout=5)
+    if final is not None and "result" in final:
+        result = final["result"]
+        result["transform"] = tuple(result["transform"])
+        return result
+    if final is not None and "error" in final:
+        raise SmdError(final["error"])
+    if final is not None:  # an exception the reader did not expect: still one message
+        name = os.path.basename(current) if current else "the granules"
+        raise SmdError(f"Reading {name} failed: {final['failure']}. The granule is probably damaged; "
+                       "download it again or leave it out.")
+    if not ready:
+        # the reader could not start (e.g. no GDAL for that interpreter): read in this process
+        progress.info("The SMAP reader process could not start; reading the granules in this process.")
+        return _import(granule_paths, tmp, output_path, progress=progress, **options)
+    if current is not None:
+        raise SmdError(
+            f"Reading the SMAP granule {current} crashed the HDF5 library ({_signal_name(code)}): the "
+            "file is damaged (a corrupt or truncated download). Download it again or leave it out; "
+            "nothing was written.")
+    raise SmdError(f"The SMAP reader process stopped unexpectedly ({_signal_name(code)}) while writing "
+                   f"{output_path}; nothing was written. "
+                   + b"".join(stderr[-5:]).decode("utf-8", "replace").strip()[-300:])
+
+
+def _import(granule_paths, tmp, output_path, *, variable=None, time_window=None, extent=None,
+            progress=None, announce=None):
+    """The import itself, in this process: scan, place, average per date, write ``tmp``.
+
+    ``announce(path)`` is told which granule is being read (the child reports it, so that a
+    crash can name the file). Values of soil-moisture variables (``sm_*``) must be within
+    0..1 m3/m3; an output without any valid cell is refused.
+    """
+    from ..outputs import CheckedRasterWriter
+
+    progress = common.Progress.wrap(progress)
+    announce = announce or (lambda path: None)
     window = parse_time_window(time_window)
 
     scan = progress.sub(0.0, 0.1)
     granules = []
     for index, path in enumerate(granule_paths):
         scan.update(index / len(granule_paths), f"Reading {os.path.basename(path)}")
-        granules.append(_scan_granule(path, variable))
+        announce(path)
+        granules.append(_guarded(path, _scan_granule, path, variable))
     names = {g["variable"] for g in granules}
     if len(names) > 1:
         raise SmdError(f"The granules resolve to different variables ({', '.join(sorted(names))}); "
                        "choose the variable explicitly.")
+    variable_name = names.pop()
 
     kept = [g for g in granules if _in_window(g["time"], window)]
     skipped = [os.path.basename(g["path"]) for g in granules if g not in kept]
@@ -518,26 +783,51 @@ def import_smap_l4(granule_paths, output_path, *, variable=None, time_window=Non
     out_window = _extent_window(extent, union_rows, union_cols)
     row0, row1, col0, col1 = out_window
     grid_profile = m09_grid(row0, row1, col0, col1).profile()
+    soil_moisture = variable_name.split("/")[-1].lower().startswith("sm_")
 
     write = progress.sub(0.1, 1.0)
-
-    def bands():
+    valid_cells = 0
+    profile = common.series_profile(grid_profile, len(dates))
+    with common.gdal_cache_limit(), CheckedRasterWriter(tmp, profile, final_path=output_path) as dst:
         for index, date in enumerate(dates):
             write.update(index / len(dates), f"Writing {date}")
             total = np.zeros((row1 - row0, col1 - col0), dtype="float64")
             count = np.zeros(total.shape, dtype="int32")
             for granule in by_date[date]:
                 write.check()
-                values = _read_block(granule, out_window)
+                announce(granule["path"])
+                values = _guarded(granule["path"], _read_block, granule, out_window)
+                if soil_moisture:
+                    common.check_soil_moisture_range(
+                        values, f"{os.path.basename(granule['path'])} /{granule['variable']}")
                 valid = np.isfinite(values)
                 total[valid] += values[valid]
                 count[valid] += 1
             with np.errstate(invalid="ignore", divide="ignore"):
-                yield np.where(count > 0, total / np.maximum(count, 1), np.nan).astype("float32")
-        write.update(1.0, "Done")
-
-    common.write_series(output_path, bands(), dates, grid_profile)
-    return dict(output=output_path, dates=dates, variable=names.pop(),
+                band = np.where(count > 0, total / np.maximum(count, 1), np.nan).astype("float32")
+            valid_cells += int(np.count_nonzero(count))
+            dst.write(band, index + 1)
+            dst.set_band_description(index + 1, date)
+        if valid_cells == 0:
+            raise SmdError(
+                f"The granules hold no valid value of /{variable_name} inside the output extent (every "
+                "cell is a fill value, -9999, or NaN); the output would be empty. Choose granules or an "
+                "extent that cover land, or another variable.")
+    write.update(1.0, "Done")
+    return dict(dates=dates, variable=variable_name,
                 granules_used={d: [os.path.basename(g["path"]) for g in by_date[d]] for d in dates},
                 granules_skipped=skipped, width=col1 - col0, height=row1 - row0,
                 transform=tuple(grid_profile["transform"])[:6], row_offset=row0, column_offset=col0)
+
+
+def _guarded(path, function, *args):
+    """Call ``function``; GDAL/HDF5 failures that are not SmdError yet become one naming ``path``."""
+    try:
+        return function(*args)
+    except SmdError:
+        raise
+    except (RuntimeError, OSError, MemoryError, OverflowError, TypeError, ValueError,
+            UnicodeDecodeError, IndexError, KeyError) as err:
+        detail = str(err).strip() or type(err).__name__
+        raise SmdError(f"{os.path.basename(path)}: cannot be read as a SMAP L4 granule ({detail}); the "
+                       "file is damaged or not a SMAP L4 granule. Download it again or leave it out.") from err
