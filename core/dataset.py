@@ -62,8 +62,8 @@ class Dataset:
             self.mask_classes = {str(k): list(v) for k, v in (manifest.get("mask_classes") or {}).items()}
             self.target = str(manifest.get("target", TARGET))
             self._by_name = {str(p["name"]): p for p in self.predictors}
-        except SmdError:
-            raise
+        except SmdError as err:
+            raise SmdError(f"{path} is damaged ({err}); run preprocess again.") from err
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
             raise SmdError(f"{path} is damaged ({type(err).__name__}: {err}); run preprocess "
                            "again.") from err

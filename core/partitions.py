@@ -37,7 +37,9 @@ class Partitions:
         No partitions, empty or repeated names, a geometry that is not a valid polygon.
     """
 
-    def __init__(self, names, geometries, crs, *, feature_ids=None, check_geometries=True):
+    def __init__(self, names, geometries, crs, *, feature_ids=None, check_geometries=True, source_path=None):
+        #: the file the partitions were read from (outputs are never written over it), or None
+        self.source_path = source_path
         raw_names = list(names)
         geometries = list(geometries)
         # ``feature_ids`` (optional, same length) only improve the messages: "feature 7"
@@ -150,7 +152,7 @@ class Partitions:
                                "partition layer is empty.")
             names = list(merged)
             geometries = [json.loads(merged[n].ExportToJson()) for n in names]
-            return cls(names, geometries, reference.ExportToWkt())
+            return cls(names, geometries, reference.ExportToWkt(), source_path=path)
         finally:
             source = None  # closes the OGR data source
 

@@ -378,8 +378,7 @@ def make_raw_inputs(scenario, folder, *, seed=1, progress=None):
     rng = np.random.default_rng(seed)
     folder = os.path.abspath(folder)
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    with atomic_output(folder) as tmp:
-        os.makedirs(tmp)
+    with atomic_output(folder, folder=True) as tmp:
         reflectance, reflectance_dates, qa = _write_reflectance(
             by_name, dates, os.path.join(tmp, "mod09a1"), rng, progress.sub(0.0, 0.45))
         s1, s1_dates = _write_s1(by_name, dates, os.path.join(tmp, "s1"), rng, progress.sub(0.45, 0.7))

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from .common import Progress, SmdError
-from .outputs import atomic_output, write_text_output
+from .outputs import atomic_output, check_outputs, write_text_output
 
 GLOBAL_LABEL = "WP"
 CV_STRATEGIES = ("random", "spatial", "dates")
@@ -323,6 +323,8 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
     _check_settings(folds, test_fraction, cv_strategy, spatial_block_cells, min_samples)
     if report_path:
         _report_extension(report_path)  # refused before training, not after
+    check_outputs([(model_path, "model"), (report_path, "report")],
+                  inputs=[dataset_folder, getattr(partitions, "source_path", None)])
     started = time.perf_counter()
     dataset = Dataset.open(dataset_folder)
     categorical = {p["name"]: (list(p["categories"]) if p.get("categories") else None)

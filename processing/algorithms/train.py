@@ -177,6 +177,8 @@ class TrainAlgorithm(SmdAlgorithm):
         if source is not None:
             partitions = partitions_from_source(
                 source, self.parameterAsString(parameters, self.PARTITION_FIELD, context))
+            layer = self.parameterAsVectorLayer(parameters, self.PARTITIONS, context)
+            partitions.source_path = layer.source() if layer is not None else None
             feedback.pushInfo(tr("Partitions: {}").format(", ".join(partitions.names)))
         threads = self.parameterAsInt(parameters, self.THREADS, context)
         params = learner_params(base_models,
