@@ -242,6 +242,15 @@ def booster_to_bytes(model_name, booster):
         os.remove(path)
 
 
+def _n_inputs(model_name, booster):
+    """Number of input columns a loaded booster takes."""
+    if model_name == "xgboost":
+        return int(booster.num_features())
+    if model_name == "lightgbm":
+        return int(booster.num_feature())
+    return len(booster.feature_names_ or [])
+
+
 def booster_from_bytes(model_name, data):
     """Inverse of :func:`booster_to_bytes`; SmdError if the bytes are not a valid model."""
     try:
@@ -571,6 +580,12 @@ class StackEnsemble:
             if MODEL_FILES[name] not in members:
                 raise SmdError(f"The model file lacks {MODEL_FILES[name]} listed in meta.json.")
             model.boosters_[name] = booster_from_bytes(name, members[MODEL_FILES[name]])
+        model.encoder_ = make_encoder(feature_names, encoder.get("categorical"))
+        for name, booster in model.boosters_.items():
+            inputs = _n_inputs(name, booster)
+            if inputs != len(model.encoder_["encoded_names"]):
+                raise SmdError(f"The {name} model takes {inputs} input columns, but meta.json describes "
+                               f"{len(model.encoder_['encoded_names'])}; the model file is damaged or was modified.")
         model.base_model_names_ = names
         model.weights_ = weights
         model.intercept_ = intercept

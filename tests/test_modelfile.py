@@ -49,11 +49,18 @@ def saved(tmp_path_factory):
     return path, models, global_model, Xg
 
 
-def rewrite(src, dst, change):
-    """Copy zip ``src`` to ``dst`` passing every (name, bytes) through ``change`` (None drops it)."""
+def rewrite(src, dst, change, *, redigest=False):
+    """Copy zip ``src`` to ``dst`` passing every (name, bytes) through ``change`` (None drops it).
+
+    ``redigest``: write manifest.sha256 for the changed manifest (a deliberate edit)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        manifest = None
         for name in zin.namelist():
             out = change(name, zin.read(name))
+            if out is not None and out[0] == "manifest.json":
+                manifest = out[1]
+            if out is not None and out[0] == "manifest.sha256" and redigest:
+                out = (out[0], hashlib.sha256(manifest).hexdigest().encode())
             if out is not None:
                 zout.writestr(out[0], out[1])
     return dst
@@ -84,14 +91,16 @@ def test_members_are_native_formats_and_no_pickle(saved):
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         manifest = json.loads(archive.read("manifest.json"))
-        assert manifest["format"] == "smdownscale-model" and manifest["version"] == 1
-        assert set(manifest["checksums"]) == set(names) - {"manifest.json"}
+        assert manifest["format"] == "smdownscale-model" and manifest["version"] == 2
+        assert set(manifest["checksums"]) == set(names) - {"manifest.json", "manifest.sha256"}
+        assert archive.read("manifest.sha256").decode().strip() == \
+            hashlib.sha256(archive.read("manifest.json")).hexdigest()
         assert set(manifest["library_versions"]) >= {"xgboost", "lightgbm", "catboost"}
         for name in names:
             data = archive.read(name)
             assert manifest["checksums"].get(name, hashlib.sha256(data).hexdigest()) == \
                 hashlib.sha256(data).hexdigest()
-            assert os.path.splitext(name)[1] in (".json", ".ubj", ".txt", ".cbm"), name
+            assert os.path.splitext(name)[1] in (".json", ".ubj", ".txt", ".cbm", ".sha256"), name
             # pickle streams start with the PROTO opcode 0x80; none of the members is one
             assert not data.startswith(b"\x80"), name
             assert b"joblib" not in data and b"sklearn" not in data, name
@@ -152,12 +161,23 @@ def test_unknown_version_and_format(saved, tmp_path):
             data = json.dumps(manifest).encode()
         return name, data
     with pytest.raises(SmdError, match="version 99"):
-        modelfile.load_model(rewrite(saved[0], str(tmp_path / "v99.zip"), version))
+        modelfile.load_model(rewrite(saved[0], str(tmp_path / "v99.zip"), version, redigest=True))
+    # a version-1 file (no manifest.sha256) asks for retraining
+    def version1(name, data):
+        if name == "manifest.sha256":
+            return None
+        if name == "manifest.json":
+            manifest = json.loads(data)
+            manifest["version"] = 1
+            data = json.dumps(manifest).encode()
+        return name, data
+    with pytest.raises(SmdError, match="version 1; this plugin reads version 2. Retrain"):
+        modelfile.load_model(rewrite(saved[0], str(tmp_path / "v1.zip"), version1))
 
     def fmt(name, data):
         return name, (b'{"format": "other"}' if name == "manifest.json" else data)
     with pytest.raises(SmdError, match="not an smdownscale model file"):
-        modelfile.load_model(rewrite(saved[0], str(tmp_path / "fmt.zip"), fmt))
+        modelfile.load_model(rewrite(saved[0], str(tmp_path / "fmt.zip"), fmt, redigest=True))
 
 
 def test_save_is_atomic_and_leaves_nothing_on_failure(tmp_path):
