@@ -183,8 +183,10 @@ def test_bad_settings(dataset_folder, tmp_path):
         train_model(dataset_folder, str(tmp_path / "x.zip"), cv_strategy="kfold")
     with pytest.raises(SmdError, match="test_fraction"):
         train_model(dataset_folder, str(tmp_path / "x.zip"), test_fraction=1.5)
+    empty = tmp_path / "empty"   # a folder without dataset.json (the output is not inside it)
+    empty.mkdir()
     with pytest.raises(SmdError, match="not a prepared dataset"):
-        train_model(str(tmp_path), str(tmp_path / "x.zip"))
+        train_model(str(empty), str(tmp_path / "x.zip"))
     outside = Partitions(["far"], [box(100, 101, 0, 1)], CRS)
     with pytest.raises(SmdError, match="No coarse cell lies inside"):
         train_model(dataset_folder, str(tmp_path / "x.zip"), partitions=outside)
