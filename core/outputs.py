@@ -244,6 +244,18 @@ def _remove_with_sidecars(path):
                 _remove(os.path.join(parent, leftover))
 
 
+#: errors that can only come from writing
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _is_write_failure(err, tmp):
+    """True when an OSError raised while writing ``tmp`` is about the output, not an input."""
+    filename = getattr(err, "filename", None)
+    if isinstance(filename, (str, bytes, os.PathLike)) and os.fsdecode(filename).startswith(tmp):
+        return True
+    return getattr(err, "errno", None) in _WRITE_ERRNOS
+
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -311,6 +323,15 @@ def atomic_output(path, *, folder=False):
         if folder:
             os.mkdir(tmp)
         yield tmp
+    except OSError as err:
+        _remove_with_sidecars(tmp)
+        if _is_write_failure(err, tmp):
+            raise write_error(path, describe_os_error(err)) from err
+        raise  # e.g. an input that could not be read: its own message
+    except BaseException:
+        _remove_with_sidecars(tmp)
+        raise
+    try:
         if not os.path.lexists(tmp):
             raise SmdError(f"Could not write {path}: nothing was written.")
         if folder:

@@ -166,8 +166,8 @@ def small_disk(tmp_path):
 @pytest.mark.parametrize("residual_correction", [False, True])
 def test_predict_on_a_full_disk_fails_and_leaves_nothing(prepared, small_disk, residual_correction):
     filler = os.path.join(small_disk, "filler.bin")
-    with open(filler, "wb") as handle:  # leave about 40 kB: less than the prediction needs
-        handle.write(b"\0" * (360 * 1024))
+    with open(filler, "wb") as handle:  # leave 8 kB: less than the prediction needs
+        handle.write(b"\0" * (392 * 1024))
     out = os.path.join(small_disk, "pred.tif")
     with pytest.raises(SmdError, match=f"Could not write {out}: the disk is full"):
         predict(prepared["dataset"], prepared["model"], out, residual_correction=residual_correction)
@@ -308,6 +308,7 @@ def test_a_reader_never_mixes_two_generations_while_preprocess_replaces_the_data
         stop.set()
         thread.join()
     assert not errors, errors
+    print("generation outcomes", outcomes)
     assert outcomes["a"] + outcomes["b"] > 0
     Dataset.open(folder)  # still a whole dataset
     assert leftovers(str(tmp_path)) == []
