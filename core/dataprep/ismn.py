@@ -14,7 +14,9 @@ import datetime as _dt
 import math
 import os
 import re
+import struct
 import zipfile
+import zlib
 from collections import OrderedDict, namedtuple
 
 from .. import common
@@ -27,6 +29,19 @@ IsmnRecord = namedtuple("IsmnRecord", ["site_id", "network", "station", "depth_f
 _DATE = re.compile(r"\d{4}/\d{2}/\d{2}$")
 _TIME = re.compile(r"\d{2}:\d{2}$")
 _DEPTH_TOLERANCE = 1e-6  # metres; ISMN writes depths with 2-6 decimals
+
+#: Guards applied to a .zip from its directory, before anything is decompressed.
+MAX_ZIP_MEMBERS = 100_000
+#: Largest .stm read (an hourly sensor over 30 years in CEOP format is about 40 MiB).
+MAX_MEMBER_BYTES = 256 * 2**20
+#: Largest sum of the .stm sizes of one archive.
+MAX_TOTAL_BYTES = 32 * 2**30
+#: Largest compression ratio of a member bigger than 1 MiB (ISMN text compresses ~5-20x).
+MAX_RATIO = 200
+#: Readings dated before this year, or after today, are refused as implausible.
+FIRST_PLAUSIBLE_YEAR = 1950
+#: ISMN file names: CSE_network_station_<variable>_<depth_from>_<depth_to>_sensor_start_end.stm
+_VARIABLE = re.compile(r"_([A-Za-z]+)_(-?\d+\.\d+)_(-?\d+\.\d+)_")
 
 
 class _SensorSeries:
@@ -68,7 +83,13 @@ def _parse_date_time(date_text, time_text, name, number, cache):
     iso = cache.get(date_text)
     try:
         if iso is None:
-            iso = _dt.date(int(date_text[:4]), int(date_text[5:7]), int(date_text[8:10])).isoformat()
+            day = _dt.date(int(date_text[:4]), int(date_text[5:7]), int(date_text[8:10]))
+            if not _dt.date(FIRST_PLAUSIBLE_YEAR, 1, 1) <= day <= _dt.date.today() + _dt.timedelta(days=1):
+                raise SmdError(
+                    f"{name}, line {number}: the date {date_text} lies outside {FIRST_PLAUSIBLE_YEAR}-01-01 "
+                    "... today; the file is damaged or not an ISMN download. Download it again or "
+                    "remove the line.")
+            iso = day.isoformat()
             cache[date_text] = iso
         hour, minute = int(time_text[:2]), int(time_text[3:5])
         if hour > 23 or minute > 59:
@@ -108,6 +129,7 @@ def _parse_stm(name, text, quality_flags, progress=None):
     series = None
     ceop = None
     dates = {}
+    outside = []  # (line, value) of accepted readings outside 0..1 m3/m3
     for number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
@@ -145,12 +167,82 @@ def _parse_stm(name, text, quality_flags, progress=None):
             when = _parse_date_time(tokens[0], tokens[1], name, number, dates)
         if quality_flags is not None and not set(flag.split(",")) <= quality_flags:
             continue
+        if not 0.0 <= value <= 1.0:
+            outside.append((number, value))
         series.days.setdefault(when[0], []).append((when[1], when[2], value))
         if progress is not None and number % 20000 == 0:
             progress.check()
     if series is None:
         raise SmdError(f"{name}: the file is empty; not an ISMN data file.")
+    if outside:
+        values = [v for days in series.days.values() for _, _, v in days]
+        try:
+            common.check_soil_moisture_range(values, f"{name} ({len(outside)} reading(s), first at line "
+                                                     f"{outside[0][0]}: {outside[0][1]:g})")
+        except SmdError as err:
+            raise SmdError(f"{err} ISMN soil moisture is in m3/m3; check the download or accept fewer "
+                           "quality flags (ISMN flags C01-C03 mark values outside the plausible range).") from None
     return series
+
+
+def _is_soil_moisture_file(name):
+    """False for ISMN files of another variable (ts, p, sd ...) named by the ISMN pattern."""
+    match = _VARIABLE.search(os.path.basename(name))
+    return match is None or match.group(1).lower() == "sm"
+
+
+def _decode(data, name):
+    return data.decode("utf-8", "replace")
+
+
+def _check_size(size, name):
+    if size > MAX_MEMBER_BYTES:
+        raise SmdError(f"{name} is {size / 2**20:.0f} MiB, more than the {MAX_MEMBER_BYTES // 2**20} MiB an "
+                       "ISMN sensor file can reasonably hold; it is not an ISMN data file.")
+
+
+def _zip_members(source, archive):
+    """The .stm members after the directory guards (count, sizes, total, compression ratio)."""
+    label = os.path.basename(source)
+    infos = archive.infolist()
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise SmdError(f"{label} lists {len(infos)} members, more than {MAX_ZIP_MEMBERS}; this is not an ISMN "
+                       "download (unzip it and choose the folder if it really is one).")
+    members = sorted((m for m in infos if m.filename.lower().endswith(".stm") and not m.is_dir()
+                      and not m.filename.startswith("__MACOSX") and _is_soil_moisture_file(m.filename)),
+                     key=lambda m: m.filename)
+    total = 0
+    for member in members:
+        where = f"{label}:{member.filename}"
+        _check_size(member.file_size, where)
+        if member.file_size > 2**20 and member.file_size > MAX_RATIO * max(member.compress_size, 1):
+            raise SmdError(f"{where} would inflate {member.file_size / max(member.compress_size, 1):.0f}-fold "
+                           f"(to {member.file_size / 2**20:.0f} MiB); ISMN text compresses far less. The "
+                           "archive is damaged or crafted; download it again.")
+        total += member.file_size
+    if total > MAX_TOTAL_BYTES:
+        raise SmdError(f"{label} would inflate to {total / 2**30:.1f} GiB of data files, more than "
+                       f"{MAX_TOTAL_BYTES // 2**30} GiB; split the download.")
+    return members
+
+
+def _read_member(source, archive, member):
+    """The member's bytes, read with a bound (a lying directory cannot make it read more)."""
+    where = f"{os.path.basename(source)}:{member.filename}"
+    try:
+        with archive.open(member) as handle:
+            data = handle.read(member.file_size + 1)
+            if len(data) > member.file_size:
+                raise SmdError(f"{where} holds more data than the archive directory says; the archive "
+                               "is damaged. Download it again.")
+    except SmdError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
+            NotImplementedError, RuntimeError, OverflowError, MemoryError) as err:
+        detail = str(err).strip() or type(err).__name__
+        raise SmdError(f"{where} cannot be decompressed ({detail}); the archive is damaged or truncated. "
+                       "Download it again (or unzip what you can and choose the folder).") from err
+    return where, _decode(data, where)
 
 
 def _iter_sources(source):
@@ -162,24 +254,39 @@ def _iter_sources(source):
         paths = []
         for root, dirs, files in os.walk(source):
             dirs.sort()
-            paths += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(".stm")]
+            paths += [os.path.join(root, f) for f in sorted(files)
+                      if f.lower().endswith(".stm") and _is_soil_moisture_file(f)]
         if not paths:
-            raise SmdError(f"No ISMN data files (*.stm) found under {source!r}.")
+            raise SmdError(f"No ISMN data files (soil moisture *.stm) found under {source!r}.")
         for path in paths:
-            with open(path, "rb") as handle:
-                yield os.path.relpath(path, source), handle.read().decode("utf-8", "replace")
+            name = os.path.relpath(path, source)
+            yield name, _read_file(path, name)
         return
-    if zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as archive:
-            members = sorted(m for m in archive.namelist()
-                             if m.lower().endswith(".stm") and not m.startswith("__MACOSX"))
+    if source.lower().endswith(".zip") or zipfile.is_zipfile(source):
+        try:
+            archive = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
+                NotImplementedError, OverflowError) as err:
+            detail = str(err).strip() or type(err).__name__
+            raise SmdError(f"{source} is not a readable zip archive ({detail}); the download is damaged "
+                           "or truncated. Download it again.") from err
+        with archive:
+            members = _zip_members(source, archive)
             if not members:
-                raise SmdError(f"No ISMN data files (*.stm) inside {source!r}.")
+                raise SmdError(f"No ISMN data files (soil moisture *.stm) inside {source!r}.")
             for member in members:
-                yield f"{os.path.basename(source)}:{member}", archive.read(member).decode("utf-8", "replace")
+                yield _read_member(source, archive, member)
         return
-    with open(source, "rb") as handle:
-        yield os.path.basename(source), handle.read().decode("utf-8", "replace")
+    yield os.path.basename(source), _read_file(source, os.path.basename(source))
+
+
+def _read_file(path, name):
+    try:
+        _check_size(os.path.getsize(path), name)
+        with open(path, "rb") as handle:
+            return _decode(handle.read(MAX_MEMBER_BYTES + 1), name)
+    except OSError as err:
+        raise SmdError(f"Cannot read {path}: {err.strerror or err}.") from err
 
 
 def _check_options(depth_from, depth_to, hour, quality_flags):
