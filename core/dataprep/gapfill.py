@@ -24,7 +24,7 @@ import numpy as np
 from ..common import Progress, SmdError, read_band_dates
 from ..grids import block_windows
 from .series_io import (check_output_not_input, dates_from_numbers, day_numbers, grid_profile,
-                        open_series_writer, read_masked, require_same_grid)
+                        open_raster, open_series_writer, read_masked, require_same_grid)
 
 #: Pixels processed together in the time interpolation (bounds the temporaries per window).
 PIXEL_CHUNK = 4096
@@ -218,6 +218,18 @@ def _check_options(max_gap_days, savgol_half_width, savgol_order):
     return max_gap_days, half, order
 
 
+def check_window_fits(n_days, half, first, last):
+    """SmdError when the Savitzky-Golay window 2m+1 is longer than the output series."""
+    if half and 2 * half + 1 > n_days:
+        longest = (n_days - 1) // 2
+        hint = (f"use a half-width of at most {longest} (window {2 * longest + 1} days)" if longest >= 1
+                else "turn smoothing off (half-width 0)")
+        raise SmdError(
+            f"The Savitzky-Golay window (2 x {half} + 1 = {2 * half + 1} days) is longer than the series "
+            f"({n_days} day(s), {first} to {last}): nothing could be smoothed and the output would be "
+            f"empty. {hint[0].upper() + hint[1:]}, or give a longer series.")
+
+
 def output_days(days_in, daily):
     """Day numbers written: every day from the first to the last date, or the input dates."""
     return np.arange(days_in[0], days_in[-1] + 1, dtype="int64") if daily else np.asarray(days_in)
@@ -243,6 +255,7 @@ def gap_fill_array(values, dates, *, good=None, max_gap_days=15, daily=True, sav
     if np.any(np.diff(days_in) <= 0):
         raise SmdError("The series dates must be strictly increasing.")
     days_out = output_days(days_in, daily)
+    check_window_fits(len(days_out), half, dates[0], dates[-1])
     spatial = values.shape[1:]
     flat = values.reshape(values.shape[0], -1)
     if good is not None:
@@ -255,6 +268,23 @@ def gap_fill_array(values, dates, *, good=None, max_gap_days=15, daily=True, sav
         # over the whole window, so pixels sharing a run are smoothed in one call
         result = savgol_smooth(result, 2 * half + 1, order)
     return result.reshape((len(days_out),) + spatial), dates_from_numbers(days_out)
+
+
+def _empty_output_error(series_path, qc_path, qc_rule, input_valid, qc_good, qc_seen, max_gap_days, half):
+    """Why a gap-filled output would hold no valid value, and what to change."""
+    if input_valid == 0:
+        return SmdError(f"{series_path} holds no valid value (every pixel of every date is nodata); "
+                        "the output would be empty. Check the input series and its nodata value.")
+    if qc_path and qc_good == 0:
+        seen = ", ".join(f"{v:g}" for v in sorted(qc_seen)[:10]) or "none"
+        return SmdError(f"The QC rule {qc_rule or 'value == 0'!r} rejects every valid value of {series_path} "
+                        f"(QC values found in {qc_path}: {seen}); the output would be empty. Loosen the QC "
+                        "rule (e.g. accept more values or bits).")
+    return SmdError(f"Gap filling {series_path} leaves no valid value: every pixel's valid values are too "
+                    f"sparse for interpolation within {max_gap_days:g} days"
+                    + (f" and smoothing over runs of {2 * int(half) + 1} days" if half else "")
+                    + "; the output would be empty. Raise the maximum gap, lower the Savitzky-Golay "
+                      "half-width, or loosen the QC rule.")
 
 
 def gap_fill(series_path, output_path, *, qc_path=None, qc_rule=None, max_gap_days=15, daily=True,
@@ -289,17 +319,12 @@ def gap_fill(series_path, output_path, *, qc_path=None, qc_rule=None, max_gap_da
     dict with ``dates`` (the dates written) and the counts of ``valid_values`` and
     ``nodata_values`` in the written output.
     """
-    import rasterio
-
     progress = Progress.wrap(progress)
     _check_options(max_gap_days, savgol_half_width, savgol_order)
     is_good = parse_qc_rule(qc_rule) if qc_path else None
     inputs = [series_path] + ([qc_path] if qc_path else [])
     check_output_not_input(output_path, inputs)
-    try:
-        src = rasterio.open(series_path)
-    except rasterio.errors.RasterioIOError as err:
-        raise SmdError(f"Cannot read the series {series_path!r}: {err}") from err
+    src = open_raster(series_path, "time series")
     with src:
         dates = read_band_dates(src)
         if len(dates) < 2:
@@ -311,10 +336,7 @@ def gap_fill(series_path, output_path, *, qc_path=None, qc_rule=None, max_gap_da
         grid = grid_profile(src)
         qc = None
         if qc_path:
-            try:
-                qc = rasterio.open(qc_path)
-            except rasterio.errors.RasterioIOError as err:
-                raise SmdError(f"Cannot read the QC raster {qc_path!r}: {err}") from err
+            qc = open_raster(qc_path, "QC raster")
         try:
             if qc is not None:
                 require_same_grid(grid, grid_profile(qc), series_path, qc_path)
@@ -326,21 +348,31 @@ def gap_fill(series_path, output_path, *, qc_path=None, qc_rule=None, max_gap_da
                 qc_bands = [qc_dates.index(d) + 1 for d in dates]
             days_out = output_days(day_numbers(dates), daily)
             out_dates = dates_from_numbers(days_out)
+            check_window_fits(len(out_dates), int(savgol_half_width or 0), out_dates[0], out_dates[-1])
             windows = list(block_windows(grid["width"], grid["height"], block_size))
-            valid_count = 0
+            valid_count = input_valid = qc_good = 0
+            qc_seen = set()
             with open_series_writer(output_path, grid, len(out_dates), out_dates) as dst:
                 for done, window in enumerate(windows):
                     progress.check()
                     values = read_masked(src, bands, window)
+                    input_valid += int(np.isfinite(values).sum())
                     good = None
                     if qc is not None:
-                        good = is_good(read_masked(qc, qc_bands, window))
+                        qc_values = read_masked(qc, qc_bands, window)
+                        good = is_good(qc_values)
+                        qc_good += int((good & np.isfinite(values)).sum())
+                        if len(qc_seen) < 20:
+                            qc_seen.update(np.unique(qc_values[np.isfinite(qc_values)])[:20].tolist())
                     result, _ = gap_fill_array(values, dates, good=good, max_gap_days=max_gap_days,
                                                daily=daily, savgol_half_width=savgol_half_width,
                                                savgol_order=savgol_order)
                     valid_count += int(np.isfinite(result).sum())
                     dst.write(result, window=window)
                     progress.update((done + 1) / len(windows), f"Gap filling: block {done + 1}/{len(windows)}")
+                if valid_count == 0:
+                    raise _empty_output_error(series_path, qc_path, qc_rule, input_valid, qc_good, qc_seen,
+                                              max_gap_days, savgol_half_width)
         finally:
             if qc is not None:
                 qc.close()

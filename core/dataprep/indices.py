@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from ..common import Progress, SmdError
+from ..common import Progress, SmdError, gdal_cache_limit, series_profile
 from ..grids import block_windows
-from .series_io import (check_output_not_input, grid_profile, open_series_writer, raster_date, read_masked,
+from .series_io import (check_output_not_input, grid_profile, open_raster, raster_date, read_masked,
                         require_same_grid)
 
 #: MOD09A1 band numbers (1-based): red 1, nir 2, blue 3, green 4, swir1 6, swir2 7.
@@ -141,7 +141,7 @@ def spectral_indices(reflectance_path, output_folder_or_paths, *, indices=("ndvi
     -------
     dict index -> output path.
     """
-    import rasterio
+    from ..outputs import CheckedRasterWriter, atomic_output
 
     progress = Progress.wrap(progress)
     indices = [str(name).strip().lower() for name in indices]
@@ -169,12 +169,7 @@ def spectral_indices(reflectance_path, output_folder_or_paths, *, indices=("ndvi
     with contextlib.ExitStack() as stack:
         sources = []
         for path in paths:
-            if not os.path.isfile(path):
-                raise SmdError(f"The reflectance raster {path!r} does not exist.")
-            try:
-                sources.append(stack.enter_context(rasterio.open(path)))
-            except rasterio.errors.RasterioIOError as err:
-                raise SmdError(f"{path!r} is not a readable raster: {err}") from err
+            sources.append(stack.enter_context(open_raster(path, "reflectance raster")))
         grid = grid_profile(sources[0])
         for path, src in zip(paths[1:], sources[1:]):
             require_same_grid(grid, grid_profile(src), paths[0], path)
@@ -194,19 +189,42 @@ def spectral_indices(reflectance_path, output_folder_or_paths, *, indices=("ndvi
             sources = [sources[i] for i in order]
             dates = [dates[i] for i in order]
 
-        writers = {name: stack.enter_context(open_series_writer(outputs[name], grid, len(sources), dates))
-                   for name in indices}
-        windows = list(block_windows(grid["width"], grid["height"], block_size))
-        band_numbers = [mapping[name] for name in needed]
-        for done, window in enumerate(windows):
-            progress.check()
-            stacks = {name: np.empty((len(sources), window.height, window.width), "float32") for name in indices}
-            for position, src in enumerate(sources):
-                data = read_masked(src, band_numbers, window) * scale_factor
-                bands = dict(zip(needed, data))
-                for name in indices:
-                    stacks[name][position] = compute_index(name, bands)
-            for name in indices:
-                writers[name].write(stacks[name], window=window)
-            progress.update((done + 1) / len(windows), f"Spectral indices: block {done + 1}/{len(windows)}")
+        # Two phases, so a failure leaves no output at all (not some indices written and others
+        # not): every index is written and verified into its temporary first; only then are the
+        # temporaries renamed into place.
+        profile = series_profile(grid, len(sources))
+        valid = {name: 0 for name in indices}
+        with contextlib.ExitStack() as commits:
+            commits.enter_context(gdal_cache_limit())
+            temporaries = {name: commits.enter_context(atomic_output(outputs[name])) for name in indices}
+            with contextlib.ExitStack() as files:
+                writers = {name: files.enter_context(CheckedRasterWriter(temporaries[name], profile,
+                                                                         final_path=outputs[name]))
+                           for name in indices}
+                if dates:
+                    for writer in writers.values():
+                        for band, date in enumerate(dates, start=1):
+                            writer.set_band_description(band, date)
+                windows = list(block_windows(grid["width"], grid["height"], block_size))
+                band_numbers = [mapping[name] for name in needed]
+                for done, window in enumerate(windows):
+                    progress.check()
+                    stacks = {name: np.empty((len(sources), window.height, window.width), "float32")
+                              for name in indices}
+                    for position, src in enumerate(sources):
+                        data = read_masked(src, band_numbers, window) * scale_factor
+                        bands = dict(zip(needed, data))
+                        for name in indices:
+                            stacks[name][position] = compute_index(name, bands)
+                    for name in indices:
+                        valid[name] += int(np.isfinite(stacks[name]).sum())
+                        writers[name].write(stacks[name], window=window)
+                    progress.update((done + 1) / len(windows), f"Spectral indices: block {done + 1}/{len(windows)}")
+                empty = [name for name in indices if valid[name] == 0]
+                if empty:
+                    raise SmdError(
+                        f"{', '.join(n.upper() for n in empty)} would hold no valid value: the bands "
+                        f"{', '.join(f'{b} (band {mapping[b]})' for b in sorted({b for n in empty for b in INDEX_BANDS[n]}))} "
+                        "are nodata everywhere or the denominator is zero everywhere. Check the band map, "
+                        "the scale factor and the inputs' nodata value; nothing was written.")
     return outputs

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..common import Progress, SmdError
 from ..grids import block_windows
-from .series_io import check_output_not_input, grid_profile, open_series_writer, read_masked
+from .series_io import check_output_not_input, grid_profile, open_raster, open_series_writer, read_masked
 
 #: The paper's Table 2 as reclassification text.
 TABLE2 = "0:0,1-5:1,6:2,7-8:3,9-11:4"
@@ -93,19 +93,13 @@ def reclassify_landcover(input_path, output_path, *, table=None, water_as_nodata
     -------
     dict: ``class_counts`` {new class: pixels}, ``nodata_pixels``.
     """
-    import rasterio
-
     progress = Progress.wrap(progress)
     entries = parse_reclass_table(TABLE2 if table is None else table) if not isinstance(table, list) else table
     nodata_classes = (water_class,) if water_as_nodata else ()
     check_output_not_input(output_path, [input_path])
-    if not os.path.isfile(input_path):
-        raise SmdError(f"The land-cover raster {input_path!r} does not exist.")
-    try:
-        src = rasterio.open(input_path)
-    except rasterio.errors.RasterioIOError as err:
-        raise SmdError(f"{input_path!r} is not a readable raster: {err}") from err
+    src = open_raster(input_path, "land-cover raster")
     counts = {}
+    seen = set()
     with src:
         if not 1 <= int(band) <= src.count:
             raise SmdError(f"{input_path} has {src.count} band(s); band {band} does not exist.")
@@ -114,12 +108,21 @@ def reclassify_landcover(input_path, output_path, *, table=None, water_as_nodata
         with open_series_writer(output_path, grid, 1) as dst:
             for done, window in enumerate(windows):
                 progress.check()
-                result = reclassify_array(read_masked(src, int(band), window), entries,
-                                          nodata_classes=nodata_classes)
+                values = read_masked(src, int(band), window)
+                if len(seen) < 20:
+                    seen.update(np.unique(values[np.isfinite(values)])[:20].tolist())
+                result = reclassify_array(values, entries, nodata_classes=nodata_classes)
                 classes, pixel_counts = np.unique(result[np.isfinite(result)], return_counts=True)
                 for value, count in zip(classes, pixel_counts):
                     counts[int(value)] = counts.get(int(value), 0) + int(count)
                 dst.write(result, 1, window=window)
                 progress.update((done + 1) / len(windows), f"Reclassifying land cover: block {done + 1}/{len(windows)}")
+            if not counts:
+                found = "no valid pixel" if not seen else "values " + ", ".join(f"{v:g}" for v in sorted(seen)[:10])
+                raise SmdError(
+                    f"Reclassifying {input_path} gives no classified pixel (the input has {found}"
+                    f"{'' if not water_as_nodata else ', and water is written as nodata'}); the output "
+                    "would be empty. Check the band and the reclassification table (every input class "
+                    "needs an entry).")
     total = grid["width"] * grid["height"]
     return {"class_counts": dict(sorted(counts.items())), "nodata_pixels": total - sum(counts.values())}

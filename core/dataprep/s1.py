@@ -22,7 +22,7 @@ import numpy as np
 from ..common import Progress, SmdError, parse_date, read_band_dates
 from ..grids import block_windows
 from .series_io import (check_output_not_input, dates_from_numbers, grid_profile, open_series_writer,
-                        raster_date, read_masked, same_grid)
+                        open_raster, raster_date, read_masked, same_grid)
 
 PIXEL_CHUNK = 16384
 
@@ -84,7 +84,6 @@ def s1_composite(scene_paths, output_path, *, half_window_days=6, input_db=True,
     dict: ``dates`` written, ``scenes`` (number used), ``days_without_scene`` (dates with no
     scene in their window; NaN everywhere).
     """
-    import rasterio
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
@@ -104,12 +103,7 @@ def s1_composite(scene_paths, output_path, *, half_window_days=6, input_db=True,
         readers, scenes = [], []   # scenes: (day ordinal, reader index, band)
         grid = None
         for path in paths:
-            if not os.path.isfile(path):
-                raise SmdError(f"The scene {path!r} does not exist.")
-            try:
-                src = stack.enter_context(rasterio.open(path))
-            except rasterio.errors.RasterioIOError as err:
-                raise SmdError(f"{path!r} is not a readable raster: {err}") from err
+            src = stack.enter_context(open_raster(path, "Sentinel-1 scene"))
             if grid is None:
                 grid = grid_profile(src)
             elif not same_grid(grid, grid_profile(src)):
@@ -140,6 +134,7 @@ def s1_composite(scene_paths, output_path, *, half_window_days=6, input_db=True,
         out_dates = dates_from_numbers(days)
 
         windows = list(block_windows(grid["width"], grid["height"], block_size))
+        valid_values = 0
         with open_series_writer(output_path, grid, len(days), out_dates) as dst:
             for done, window in enumerate(windows):
                 progress.check()
@@ -163,7 +158,14 @@ def s1_composite(scene_paths, output_path, *, half_window_days=6, input_db=True,
                     count = weights @ valid.astype("float64")
                     mean = np.divide(total, count, out=np.full_like(total, np.nan), where=count > 0)
                     result[:, begin:begin + PIXEL_CHUNK] = linear_to_db(mean) if output_db else mean
+                valid_values += int(np.isfinite(result).sum())
                 dst.write(result.reshape(len(days), window.height, window.width), window=window)
                 progress.update((done + 1) / len(windows), f"Sentinel-1 composite: block {done + 1}/{len(windows)}")
+            if valid_values == 0:
+                raise SmdError(
+                    f"The {len(scenes)} Sentinel-1 scene(s) hold no valid value on the output grid (all "
+                    "nodata, or no overlap with the first scene's grid"
+                    + (", or zero/negative power" if output_db else "") + "); the output would be "
+                    "empty. Check the scenes and their nodata value.")
     empty = [out_dates[i] for i in np.flatnonzero(~weights.any(axis=1))]
     return {"dates": out_dates, "scenes": len(scenes), "days_without_scene": empty}

@@ -17,6 +17,7 @@ import re
 import numpy as np
 
 from ..common import SmdError, gdal_cache_limit, parse_date, series_profile
+from ..rasters import open_raster, reading  # noqa: F401 - the data-preparation readers use both
 from ..outputs import CheckedRasterWriter, atomic_output
 
 _ISO = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
@@ -95,7 +96,8 @@ def require_same_grid(reference, other, reference_name, other_name):
 
 def read_masked(src, indexes, window):
     """float64 read of ``indexes`` in ``window`` with the band nodata values turned into NaN."""
-    data = src.read(indexes, window=window, out_dtype="float64")
+    with reading(src.name, "raster"):
+        data = src.read(indexes, window=window, out_dtype="float64")
     single = np.ndim(indexes) == 0
     if single:
         data = data[np.newaxis]

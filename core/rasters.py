@@ -1,0 +1,82 @@
+"""Opening and reading input rasters with errors that name the file.
+
+GDAL/rasterio report a damaged input deep inside a read or a warp, often without the file:
+``Chunk and warp failed``, ``TIFFReadEncodedTile() failed``, ``IReadBlock failed at X offset 0``,
+or a bare ``RasterioIOError``. Every input raster of the plugin is opened with
+:func:`open_raster` and read inside :func:`reading`, which turn those into one
+:class:`~.common.SmdError` saying which file (and what it is for) could not be read and what to
+do. ``SmdError`` (including cancellation) passes through unchanged.
+"""
+import contextlib
+import os
+
+from .common import SmdError
+
+_HINT = ("The file is damaged (e.g. truncated, or a corrupt tile or header); re-create it or "
+         "download it again.")
+
+
+def _errors():
+    """Exception classes rasterio/GDAL raise for unreadable data (imported lazily)."""
+    classes = [OSError, RuntimeError, MemoryError]
+    try:
+        from rasterio.errors import RasterioError
+
+        classes.append(RasterioError)
+    except ImportError:  # pragma: no cover - rasterio is a hard dependency of core
+        pass
+    try:
+        from rasterio._err import CPLE_BaseError
+
+        classes.append(CPLE_BaseError)
+    except ImportError:  # pragma: no cover - older/newer rasterio layouts
+        pass
+    return tuple(classes)
+
+
+def _detail(err):
+    text = " ".join(str(err).split())
+    return text[:300] or type(err).__name__
+
+
+def _label(path, what):
+    return f"{what} {path}" if what else str(path)
+
+
+def unreadable(path, what, err):
+    """The SmdError for ``err`` raised while reading ``path`` (``what``: e.g. "predictor")."""
+    return SmdError(f"Cannot read the {_label(path, what)}: {_detail(err)}. {_HINT}")
+
+
+def open_raster(path, what="raster"):
+    """``rasterio.open(path)`` for reading; SmdError naming the file when it is missing/unreadable.
+
+    Also refuses a raster without bands or pixels (a damaged header can open as one).
+    """
+    import rasterio
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise SmdError(f"The {_label(path, what)} does not exist; choose an existing raster file.")
+    try:
+        src = rasterio.open(path)
+    except SmdError:
+        raise
+    except _errors() as err:
+        raise SmdError(f"The {_label(path, what)} is not a readable raster: {_detail(err)}. {_HINT}") from err
+    if src.count < 1 or src.width < 1 or src.height < 1:
+        src.close()
+        raise SmdError(f"The {_label(path, what)} has no pixels ({src.width} x {src.height}, {src.count} "
+                       f"band(s)). {_HINT}")
+    return src
+
+
+@contextlib.contextmanager
+def reading(path, what="raster"):
+    """Turn rasterio/GDAL errors raised inside the block (reads, warps) into SmdError naming ``path``."""
+    try:
+        yield
+    except SmdError:
+        raise
+    except _errors() as err:
+        raise unreadable(path, what, err) from err
