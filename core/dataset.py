@@ -18,6 +18,7 @@ import uuid
 
 from .common import SmdError, day_of_year
 from .grids import Grid
+from .rasters import reading
 
 FORMAT = "smdownscale-dataset"
 #: 2: every raster carries the dataset's identity (``dataset_id``), checked when opened
@@ -215,15 +216,18 @@ class Dataset:
             shape = self.fine_grid.shape if window is None else (int(window.height), int(window.width))
             return self._doy(date_index, shape)
         band = self._band(name, date_index)
-        return self._handle(fine_path(self.folder, name)).read(band, window=window).astype(
-            "float32", copy=False)
+        path = fine_path(self.folder, name)
+        with reading(path, "dataset raster"):
+            return self._handle(path).read(band, window=window).astype("float32", copy=False)
 
     def read_coarse(self, name, date_index):
         """One predictor aggregated on the coarse grid, float32 (h, w), NaN where invalid."""
         if name == DOY and self.predictor(name).get("derived"):
             return self._doy(date_index, self.coarse_grid.shape)
         band = self._band(name, date_index)
-        return self._handle(coarse_path(self.folder, name)).read(band).astype("float32", copy=False)
+        path = coarse_path(self.folder, name)
+        with reading(path, "dataset raster"):
+            return self._handle(path).read(band).astype("float32", copy=False)
 
     def read_target(self, date_index):
         """Soil moisture on the coarse grid for one date, float32 (h, w), NaN where invalid."""

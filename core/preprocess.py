@@ -10,6 +10,7 @@
 
 Everything is written into a temporary folder renamed at the end (``atomic_output``).
 """
+import contextlib
 import math
 import os
 import re
@@ -21,6 +22,7 @@ from .common import (Progress, SmdError, available_memory_bytes, check_soil_mois
 from .dataset import (DOY, TARGET, VALID_FRACTION, Dataset, coarse_path, fine_path,
                       write_manifest)
 from .outputs import CheckedRasterWriter, atomic_output, check_outputs
+from .rasters import open_raster, reading
 from .grids import (Grid, coarse_grid_for, fine_grid_for, padded_grid, parse_crs,
                     transform_bounds_safe)
 
@@ -78,10 +80,7 @@ class _Input:
         self.name = os.path.splitext(self.label)[0]
         if not os.path.isfile(self.path):
             raise SmdError(f"Input raster {self.path!r} does not exist.")
-        try:
-            self.src = rasterio.open(self.path)
-        except rasterio.errors.RasterioIOError as err:
-            raise SmdError(f"Cannot open {self.path!r} as a raster: {err}") from err
+        self.src = open_raster(self.path, "input raster")
         self.grid = Grid.from_dataset(self.src)  # SmdError when the CRS is missing
         self.dates = read_band_dates(self.src)
         self.band_of_date = {date: band for band, date in enumerate(self.dates, start=1)}
@@ -274,9 +273,11 @@ def _warp(source, src_nodata, grid, resampling, src_transform=None, src_crs=None
     kwargs = {}
     if src_transform is not None:
         kwargs.update(src_transform=src_transform, src_crs=src_crs)
-    reproject(source=source, destination=destination, src_nodata=src_nodata,
-              dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
-              resampling=resampling, **kwargs)
+    path = getattr(getattr(source, "ds", None), "name", None)  # a rasterio band: name its file
+    with reading(path, "input raster") if path else contextlib.nullcontext():
+        reproject(source=source, destination=destination, src_nodata=src_nodata,
+                  dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
+                  resampling=resampling, **kwargs)
     return destination
 
 
@@ -456,8 +457,9 @@ def _write(plan, progress, Resampling):
                 fraction = aggregator.valid_fraction(valid)
                 fraction_out.write(fraction.astype("float32"), index + 1)
 
-                soil_moisture = target.src.read(target.band_of_date[date],
-                                                window=plan["target_window"]).astype("float32")
+                with reading(target.path, "soil-moisture raster"):
+                    soil_moisture = target.src.read(target.band_of_date[date],
+                                                    window=plan["target_window"]).astype("float32")
                 soil_moisture[is_nodata(soil_moisture, target.nodata)] = np.nan
                 soil_moisture[fraction < min_fraction - 1e-6] = np.nan
                 usable_cells += int(np.isfinite(soil_moisture).sum())

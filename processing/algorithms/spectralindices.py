@@ -89,12 +89,17 @@ class SpectralIndicesAlgorithm(SmdAlgorithm):
         paths = [raster_path(layer, tr("Reflectance")) for layer in layers]
         indices = [INDEX_NAMES[i] for i in self.parameterAsEnums(parameters, self.INDICES, context)]
         folder = self.parameterAsString(parameters, self.OUTPUT, context)
-        os.makedirs(folder, exist_ok=True)
-        outputs = self.run_core(
-            spectral_indices, paths, folder, indices=indices,
-            band_map=self.parameterAsString(parameters, self.BAND_MAP, context),
-            scale_factor=self.parameterAsDouble(parameters, self.SCALE_FACTOR, context),
-            progress=self.progress(feedback))
+        created = _make_folder(folder)
+        try:
+            outputs = self.run_core(
+                spectral_indices, paths, folder, indices=indices,
+                band_map=self.parameterAsString(parameters, self.BAND_MAP, context),
+                scale_factor=self.parameterAsDouble(parameters, self.SCALE_FACTOR, context),
+                progress=self.progress(feedback))
+        except BaseException:
+            # core writes all indices or none; a folder this run created is removed again
+            _remove_created(created)
+            raise
         with rasterio.open(next(iter(outputs.values()))) as src:
             n_dates = src.count if any(src.descriptions) else 0
         for name, path in outputs.items():
@@ -102,6 +107,29 @@ class SpectralIndicesAlgorithm(SmdAlgorithm):
                 path, QgsProcessingContext.LayerDetails(name.upper(), context.project(), self.OUTPUT))
         feedback.pushInfo(tr("Wrote {} ({} dates) to {}").format(", ".join(outputs), n_dates, folder))
         return {self.OUTPUT: folder, self.OUTPUT_LAYERS: list(outputs.values()), self.N_DATES: n_dates}
+
+
+def _make_folder(folder):
+    """Create ``folder`` (and missing parents); the folders created, outermost first."""
+    created = []
+    path = os.path.abspath(folder)
+    while path and not os.path.exists(path):
+        created.insert(0, path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    os.makedirs(folder, exist_ok=True)
+    return created
+
+
+def _remove_created(created):
+    """Remove the folders :func:`_make_folder` created, innermost first, when they are empty."""
+    for path in reversed(created):
+        try:
+            os.rmdir(path)
+        except OSError:
+            break  # not empty (or gone): leave it and its parents
 
 
 ALGORITHMS = [SpectralIndicesAlgorithm]
