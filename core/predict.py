@@ -204,7 +204,8 @@ class _BlockMaps:
 
 
 def predict(dataset_folder, model_path, output_path, *, dates=None, residual_correction=False,
-            use_global=False, block_size=512, progress=None, global_only=False):
+            use_global=False, block_size=512, progress=None, global_only=False, require_signed=False,
+            trusted_keys=()):
     """Predict fine-resolution soil moisture for the dates of a prepared dataset.
 
     Parameters
@@ -229,6 +230,10 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
     progress : Progress or None
     global_only : bool
         Predict every pixel with the global (without-partition) model: the paper's "WP" product.
+    require_signed : bool
+        Refuse a model file that is not signed by one of ``trusted_keys`` (core.signing).
+    trusted_keys : sequence of str
+        Trusted public key files or folders of them.
 
     Returns
     -------
@@ -263,7 +268,7 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         raise SmdError(f"block_size must be at least 1 pixel, got {block_size}.")
     check_outputs([(output_path, "raster")], inputs=[dataset_folder, model_path])
     progress.update(0.0, "loading the model")
-    loaded = load_model(model_path)
+    loaded = load_model(model_path, require_signed=require_signed, trusted_keys=trusted_keys)
     with gdal_cache_limit(), Dataset.open(dataset_folder) as dataset:
         columns = match_predictors(loaded.predictors, dataset.predictors)
         date_indexes = _select_dates(dataset, dates)

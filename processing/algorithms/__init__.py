@@ -22,6 +22,9 @@ ALGORITHM_MODULES = (
     "train",
     "predict",
     "explain",
+    # model-file signing (issue 8)
+    "generatekeys",
+    "signmodel",
     # "Validation" group (issue 4)
     "validate",
     # "Data preparation" group (issue 5): one module per algorithm, named like its id

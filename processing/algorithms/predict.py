@@ -28,6 +28,8 @@ class PredictAlgorithm(SmdAlgorithm):
     USE_GLOBAL = "USE_GLOBAL"
     GLOBAL_ONLY = "GLOBAL_ONLY"
     BLOCK_SIZE = "BLOCK_SIZE"
+    REQUIRE_SIGNED = "REQUIRE_SIGNED"
+    TRUSTED_KEYS = "TRUSTED_KEYS"
     OUTPUT = "OUTPUT"
     N_DATES = "N_DATES"
     N_PIXELS = "N_PIXELS"
@@ -80,6 +82,15 @@ class PredictAlgorithm(SmdAlgorithm):
         self.add_parameter(
             param, tr("Edge of the raster blocks predicted at once; smaller uses less memory."),
             advanced=True)
+        param = QgsProcessingParameterBoolean(
+            self.REQUIRE_SIGNED, tr("Refuse unsigned or untrusted model files"), defaultValue=False)
+        self.add_parameter(
+            param, tr("Only accept a model signed (Sign model file) with one of the trusted keys."),
+            advanced=True)
+        param = QgsProcessingParameterFile(self.TRUSTED_KEYS, tr("Trusted public key(s)"), optional=True)
+        self.add_parameter(
+            param, tr("A public key file, or a folder of *.pub/*.pem files, separated by ';'; empty = the "
+                      "setting smdownscale/trusted_keys."), advanced=True)
         param = QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Fine soil moisture"))
         self.add_parameter(param, tr("GeoTIFF series, one band per date, m3/m3."))
         self.addOutput(QgsProcessingOutputNumber(self.N_DATES, tr("Dates written")))
@@ -93,6 +104,7 @@ class PredictAlgorithm(SmdAlgorithm):
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_packages()
         from ...core.predict import predict
+        from .signmodel import trusted_key_paths
 
         dataset = self.dataset_folder(parameters, self.DATASET, context)
         dates = self.run_core(parse_dates, self.parameterAsString(parameters, self.DATES, context))
@@ -104,6 +116,8 @@ class PredictAlgorithm(SmdAlgorithm):
             use_global=self.parameterAsBoolean(parameters, self.USE_GLOBAL, context),
             global_only=self.parameterAsBoolean(parameters, self.GLOBAL_ONLY, context),
             block_size=self.parameterAsInt(parameters, self.BLOCK_SIZE, context),
+            require_signed=self.parameterAsBoolean(parameters, self.REQUIRE_SIGNED, context),
+            trusted_keys=trusted_key_paths(self.parameterAsString(parameters, self.TRUSTED_KEYS, context)),
             progress=self.progress(feedback))
         for key, value in info.items():
             if key != "dates":

@@ -1,0 +1,76 @@
+"""smdownscale:signmodel - a signed copy of a model file; the trusted-keys setting."""
+from qgis.core import (
+    QgsProcessingOutputString,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterString,
+    QgsSettings,
+)
+
+from .base import SmdAlgorithm, model_file_error, tr
+
+#: QgsSettings key: public key file(s) or folder(s) trusted by default, separated by ";".
+TRUSTED_KEYS_SETTING = "smdownscale/trusted_keys"
+
+
+def trusted_key_paths(text=None):
+    """List of trusted public key paths: from ``text`` (";"-separated), else from the setting."""
+    value = text
+    if not value:
+        value = QgsSettings().value(TRUSTED_KEYS_SETTING, "")
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        items = str(value or "").replace("\n", ";").split(";")
+    return [item.strip() for item in items if item and item.strip()]
+
+
+class SignModelAlgorithm(SmdAlgorithm):
+    MODEL = "MODEL"
+    PRIVATE_KEY = "PRIVATE_KEY"
+    SIGNER = "SIGNER"
+    OUTPUT = "OUTPUT"
+    KEY_ID = "KEY_ID"
+
+    ALG_ID = "signmodel"
+    DISPLAY_NAME = "Sign model file"
+    GROUP_ID = "downscaling"
+    HELP = (
+        "Writes a copy of a model file signed with your private key (from <i>Generate model "
+        "signing keys</i>). The model is fully checked first; the copy holds the same members plus "
+        "signature.json, an Ed25519 signature over the manifest digest, which covers every learner "
+        "and every number the model reports."
+        "<h3>Inputs</h3>"
+        "<b>Model</b>: a .smdmodel.zip.<br><b>Private key</b>: your PEM private key.<br>"
+        "<b>Signer</b>: optional name shown to whoever checks the signature."
+        "<p>Users refuse unsigned or untrusted models with the REQUIRE_SIGNED option of "
+        "<i>Predict fine soil moisture</i>. Needs the Python package cryptography.</p>")
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        param = QgsProcessingParameterFile(self.MODEL, tr("Model file"), extension="zip")
+        self.add_parameter(param, tr("The .smdmodel.zip to sign."))
+        param = QgsProcessingParameterFile(self.PRIVATE_KEY, tr("Private key"))
+        self.add_parameter(param, tr("PEM private key written by Generate model signing keys."))
+        param = QgsProcessingParameterString(self.SIGNER, tr("Signer name"), optional=True)
+        self.add_parameter(param, tr("Shown in signature checks, e.g. your name or team."))
+        param = QgsProcessingParameterFileDestination(
+            self.OUTPUT, tr("Signed model file"), tr("smdownscale model (*.smdmodel.zip *.zip)"))
+        self.add_parameter(param, tr("The signed copy (may be the input file itself)."))
+        self.addOutput(QgsProcessingOutputString(self.KEY_ID, tr("Key id")))
+
+    def parameter_error(self, parameters, context):
+        return model_file_error(self.parameterAsFile(parameters, self.MODEL, context))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        from ...core.signing import sign_model
+
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        info = self.run_core(
+            sign_model, self.parameterAsFile(parameters, self.MODEL, context),
+            self.parameterAsFile(parameters, self.PRIVATE_KEY, context), output,
+            signer=self.parameterAsString(parameters, self.SIGNER, context) or "")
+        feedback.pushInfo(tr("Signed with key {} into {}.").format(info["key_id"], output))
+        return {self.OUTPUT: output, self.KEY_ID: info["key_id"]}
+
+
+ALGORITHMS = [SignModelAlgorithm]
