@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SYSTEM_PYTHON := /usr/bin/python3
 DEB_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-gdal python3-scipy \
-	python3-matplotlib python3-h5py python3-venv xvfb zip
+	python3-matplotlib python3-h5py python3-venv python3-cryptography xvfb zip
 export QT_QPA_PLATFORM ?= offscreen
 
 .PHONY: demo demo-raw test bench package clean system-deps venv plugin-link
