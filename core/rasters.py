@@ -9,6 +9,7 @@ do. ``SmdError`` (including cancellation) passes through unchanged.
 """
 import contextlib
 import os
+import sys
 
 from .common import SmdError
 
@@ -18,7 +19,8 @@ _HINT = ("The file is damaged (e.g. truncated, or a corrupt tile or header); re-
 
 def _errors():
     """Exception classes rasterio/GDAL raise for unreadable data (imported lazily)."""
-    classes = [OSError, RuntimeError, MemoryError]
+    # UnicodeError: a damaged header's text (band descriptions, tags) is not valid UTF-8
+    classes = [OSError, RuntimeError, MemoryError, UnicodeError]
     try:
         from rasterio.errors import RasterioError
 
@@ -48,6 +50,30 @@ def unreadable(path, what, err):
     return SmdError(f"Cannot read the {_label(path, what)}: {_detail(err)}. {_HINT}")
 
 
+@contextlib.contextmanager
+def _quiet_undecodable_gdal_messages():
+    """Drop rasterio's "Exception ignored in: 'rasterio._env.log_error'" tracebacks.
+
+    A damaged file can make GDAL report an error whose text holds the file's bytes; rasterio's
+    logging callback then fails to decode it and Python prints a traceback on stderr (the error
+    itself still reaches us as an exception). Only that one kind of unraisable error is dropped,
+    and only inside the block; everything else goes to the previous hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, UnicodeError) and "rasterio" in repr(unraisable.object):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous
+
+
 def open_raster(path, what="raster"):
     """``rasterio.open(path)`` for reading; SmdError naming the file when it is missing/unreadable.
 
@@ -59,7 +85,13 @@ def open_raster(path, what="raster"):
     if not os.path.isfile(path):
         raise SmdError(f"The {_label(path, what)} does not exist; choose an existing raster file.")
     try:
-        src = rasterio.open(path)
+        with _quiet_undecodable_gdal_messages():
+            src = rasterio.open(path)
+            try:  # the header's text and georeferencing, decoded now rather than deep inside a run
+                src.descriptions, src.tags(), src.crs, src.nodatavals  # noqa: B018
+            except BaseException:
+                src.close()
+                raise
     except SmdError:
         raise
     except _errors() as err:
@@ -75,7 +107,8 @@ def open_raster(path, what="raster"):
 def reading(path, what="raster"):
     """Turn rasterio/GDAL errors raised inside the block (reads, warps) into SmdError naming ``path``."""
     try:
-        yield
+        with _quiet_undecodable_gdal_messages():
+            yield
     except SmdError:
         raise
     except _errors() as err:
