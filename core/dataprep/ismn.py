@@ -40,6 +40,7 @@ MAX_TOTAL_BYTES = 32 * 2**30
 MAX_RATIO = 200
 #: Readings dated before this year, or after today, are refused as implausible.
 FIRST_PLAUSIBLE_YEAR = 1950
+_FIRST_DAY = f"{FIRST_PLAUSIBLE_YEAR}-01-01"
 #: ISMN file names: CSE_network_station_<variable>_<depth_from>_<depth_to>_sensor_start_end.stm
 _VARIABLE = re.compile(r"_([A-Za-z]+)_(-?\d+\.\d+)_(-?\d+\.\d+)_")
 
@@ -84,11 +85,6 @@ def _parse_date_time(date_text, time_text, name, number, cache):
     try:
         if iso is None:
             day = _dt.date(int(date_text[:4]), int(date_text[5:7]), int(date_text[8:10]))
-            if not _dt.date(FIRST_PLAUSIBLE_YEAR, 1, 1) <= day <= _dt.date.today() + _dt.timedelta(days=1):
-                raise SmdError(
-                    f"{name}, line {number}: the date {date_text} lies outside {FIRST_PLAUSIBLE_YEAR}-01-01 "
-                    "... today; the file is damaged or not an ISMN download. Download it again or "
-                    "remove the line.")
             iso = day.isoformat()
             cache[date_text] = iso
         hour, minute = int(time_text[:2]), int(time_text[3:5])
@@ -97,6 +93,10 @@ def _parse_date_time(date_text, time_text, name, number, cache):
     except ValueError as err:
         raise SmdError(f"{name}, line {number}: {date_text} {time_text!r} is not a date and time "
                        "YYYY/MM/DD HH:MM.") from err
+    if not _FIRST_DAY <= iso <= (_dt.date.today() + _dt.timedelta(days=1)).isoformat():
+        raise SmdError(
+            f"{name}, line {number}: the date {date_text} lies outside {_FIRST_DAY} ... today; the file "
+            "is damaged or not an ISMN download. Download it again or remove the line.")
     return iso, hour, minute
 
 

@@ -612,7 +612,7 @@ def import_smap_l4(granule_paths, output_path, *, variable=None, time_window=Non
 #: Why the granules are read in a child process (the finding of issue 8, case 6).
 _ISOLATION_NOTE = """
 A granule with one flipped byte in the fractal heap that holds the root group's link names
-(e.g. byte 52070 of SMAP_L4_SM_aup_UTM_input.h5) makes libhdf5 1.10.8 (Debian 12, and every
+(e.g. byte 114628 of SMAP_L4_SM_aup_UTM_input.h5 set to 5) makes libhdf5 1.10.8 (Debian 12, and every
 GDAL built on it) free uninitialised pointers: H5Giterate -> H5G__dense_iterate builds a link
 table with malloc, the heap block fails its checksum part-way, and the error path
 (H5G__link_release_table) resets *all* table entries, including those never filled in. The
