@@ -21,13 +21,13 @@ What loading checks, in this order (each failure is one :class:`SmdError`)
    backslashes, folders, links or special files, no encryption, stored/deflated only), and
    per-member, total and compression-ratio caps on the sizes the directory declares.
 2. ``manifest.json`` against ``manifest.sha256`` (so any edit or damage of the manifest is
-   caught first), then strict JSON (no duplicate keys, NaN or deep nesting), format and version.
+   caught first), ``signature.json`` when present against that digest (and a trusted signature
+   when required, :mod:`.signing`), then strict JSON (no duplicate keys, NaN or deep nesting), format and version.
 3. The manifest's structure and types, and its cross-references: predictors and predictor
    names, partitions and model entries (each partition has a model or is a recorded fallback to
    the global model), entry folders (``models/p<index>_<name>``, distinct, present),
    ``global_model`` (``models/global`` or null), checksums = exactly the members present.
-4. ``signature.json`` when present (and a trusted signature when required, :mod:`.signing`).
-5. Each member read with a hard byte limit, its sha256, and each ``meta.json`` against the
+4. Each member read with a hard byte limit, its sha256, and each ``meta.json`` against the
    predictors (base models, weights, intercept, categorical encoder, member files).
 :func:`load_model` then checks the booster members in a child process (:mod:`.native_guard`)
 before loading them in this one.
@@ -659,6 +659,12 @@ def read_verified(path, *, require_signed=False, trusted_keys=(), learners=True)
             raise _damaged(label, f"has no valid digest in {MANIFEST_DIGEST}")
         if recorded != digest:
             raise _damaged(label, f"has a {MANIFEST} that does not match {MANIFEST_DIGEST}")
+        # the signature covers the digest: checked before the manifest is even parsed
+        signature_bytes = read_member(archive, infos[SIGNATURE], label) if SIGNATURE in infos else None
+        from .signing import signature_status
+
+        signature = signature_status(signature_bytes, digest, label, require_signed=require_signed,
+                                     trusted_keys=trusted_keys)
         manifest = _parse_json(manifest_bytes, label, MANIFEST)
         found = manifest.get("format") if isinstance(manifest, dict) else None
         if found != FORMAT:
@@ -667,11 +673,6 @@ def read_verified(path, *, require_signed=False, trusted_keys=(), learners=True)
             raise SmdError(f"{label!r} has model format version {manifest.get('version')!r}; this plugin reads "
                            f"version {VERSION}. Retrain the model with this plugin version.")
         _check_manifest(manifest, set(infos), label)
-        signature_bytes = read_member(archive, infos[SIGNATURE], label) if SIGNATURE in infos else None
-        from .signing import signature_status
-
-        signature = signature_status(signature_bytes, digest, label, require_signed=require_signed,
-                                     trusted_keys=trusted_keys)
         members = {}
         if learners:
             checksums = manifest["checksums"]

@@ -75,10 +75,10 @@ def load_private_key(path):
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as err:
-        raise SmdError(f"{path!r} is not an unencrypted PEM private key ({err}); use the private key "
-                       "written by Generate signing keys.") from err
+        raise SmdError(f"{path!r} is not an unencrypted PEM private key; use the private key written by "
+                       "Generate model signing keys.") from err
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise SmdError(f"{path!r} is not an Ed25519 private key; use Generate signing keys.")
+        raise SmdError(f"{path!r} is not an Ed25519 private key; use Generate model signing keys.")
     return key
 
 
@@ -92,11 +92,20 @@ def load_public_key(path):
         else:
             key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as err:
-        raise SmdError(f"{path!r} is not a PEM public key ({err}). Trusted keys must be public key "
-                       "files written by Generate signing keys (never the private key).") from err
+        what = "a private key" if b"PRIVATE KEY" in data else "not a PEM public key"
+        raise SmdError(f"{path!r} is {what}. Trusted keys must be public key files written by Generate "
+                       "model signing keys (the .pub file, never the private key).") from err
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise SmdError(f"{path!r} is not an Ed25519 public key.")
     return key
+
+
+def _is_private_key_file(path):
+    try:
+        with open(path, "rb") as stream:
+            return b"PRIVATE KEY" in stream.read(_MAX_KEY_BYTES)
+    except OSError:
+        return False
 
 
 def trusted_key_files(trusted_keys):
@@ -109,9 +118,10 @@ def trusted_key_files(trusted_keys):
         if not entry:
             continue
         if os.path.isdir(entry):
-            files += sorted(os.path.join(entry, name) for name in os.listdir(entry)
-                            if name.lower().endswith(PUBLIC_KEY_EXTENSIONS)
-                            and os.path.isfile(os.path.join(entry, name)))
+            # a private key kept beside the public ones is skipped, never trusted or read as one
+            files += sorted(path for path in (os.path.join(entry, name) for name in os.listdir(entry)
+                                              if name.lower().endswith(PUBLIC_KEY_EXTENSIONS))
+                            if os.path.isfile(path) and not _is_private_key_file(path))
         elif os.path.isfile(entry):
             files.append(entry)
         else:
