@@ -13,6 +13,7 @@ from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QHeaderView, QLabel,
 
 from ..core.common import SmdError
 from ..core.modelfile import read_manifest
+from ..core.signing import verify_signature
 
 COLUMNS = ("partition", "model", "n_train", "n_test", "r_train", "rmse_train", "r_test", "rmse_test")
 HEADERS = ("Partition", "Model", "Train samples", "Test samples", "R (train)", "RMSE (train)",
@@ -58,6 +59,30 @@ def summary_text(manifest):
     if versions:
         lines.append("Libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
     return "\n".join(lines)
+
+
+def signature_text(info):
+    """One line describing a model file's signature status (core.signing.signature_status)."""
+    status = info.get("status")
+    who = info.get("key_id") or "?"
+    if info.get("signer"):
+        who += f" ({info['signer']})"
+    if status == "trusted":
+        return f"Signature: valid, by trusted key {who}"
+    if status == "untrusted":
+        return f"Signature: by key {who}, which is not among the trusted keys"
+    if status == "signed":
+        return f"Signature: by key {who}; not checked (no trusted keys set in smdownscale/trusted_keys)"
+    return "Signature: none (unsigned; Predict with REQUIRE_SIGNED refuses it)"
+
+
+def _signature_line(path):
+    try:
+        from ..processing.algorithms.signmodel import trusted_key_paths
+
+        return signature_text(verify_signature(path, trusted_key_paths()))
+    except SmdError as err:
+        return f"Signature: {err}"
 
 
 class ModelReportDialog(QDialog):
@@ -106,7 +131,7 @@ class ModelReportDialog(QDialog):
             self.summary.setStyleSheet("color: #b00020;")
             return False
         self.summary.setStyleSheet("")
-        self.summary.setText(summary_text(manifest))
+        self.summary.setText(summary_text(manifest) + "\n" + _signature_line(path))
         rows = list((manifest.get("metrics") or {}).get("rows") or [])
         bold = QFont()
         bold.setBold(True)

@@ -609,11 +609,14 @@ def test_predict_through_qgis_process_with_require_signed(world, tmp_path):
                           params={"xgboost": {"n_estimators": 5}}).fit(X, 0.1 + 0.5 * X[:, 0])
     unsigned = str(tmp_path / "unsigned.smdmodel.zip")
     modelfile.save_model(unsigned, models={}, global_model=model, predictors=predictors, dates=dates)
+    team = tmp_path / "team"
+    team.mkdir()
     profile = tmp_path / "profile"
     ini = profile / "profiles" / "default" / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True)
-    # plugin enabled, and the trusted keys setting the algorithm falls back to
-    ini.write_text(f"[PythonPlugins]\nsmdownscale=true\n\n[smdownscale]\ntrusted_keys={world['keys']}\n")
+    # plugin enabled, and the trusted keys setting the algorithm falls back to (a folder that
+    # also holds the private key: skipped)
+    ini.write_text(f"[PythonPlugins]\nsmdownscale=true\n\n[smdownscale]\ntrusted_keys={team}\n")
     env = dict(os.environ, SMDOWNSCALE_QGIS_PROFILE=str(profile), QT_QPA_PLATFORM="offscreen")
 
     def run(alg, **params):
@@ -621,10 +624,16 @@ def test_predict_through_qgis_process_with_require_signed(world, tmp_path):
         args += [f"{k}={v}" for k, v in params.items()]
         return subprocess.run(args, capture_output=True, text=True, env=env, timeout=240)
 
-    signed = str(tmp_path / "signed.smdmodel.zip")
-    done = run("signmodel", MODEL=unsigned, PRIVATE_KEY=world["private"], SIGNER="Alice", OUTPUT=signed)
+    done = run("generatekeys", OUTPUT_PRIVATE=team / "me.pem", OUTPUT_PUBLIC=team / "me.pub")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert json.loads(done.stdout)["results"]["KEY_ID"] == world["key_id"]
+    key = json.loads(done.stdout)["results"]["KEY_ID"]
+    assert len(key) == 16 and key == signing.key_id(signing.load_public_key(str(team / "me.pub")))
+    again = run("generatekeys", OUTPUT_PRIVATE=team / "me.pem", OUTPUT_PUBLIC=team / "other.pub")
+    assert again.returncode != 0 and "already exists; choose a new file for the private key" in again.stderr
+    signed = str(tmp_path / "signed.smdmodel.zip")
+    done = run("signmodel", MODEL=unsigned, PRIVATE_KEY=team / "me.pem", SIGNER="Alice", OUTPUT=signed)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads(done.stdout)["results"]["KEY_ID"] == key
     refused = run("predict", DATASET=dataset, MODEL=unsigned, REQUIRE_SIGNED="true", OUTPUT=tmp_path / "u.tif")
     assert refused.returncode != 0
     assert "is not signed, and signed models are required (REQUIRE_SIGNED)" in refused.stdout + refused.stderr
@@ -636,3 +645,30 @@ def test_predict_through_qgis_process_with_require_signed(world, tmp_path):
     done = run("predict", DATASET=dataset, MODEL=signed, REQUIRE_SIGNED="true", OUTPUT=tmp_path / "s.tif")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads(done.stdout)["results"]["N_PIXELS"] == 18 * 18
+
+
+def test_model_report_shows_the_signature_status(qgis_app, world):
+    from qgis.core import QgsSettings
+
+    from smdownscale.processing.algorithms.signmodel import TRUSTED_KEYS_SETTING
+    from smdownscale.ui.model_report import ModelReportDialog
+
+    settings = QgsSettings()
+    previous = settings.value(TRUSTED_KEYS_SETTING, None)
+    try:
+        settings.remove(TRUSTED_KEYS_SETTING)
+        dialog = ModelReportDialog(model_path=world["path"])
+        assert "Signature: none (unsigned; Predict with REQUIRE_SIGNED refuses it)" in dialog.summary.text()
+        assert dialog.load(world["signed"]) is True
+        assert f"Signature: by key {world['key_id']} (Alice); not checked" in dialog.summary.text()
+        settings.setValue(TRUSTED_KEYS_SETTING, world["pub"])
+        assert dialog.load(world["signed"]) is True
+        assert f"Signature: valid, by trusted key {world['key_id']} (Alice)" in dialog.summary.text()
+        settings.setValue(TRUSTED_KEYS_SETTING, world["other_pub"])
+        dialog.load(world["signed"])
+        assert "which is not among the trusted keys" in dialog.summary.text()
+    finally:
+        if previous is None:
+            settings.remove(TRUSTED_KEYS_SETTING)
+        else:
+            settings.setValue(TRUSTED_KEYS_SETTING, previous)
