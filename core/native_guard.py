@@ -42,12 +42,24 @@ _VERIFIED = set()
 # member, "error <i> <message>" when the library refuses it. Crashes show as a signal exit.
 _CHILD = r'''
 import ctypes, json, sys
+import re
 try:
     import resource
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # no core dump from a crafted file
+    # a crafted size field must not make the check eat the machine's memory
+    resource.setrlimit(resource.RLIMIT_AS, (8 * 1024 ** 3, resource.getrlimit(resource.RLIMIT_AS)[1]))
 except Exception:
     pass
 ROWS = 3
+
+
+def short(text):
+    """The library's message without its time stamp, source position and native stack trace."""
+    text = text.split("Stack trace:")[0]
+    text = re.sub(r"^\[[0-9:]+\]\s*", "", text.strip())
+    text = re.sub(r"^\S+\.(cc|cpp|h):\d+:\s*", "", text)
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+    return text[:300]
 
 
 def say(text):
@@ -148,10 +160,13 @@ for index, job in enumerate(jobs):
     try:
         globals()[job["kind"]](job, data)
     except Refused as err:
-        say(f"error {index} " + " ".join(str(err).split())[:500])
+        say(f"error {index} " + short(str(err)))
+        continue
+    except MemoryError:
+        say(f"error {index} it needs implausibly much memory")
         continue
     except Exception as err:
-        say(f"error {index} {type(err).__name__}: " + " ".join(str(err).split())[:500])
+        say(f"error {index} {type(err).__name__}: " + short(str(err)))
         continue
     say(f"ok {index}")
 '''
