@@ -165,6 +165,9 @@ for index, job in enumerate(jobs):
     except MemoryError:
         say(f"error {index} it needs implausibly much memory")
         continue
+    except (ImportError, OSError) as err:   # the check process itself is broken, not the member
+        say(f"setup {index} {type(err).__name__}: " + short(str(err)))
+        continue
     except Exception as err:
         say(f"error {index} {type(err).__name__}: " + short(str(err)))
         continue
@@ -365,10 +368,15 @@ def check_members(items, *, label, timeout=None):
             index = int(parts[1])
             if parts[0] == "start":
                 last_started = index
-            elif parts[0] in ("ok", "error"):
+            elif parts[0] in ("ok", "error", "setup"):
                 status[index] = (parts[0], parts[2] if len(parts) > 2 else "")
     for index, (key, item) in enumerate(pending):
         verdict = status.get(index)
+        if verdict is not None and verdict[0] == "setup":
+            raise SmdError(
+                f"Cannot check the {item['model']} learners of {label!r} in a separate process: it "
+                f"could not load {item['model']} ({verdict[1]}). Set SMDOWNSCALE_PYTHON to the python "
+                "executable QGIS uses (with the learner packages installed).")
         if verdict is not None and verdict[0] == "error":
             raise SmdError(
                 f"Model file {label!r}: the {item['model']} learner {item['member']} is refused by "

@@ -672,3 +672,69 @@ def test_model_report_shows_the_signature_status(qgis_app, world):
             settings.remove(TRUSTED_KEYS_SETTING)
         else:
             settings.setValue(TRUSTED_KEYS_SETTING, previous)
+
+
+def test_a_trained_model_with_a_fallback_partition_passes_every_check(tmp_path):
+    """train_model's real output (partitions, fallback to the global model, Table-3 metrics)."""
+    from smdownscale.core.common import write_series
+    from smdownscale.core.dataset import write_manifest
+    from smdownscale.core.grids import Grid
+    from smdownscale.core.partitions import Partitions
+    from smdownscale.core.train import train_model
+
+    crs, cell, x0, y0, n, n_dates = "EPSG:32650", 9000.0, 500000.0, 4000000.0, 6, 6
+    folder = tmp_path / "dataset"
+    (folder / "fine").mkdir(parents=True)
+    (folder / "coarse").mkdir()
+    coarse = Grid(crs, [cell, 0, x0, 0, -cell, y0], n, n)
+    fine = Grid(crs, [cell / 2, 0, x0, 0, -cell / 2, y0], 2 * n, 2 * n)
+    dates = [f"2019-04-{d:02d}" for d in range(1, n_dates + 1)]
+    x = np.random.default_rng(0).random((n_dates, n, n)).astype("float32")
+    lc = (1 + (np.arange(n * n).reshape(n, n) % 2)).astype("float32")
+    up = lambda a: np.kron(a, np.ones((2, 2), dtype="float32"))  # noqa: E731
+    write_series(str(folder / "coarse" / "x.tif"), list(x), dates, coarse.profile())
+    write_series(str(folder / "fine" / "x.tif"), [up(b) for b in x], dates, fine.profile())
+    write_series(str(folder / "coarse" / "lc.tif"), [lc], None, coarse.profile())
+    write_series(str(folder / "fine" / "lc.tif"), [up(lc)], None, fine.profile())
+    write_series(str(folder / "coarse" / "soil_moisture.tif"), list(0.1 + 0.3 * x), dates, coarse.profile())
+    write_manifest(str(folder), dates=dates, fine_grid=fine, coarse_grid=coarse, min_valid_fraction=0.5,
+                   mask_classes={}, predictors=[
+                       {"name": "x", "kind": "continuous", "dynamic": True},
+                       {"name": "lc", "kind": "categorical", "dynamic": False, "categories": [1, 2]},
+                       {"name": "doy", "kind": "continuous", "dynamic": True, "derived": True}])
+
+    def box(col0, col1, row0, row1):
+        xa, xb, ya, yb = x0 + col0 * cell, x0 + col1 * cell, y0 - row1 * cell, y0 - row0 * cell
+        return {"type": "Polygon", "coordinates": [[[xa, ya], [xb, ya], [xb, yb], [xa, yb], [xa, ya]]]}
+    partitions = Partitions(["big", "tiny"], [box(0, n, 0, n - 1), box(0, 1, n - 1, n)], crs)
+    path = str(tmp_path / "trained.zip")
+    train_model(str(folder), path, partitions=partitions, folds=2, n_threads=1, train_global=False,
+                fallback_to_global=True, min_samples=20, base_models=("lightgbm", "xgboost"),
+                params={"lightgbm": {"n_estimators": 5, "min_child_samples": 5}, "xgboost": {"n_estimators": 5}})
+    loaded = modelfile.load_model(path)
+    assert list(loaded.models) == ["big"] and loaded.global_model is not None
+    assert loaded.manifest["extra"]["fallback"] == {"tiny": "WP"}
+    assert {row["partition"] for row in loaded.metrics["rows"]} == {"big", "WP"}
+
+    # the fallback record removed (digest recomputed): 'tiny' would silently have no model
+    def forget(manifest):
+        manifest["extra"]["fallback"] = {}
+    message = load_error(write(tmp_path / "forgot.zip", with_manifest(path, forget), digest=True))
+    assert "partition(s) ['tiny'] have no model and are not a recorded fallback" in message
+
+
+def test_a_broken_check_interpreter_is_not_blamed_on_the_file(world, tmp_path, monkeypatch):
+    data = dict(members(world["path"]))["models/global/catboost.cbm"]
+    monkeypatch.setenv("SMDOWNSCALE_CACHE_DIR", str(tmp_path / "cache"))
+    # the child sees this process's sys.path: a broken catboost install shadows the real one
+    (tmp_path / "broken" / "catboost").mkdir(parents=True)
+    (tmp_path / "broken" / "catboost" / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'catboost' (simulated broken install)\")\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "broken")] + sys.path)
+    native_guard._VERIFIED.clear()
+    item = {"member": "models/global/catboost.cbm", "model": "catboost", "data": data,
+            "sha256": hashlib.sha256(data).hexdigest(), "n_features": 5}
+    with pytest.raises(SmdError, match=r"Cannot check the catboost learners of 'm' in a separate process: it "
+                                       r"could not load catboost \(ImportError: No module named 'catboost' \(simulated"):
+        native_guard.check_members([item], label="m")
+    assert not os.path.exists(tmp_path / "cache" / "verified")
