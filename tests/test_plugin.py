@@ -22,7 +22,8 @@ EXPECTED_PARAMETERS = {
               ("OUTPUT_REPORT", "fileDestination")],
     "predict": [("DATASET", "file"), ("MODEL", "file"), ("DATES", "string"),
                 ("RESIDUAL_CORRECTION", "boolean"), ("USE_GLOBAL", "boolean"), ("GLOBAL_ONLY", "boolean"),
-                ("BLOCK_SIZE", "number"), ("OUTPUT", "rasterDestination")],
+                ("BLOCK_SIZE", "number"), ("REQUIRE_SIGNED", "boolean"), ("TRUSTED_KEYS", "file"),
+                ("OUTPUT", "rasterDestination")],
     "validate": [("DOWNSCALED", "raster"), ("OTHER_PRODUCTS", "multilayer"), ("STATIONS", "source"),
                  ("SITE_FIELD", "field"), ("DATE_FIELD", "field"), ("VALUE_FIELD", "field"),
                  ("OUTPUT", "sink"), ("OUTPUT_REPORT", "fileDestination")],
@@ -31,7 +32,7 @@ EXPECTED_PARAMETERS = {
 }
 ADVANCED = {"train": {"N_ESTIMATORS", "LEARNING_RATE", "MAX_DEPTH", "SPATIAL_BLOCK_CELLS", "MIN_SAMPLES",
                       "THREADS", "TRAIN_GLOBAL", "FALLBACK_TO_GLOBAL"},
-            "predict": {"USE_GLOBAL", "GLOBAL_ONLY", "BLOCK_SIZE"},
+            "predict": {"USE_GLOBAL", "GLOBAL_ONLY", "BLOCK_SIZE", "REQUIRE_SIGNED", "TRUSTED_KEYS"},
             "preprocess": {"MIN_VALID_FRACTION"}, "validate": set(), "explain": {"MAX_SAMPLES", "SEED"}}
 DEFAULTS = {("preprocess", "CATEGORICAL"): "lc", ("preprocess", "FINE_RESOLUTION"): 1000.0,
             ("preprocess", "MIN_VALID_FRACTION"): 0.5, ("train", "FOLDS"): 5, ("train", "TEST_FRACTION"): 0.3,
