@@ -73,12 +73,23 @@ class Progress:
                         _end=self._start + span * end, _log=self._log)
 
 
-#: Volumetric soil moisture is a fraction of volume: m3/m3 in [0, 1].
-SOIL_MOISTURE_RANGE = (0.0, 1.0)
+#: Volumetric soil moisture is a fraction of volume, m3/m3. The small negative margin tolerates
+#: sensor and retrieval noise on very dry soil (a -0.001 reading must not sink a validation);
+#: above 1 is physically impossible.
+SOIL_MOISTURE_RANGE = (-0.02, 1.0)
+
+
+def soil_moisture_units_hint(lowest, highest):
+    """The advice for values outside :data:`SOIL_MOISTURE_RANGE`: percent, or fill values."""
+    lower, _ = SOIL_MOISTURE_RANGE
+    if lowest >= lower and highest <= 100.0:
+        return " The values look like percent (vol. %): divide them by 100 to get m3/m3."
+    return (" If these are fill values (e.g. -9999), declare them as the nodata value instead of "
+            "storing them as soil moisture.")
 
 
 def check_soil_moisture_range(values, label):
-    """SmdError when finite ``values`` leave 0..1 m3/m3; the message hints at percent units.
+    """SmdError when finite ``values`` leave :data:`SOIL_MOISTURE_RANGE`, with a units hint.
 
     The one rule for every soil-moisture input (satellite series, station readings, products).
     """
@@ -92,12 +103,9 @@ def check_soil_moisture_range(values, label):
     lower, upper = SOIL_MOISTURE_RANGE
     if low >= lower and high <= upper:
         return
-    hint = ""
-    if low >= lower and high <= 100.0:
-        hint = (" The values look like percent (vol. %): divide them by 100 (e.g. with the "
-                "Raster Calculator) to get m3/m3.")
-    raise SmdError(f"{label}: soil moisture must be in m3/m3 between {lower:g} and {upper:g}, but "
-                   f"the values range from {low:.4g} to {high:.4g}.{hint}")
+    raise SmdError(f"{label}: soil moisture must be in m3/m3 (between {lower:g} and {upper:g}), "
+                   f"but the values range from {low:.4g} to {high:.4g}."
+                   f"{soil_moisture_units_hint(low, high)}")
 
 
 def available_memory_bytes():

@@ -234,7 +234,8 @@ def _check_target_values(target, window, dates):
     """The soil moisture over the fine extent: some valid value, all within 0..1 m3/m3."""
     low, high = math.inf, -math.inf
     for date in dates:  # one band at a time: memory stays at one coarse band
-        values = target.src.read(target.band_of_date[date], window=window).astype("float32")
+        with reading(target.path, "soil-moisture raster"):
+            values = target.src.read(target.band_of_date[date], window=window).astype("float32")
         values = values[~is_nodata(values, target.nodata)]
         if values.size:
             low, high = min(low, float(values.min())), max(high, float(values.max()))

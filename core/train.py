@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .common import Progress, SmdError
+from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, soil_moisture_units_hint
 from .outputs import atomic_output, check_outputs, write_text_output
 
 GLOBAL_LABEL = "WP"
@@ -30,10 +30,6 @@ CV_STRATEGIES = ("random", "spatial", "dates")
 MODEL_LABELS = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost", "stack": "Stacking"}
 ROW_FIELDS = ("partition", "model", "n_train", "n_test", "r_train", "rmse_train", "r_test", "rmse_test")
 REPORT_EXTENSIONS = (".json", ".csv", ".html", ".htm")
-#: Plausible volumetric soil moisture (m3/m3). Sensors and retrievals give small negative values
-#: on very dry soil (calibration noise), so 0.02 below zero is tolerated; above 1 m3/m3 is
-#: physically impossible (the pore space is at most the whole volume).
-SM_VALID_RANGE = (-0.02, 1.0)
 
 
 class Samples:
@@ -410,13 +406,11 @@ def _check_samples(samples, dataset_folder, with_partitions):
                        f"predictors on the same date{where} ({d.get('target_valid', '?')} valid soil-"
                        f"moisture values, {d.get('features_valid', '?')} cells with all predictors); "
                        "check the inputs and min_valid_fraction.")
-    low, high = SM_VALID_RANGE
+    low, high = SOIL_MOISTURE_RANGE
     y_min, y_max = float(np.min(samples.y)), float(np.max(samples.y))
     if y_min < low or y_max > high:
         n_bad = int(np.count_nonzero((samples.y < low) | (samples.y > high)))
-        hint = (" The values look like percent: divide the soil moisture by 100 before preparing "
-                "the dataset." if 1.0 < y_max <= 100.0 and y_min >= low else
-                " If these are fill values, declare them as the raster's nodata value.")
+        hint = soil_moisture_units_hint(y_min, y_max)
         raise SmdError(f"The soil moisture of the dataset {dataset_folder!r} ranges {y_min:g}..{y_max:g}, "
                        f"but volumetric soil moisture is in m3/m3 (0..1); {n_bad} of {len(samples)} "
                        f"samples lie outside {low:g}..{high:g}.{hint}")

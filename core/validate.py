@@ -11,7 +11,7 @@ Station readings: several readings of one site on one date (e.g. hourly) are ave
 value; non-finite readings are ignored.
 
 Plausibility: station readings and the product values read at the sites must be volumetric soil
-moisture in m3/m3 (:data:`SM_VALID_RANGE`); values in percent or undeclared fill values are
+moisture in m3/m3 (:data:`core.common.SOIL_MOISTURE_RANGE`); values in percent or undeclared fill values are
 refused with a message instead of giving an RMSE of 23. A product that no site can be compared
 with (stations outside it, no shared date, only nodata) is refused with the reasons.
 """
@@ -26,8 +26,8 @@ from collections import OrderedDict
 import numpy as np
 
 from . import metrics
-from .common import Progress, SmdError, is_nodata, parse_date, read_band_dates
-from .train import SM_VALID_RANGE, _write_temporary_text, write_together
+from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, is_nodata, parse_date, read_band_dates, soil_moisture_units_hint
+from .train import _write_temporary_text, write_together
 
 PER_SITE_FIELDS = ("product", "site_id", "x", "y", "n", "r", "rmse", "bias", "ubrmse")
 UNMATCHED_FIELDS = ("product", "site_id", "x", "y", "reason")
@@ -128,12 +128,12 @@ def _group_stations(stations):
 
 
 def _check_range(items, what, advice):
-    """SmdError when any (site_id, date, value) lies outside :data:`SM_VALID_RANGE`.
+    """SmdError when any (site_id, date, value) lies outside :data:`SOIL_MOISTURE_RANGE`.
 
     The message counts the offending values, gives a few examples, and hints at percent when
     the values fit 0..100.
     """
-    low, high = SM_VALID_RANGE
+    low, high = SOIL_MOISTURE_RANGE
     bad, n, lowest, highest = [], 0, math.inf, -math.inf
     for site_id, date, value in items:
         n += 1
@@ -143,12 +143,7 @@ def _check_range(items, what, advice):
     if not bad:
         return
     examples = ", ".join(f"site {s} on {d}: {v:g}" for s, d, v in bad[:MAX_EXAMPLES])
-    if 1.0 < highest <= 100.0 and lowest >= low:
-        hint = (f" The values ({lowest:g}..{highest:g}) look like percent: divide them by 100 to get "
-                "m3/m3.")
-    else:
-        hint = (f" The values range {lowest:g}..{highest:g}; fill values (e.g. -9999) must be "
-                "declared as nodata, not stored as readings.")
+    hint = f" The values range {lowest:g}..{highest:g}.{soil_moisture_units_hint(lowest, highest)}"
     raise SmdError(f"{what} are not volumetric soil moisture in m3/m3 (0..1): {len(bad)} of {n} "
                    f"values lie outside {low:g}..{high:g} ({examples}).{hint} {advice}")
 

@@ -129,7 +129,7 @@ def _parse_stm(name, text, quality_flags, progress=None):
     series = None
     ceop = None
     dates = {}
-    outside = []  # (line, value) of accepted readings outside 0..1 m3/m3
+    outside = []  # (line, value) of accepted readings outside common.SOIL_MOISTURE_RANGE
     for number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
@@ -167,7 +167,7 @@ def _parse_stm(name, text, quality_flags, progress=None):
             when = _parse_date_time(tokens[0], tokens[1], name, number, dates)
         if quality_flags is not None and not set(flag.split(",")) <= quality_flags:
             continue
-        if not 0.0 <= value <= 1.0:
+        if not common.SOIL_MOISTURE_RANGE[0] <= value <= common.SOIL_MOISTURE_RANGE[1]:
             outside.append((number, value))
         series.days.setdefault(when[0], []).append((when[1], when[2], value))
         if progress is not None and number % 20000 == 0:

@@ -447,9 +447,9 @@ def make_geotiff_case(folder, rng, inputs):
     predictors, soil_moisture = inputs
     # a few predictors keep each case fast; the mutated one is one of them (or the target)
     chosen = rng.sample(predictors, 3)
-    # the mutated file is one of the predictors (issue 8: "corrupt predictor GeoTIFFs"); the
-    # soil-moisture target is mutated too with SMDOWNSCALE_FUZZ_TARGET=1
-    target_index = rng.randrange(len(chosen) + (1 if os.environ.get("SMDOWNSCALE_FUZZ_TARGET") == "1" else 0))
+    # the mutated file is one of the predictors (issue 8: "corrupt predictor GeoTIFFs") or the
+    # soil-moisture target
+    target_index = rng.randrange(len(chosen) + 1)
     paths = chosen + [soil_moisture]
     victim = paths[target_index]
     with open(victim, "rb") as handle:

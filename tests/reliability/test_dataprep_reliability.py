@@ -233,7 +233,7 @@ def test_soil_moisture_outside_0_1_refused(tmp_path):
     tokens = lines[5].split()
     lines[5] = " ".join(tokens[:2] + ["150.0"] + tokens[3:])
     path = _stm(tmp_path, lines)
-    with pytest.raises(SmdError, match="between 0 and 1") as caught:
+    with pytest.raises(SmdError, match=r"between -0.02 and 1\)") as caught:
         import_ismn(path, str(tmp_path / "out.gpkg"), quality_flags=None)
     assert "percent" not in str(caught.value)
     _only(tmp_path, os.path.basename(NARBONNE))

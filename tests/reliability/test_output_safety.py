@@ -371,7 +371,7 @@ def test_soil_moisture_in_percent_is_refused_with_a_hint(prepared, tmp_path):
                                        r"percent \(vol. %\): divide them by 100"):
         preprocess(scenario["predictors"], percent, str(tmp_path / "ds"))
     negative = rewrite(scenario["soil_moisture"], str(tmp_path / "sm_neg.tif"), lambda a: a - 5)
-    with pytest.raises(SmdError, match="between 0 and 1, but the values range from -") as info:
+    with pytest.raises(SmdError, match=r"between -0.02 and 1\), but the values range from -") as info:
         preprocess(scenario["predictors"], negative, str(tmp_path / "ds"))
     assert "percent" not in str(info.value)
 

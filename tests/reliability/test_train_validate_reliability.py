@@ -167,7 +167,7 @@ def _validate(product, stations, products=None):
 # ------------------------------------------------------------------ validate: plausibility
 def test_station_values_in_percent_are_refused_with_a_hint(product):
     percent = [o._replace(value=o.value * 100) for o in product["stations"]]
-    with pytest.raises(SmdError, match=r"look like percent: divide them by 100") as caught:
+    with pytest.raises(SmdError, match=r"look like percent \(vol. %\): divide them by 100") as caught:
         _validate(product, percent)
     assert "station readings are not volumetric soil moisture" in str(caught.value)
     assert "8 of 8 values lie outside -0.02..1" in str(caught.value)
@@ -175,7 +175,7 @@ def test_station_values_in_percent_are_refused_with_a_hint(product):
 
 def test_station_values_outside_0_1_are_refused(product):
     broken = list(product["stations"]) + [Observation("A", "2019-04-05", -9999.0, X0 + 500, Y0 - 500)]
-    with pytest.raises(SmdError, match=r"site A on 2019-04-05: -9999.*declared as nodata"):
+    with pytest.raises(SmdError, match=r"site A on 2019-04-05: -9999.*declare them as the nodata value"):
         _validate(product, broken)
     # small negative noise on a dry soil is tolerated (calibration noise), the value is used
     noisy = [o._replace(value=-0.01) if o.date == "2019-04-01" else o for o in product["stations"]]
@@ -275,7 +275,7 @@ def test_all_nan_and_percent_targets_are_refused(tmp_path):
                                        r"of its 6 dates"):
         _train(empty, tmp_path / "e.zip")
     percent = _dataset(tmp_path / "percent", target=lambda x: 10 + 30 * x)
-    with pytest.raises(SmdError, match=r"look like percent: divide the soil moisture by 100"):
+    with pytest.raises(SmdError, match=r"look like percent \(vol. %\): divide them by 100"):
         _train(percent, tmp_path / "p.zip")
     assert not (tmp_path / "e.zip").exists() and not (tmp_path / "p.zip").exists()
 
