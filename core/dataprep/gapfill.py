@@ -23,7 +23,8 @@ import numpy as np
 
 from ..common import Progress, SmdError, read_band_dates
 from ..grids import block_windows
-from .series_io import (check_output_not_input, dates_from_numbers, day_numbers, grid_profile,
+from ..outputs import check_outputs
+from .series_io import (dates_from_numbers, day_numbers, grid_profile,
                         open_raster, open_series_writer, read_masked, require_same_grid)
 
 #: Pixels processed together in the time interpolation (bounds the temporaries per window).
@@ -323,7 +324,7 @@ def gap_fill(series_path, output_path, *, qc_path=None, qc_rule=None, max_gap_da
     _check_options(max_gap_days, savgol_half_width, savgol_order)
     is_good = parse_qc_rule(qc_rule) if qc_path else None
     inputs = [series_path] + ([qc_path] if qc_path else [])
-    check_output_not_input(output_path, inputs)
+    check_outputs([(output_path, "raster")], inputs=inputs)
     src = open_raster(series_path, "time series")
     with src:
         dates = read_band_dates(src)

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..common import Progress, SmdError, gdal_cache_limit, series_profile
 from ..grids import block_windows
-from .series_io import (check_output_not_input, grid_profile, open_raster, raster_date, read_masked,
+from ..outputs import check_outputs
+from .series_io import (grid_profile, open_raster, raster_date, read_masked,
                         require_same_grid)
 
 #: MOD09A1 band numbers (1-based): red 1, nir 2, blue 3, green 4, swir1 6, swir2 7.
@@ -163,8 +164,7 @@ def spectral_indices(reflectance_path, output_folder_or_paths, *, indices=("ndvi
 
     paths = _input_paths(reflectance_path)
     outputs = _output_paths(output_folder_or_paths, indices)
-    for out in outputs.values():
-        check_output_not_input(out, paths)
+    check_outputs([(out, "raster") for out in outputs.values()], inputs=paths)
 
     with contextlib.ExitStack() as stack:
         sources = []

@@ -484,7 +484,10 @@ def import_ismn(source, output_path, *, depth_from=0.0, depth_to=0.1, hour=None,
     dict
         ``output``, ``records`` (rows written), ``sites`` (site ids), ``first_date``, ``last_date``.
     """
+    from ..outputs import check_outputs
+
     progress = common.Progress.wrap(progress)
+    check_outputs([(output_path, "vector")], inputs=[source])
     records = read_ismn_observations(source, depth_from=depth_from, depth_to=depth_to, hour=hour,
                                      quality_flags=quality_flags, progress=progress.sub(0.0, 0.8))
     write_station_points(records, output_path, progress=progress.sub(0.8, 1.0))

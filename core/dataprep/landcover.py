@@ -14,7 +14,8 @@ import numpy as np
 
 from ..common import Progress, SmdError
 from ..grids import block_windows
-from .series_io import check_output_not_input, grid_profile, open_raster, open_series_writer, read_masked
+from ..outputs import check_outputs
+from .series_io import grid_profile, open_raster, open_series_writer, read_masked
 
 #: The paper's Table 2 as reclassification text.
 TABLE2 = "0:0,1-5:1,6:2,7-8:3,9-11:4"
@@ -96,7 +97,7 @@ def reclassify_landcover(input_path, output_path, *, table=None, water_as_nodata
     progress = Progress.wrap(progress)
     entries = parse_reclass_table(TABLE2 if table is None else table) if not isinstance(table, list) else table
     nodata_classes = (water_class,) if water_as_nodata else ()
-    check_output_not_input(output_path, [input_path])
+    check_outputs([(output_path, "raster")], inputs=[input_path])
     src = open_raster(input_path, "land-cover raster")
     counts = {}
     seen = set()

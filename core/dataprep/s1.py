@@ -21,7 +21,8 @@ import numpy as np
 
 from ..common import Progress, SmdError, parse_date, read_band_dates
 from ..grids import block_windows
-from .series_io import (check_output_not_input, dates_from_numbers, grid_profile, open_series_writer,
+from ..outputs import check_outputs
+from .series_io import (dates_from_numbers, grid_profile, open_series_writer,
                         open_raster, raster_date, read_masked, same_grid)
 
 PIXEL_CHUNK = 16384
@@ -97,7 +98,7 @@ def s1_composite(scene_paths, output_path, *, half_window_days=6, input_db=True,
     paths = _scene_paths(scene_paths)
     if not paths:
         raise SmdError("No Sentinel-1 scene given.")
-    check_output_not_input(output_path, paths)
+    check_outputs([(output_path, "raster")], inputs=paths)
 
     with contextlib.ExitStack() as stack:
         readers, scenes = [], []   # scenes: (day ordinal, reader index, band)

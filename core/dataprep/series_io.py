@@ -111,14 +111,6 @@ def read_masked(src, indexes, window):
     return data[0] if single else data
 
 
-def check_output_not_input(output_path, input_paths):
-    out = os.path.realpath(output_path)
-    for path in input_paths:
-        if os.path.realpath(path) == out:
-            raise SmdError(f"The output {output_path!r} is also an input; choose another output path "
-                           "(inputs are never overwritten).")
-
-
 @contextlib.contextmanager
 def open_series_writer(path, grid, count, dates=None):
     """Open a float32/NaN GeoTIFF (core.common profile) for window-wise writing, atomically.

@@ -597,8 +597,10 @@ def import_smap_l4(granule_paths, output_path, *, variable=None, time_window=Non
     if extent is not None:
         extent = list(extent)
     options = dict(variable=variable, time_window=time_window, extent=extent)
+    from ..outputs import atomic_output, check_outputs
+
+    check_outputs([(output_path, "raster")], inputs=granule_paths)
     python = None if os.environ.get("SMDOWNSCALE_SMAP_IN_PROCESS") == "1" else child_python()
-    from ..outputs import atomic_output
 
     with atomic_output(output_path) as tmp:
         if python is None:

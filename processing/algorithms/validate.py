@@ -21,7 +21,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..layers import (CheckedSink, UbrmseStyle, crs_wkt, observations_from_source, raster_path, same_file,
+from ...core.outputs import check_outputs
+from ..layers import (CheckedSink, UbrmseStyle, crs_wkt, observations_from_source, raster_path, source_file,
                       style_on_load)
 from .base import SmdAlgorithm, tr
 
@@ -178,10 +179,8 @@ class ValidateAlgorithm(SmdAlgorithm):
             if os.path.splitext(report_path)[1].lower() not in (".csv", ".json", ".html", ".htm"):
                 raise QgsProcessingException(tr("Validation report {}: use a .html, .csv or .json file "
                                                 "name.").format(report_path))
-            for label, path in protected + [(tr("validation points output"), output.destination)]:
-                if path and same_file(report_path, path):
-                    raise QgsProcessingException(tr("The validation report {} is the {}; choose another "
-                                                    "report file.").format(report_path, label))
+            self.run_core(check_outputs, [(source_file(output.destination), "vector"), (report_path, "report")],
+                          inputs=[path for _, path in protected if path])
         observations, skipped = observations_from_source(
             source, self.field_name(parameters, self.SITE_FIELD, context),
             self.field_name(parameters, self.DATE_FIELD, context),
