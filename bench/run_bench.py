@@ -48,7 +48,7 @@ def paths(work):
 
 def phase_data(work):
     from smdownscale.core.preprocess import preprocess
-    from smdownscale.core.synthetic import make_scenario
+    from smdownscale.demo.scenario import make_scenario
 
     p = paths(work)
     started = time.time()
@@ -228,6 +228,7 @@ def make_big_dataset(source_folder, folder, size):
     from rasterio.windows import Window
 
     from smdownscale.core.common import series_profile
+    from smdownscale.core.dataset import DATASET_ID_TAG
 
     if os.path.exists(os.path.join(folder, "dataset.json")):
         return
@@ -249,6 +250,8 @@ def make_big_dataset(source_folder, folder, size):
                                   "transform": rasterio.Affine(*big_grid["transform"]),
                                   "width": size, "height": size}, 1)
         with rasterio.open(os.path.join(folder, "fine", f"{name}.tif"), "w", **profile) as dst:
+            # the coarse folder is the source dataset's (a link): the big dataset shares its identity
+            dst.update_tags(**{DATASET_ID_TAG: manifest["dataset_id"]})
             if predictor.get("dynamic"):
                 dst.set_band_description(1, date)
             step = 1000

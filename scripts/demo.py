@@ -6,7 +6,7 @@ baseline, plus the station validation of the downscaled, global (WP) and origina
 
 With ``--raw`` (`make demo-raw`, default folder ``demo-output-raw/``) the scenario is first
 written as raw inputs (MOD09A1-like reflectance, Sentinel-1 scenes, MCD12Q1 PFT land cover,
-SMAP L4 HDF5 granules; see core/synthetic_raw.py) and the predictors and the 9 km series are
+SMAP L4 HDF5 granules; see devkit/raw_inputs.py) and the predictors and the 9 km series are
 rebuilt from them with the Data preparation algorithms before the same chain runs.
 """
 import argparse
@@ -48,7 +48,7 @@ def prepare_from_raw(scenario, out):
     moisture series.
     """
     from smdownscale.core.dataprep.series_io import date_from_filename
-    from smdownscale.core.synthetic_raw import make_raw_inputs
+    from smdownscale.devkit.raw_inputs import make_raw_inputs
 
     print(f"Writing the scenario's raw inputs to {out}/raw")
     raw = make_raw_inputs(scenario, os.path.join(out, "raw"))
@@ -97,7 +97,7 @@ def main(argv=None):
                              "algorithms")
     args = parser.parse_args(argv)
 
-    from smdownscale.core.synthetic import make_scenario
+    from smdownscale.demo.scenario import make_scenario
 
     out = os.path.abspath(args.output or ("demo-output-raw" if args.raw else "demo-output"))
     os.makedirs(out, exist_ok=True)
@@ -127,7 +127,7 @@ def main(argv=None):
         OUTPUT=os.path.join(out, "validation.gpkg"), OUTPUT_REPORT=os.path.join(out, "validation_report.csv"))
     run_algorithm("explain", MODEL=model, DATASET=dataset, OUTPUT_TABLE=os.path.join(out, "shap_importance.csv"))
 
-    from smdownscale.core.baseline import bilinear_baseline, pooled_scores
+    from smdownscale.devkit.baseline import bilinear_baseline, pooled_scores
 
     baseline = bilinear_baseline(soil_moisture, scenario["truth"], os.path.join(out, "bilinear_1km.tif"))
     print("\nAgainst the known 1 km truth (all land pixels and dates):")

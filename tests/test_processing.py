@@ -34,7 +34,7 @@ def processing_module(qgis_processing):
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    from smdownscale.core.synthetic import make_scenario
+    from smdownscale.demo.scenario import make_scenario
 
     return make_scenario(str(tmp_path_factory.mktemp("scenario")), size="small", n_dates=N_DATES)
 

@@ -39,7 +39,7 @@ def run_json(profile, alg_id, parameters):
 
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory):
-    from smdownscale.core.synthetic import make_scenario
+    from smdownscale.demo.scenario import make_scenario
 
     # 21 days: the stations read on the 1st, 11th and 21st, three pairs per site for R
     return make_scenario(str(tmp_path_factory.mktemp("scenario")), size="small", n_dates=21)

@@ -1,4 +1,4 @@
-"""The scenario's raw inputs (core/synthetic_raw.py) rebuild the scenario through the core
+"""The scenario's raw inputs (devkit/raw_inputs.py) rebuild the scenario through the core
 data-preparation functions: SMAP granules, PFT land cover, reflectance and Sentinel-1 scenes."""
 import datetime as dt
 import os
@@ -16,8 +16,8 @@ from smdownscale.core.dataprep.landcover import reclassify_landcover  # noqa: E4
 from smdownscale.core.dataprep.s1 import s1_composite  # noqa: E402
 from smdownscale.core.dataprep.series_io import date_from_filename  # noqa: E402
 from smdownscale.core.dataprep.smap import import_smap_l4, read_granule_time  # noqa: E402
-from smdownscale.core.synthetic import make_scenario  # noqa: E402
-from smdownscale.core.synthetic_raw import make_raw_inputs  # noqa: E402
+from smdownscale.demo.scenario import make_scenario  # noqa: E402
+from smdownscale.devkit.raw_inputs import make_raw_inputs  # noqa: E402
 
 # 17 days: 8-day composites on days 0, 8 and 16, so the middle one carries clouds and fill
 N_DATES = 17

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from smdownscale.core.baseline import bilinear_baseline, pooled_scores
+from smdownscale.devkit.baseline import bilinear_baseline, pooled_scores
 from smdownscale.core.partitions import Partitions
 from smdownscale.core.predict import predict
 from smdownscale.core.preprocess import preprocess
-from smdownscale.core.synthetic import make_scenario
+from smdownscale.demo.scenario import make_scenario
 from smdownscale.core.train import train_model
 
 

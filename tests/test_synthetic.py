@@ -8,7 +8,7 @@ import rasterio
 from smdownscale.core.grids import M09_CELL_SIZE as EASE2_M09_CELL
 from smdownscale.core.grids import M09_ULX as EASE2_M09_X0
 from smdownscale.core.grids import M09_ULY as EASE2_M09_Y0
-from smdownscale.core.synthetic import make_scenario
+from smdownscale.demo.scenario import make_scenario
 
 
 @pytest.fixture(scope="module")

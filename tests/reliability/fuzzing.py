@@ -436,7 +436,7 @@ def scenario(workdir):
     marker = os.path.join(folder, "scenario.json")
     if not os.path.isfile(marker):
         code = ("import sys; sys.path.insert(0, %r); "
-                "from smdownscale.core.synthetic import make_scenario; make_scenario(%r, size='small')"
+                "from smdownscale.demo.scenario import make_scenario; make_scenario(%r, size='small')"
                 % (os.path.join(ROOT, ".plugin-path"), folder))
         subprocess.run([python_executable(), "-c", code], check=True, timeout=300)
     predictors = sorted(os.path.join(folder, "predictors", f) for f in os.listdir(os.path.join(folder, "predictors")))

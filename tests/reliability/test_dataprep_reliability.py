@@ -289,7 +289,7 @@ def _corrupt_tiles(path):
 def test_corrupt_predictor_names_the_file_in_preprocess(tmp_path):
     """Case 8: "Chunk and warp failed" without a file name -> SmdError naming the predictor."""
     from smdownscale.core.preprocess import preprocess
-    from smdownscale.core.synthetic import make_scenario
+    from smdownscale.demo.scenario import make_scenario
 
     scenario = make_scenario(str(tmp_path / "scenario"), size="small")
     victim = str(tmp_path / "ndvi.tif")

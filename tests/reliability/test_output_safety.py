@@ -19,7 +19,7 @@ from smdownscale.core.dataset import DATASET_ID_TAG, Dataset
 from smdownscale.core.outputs import atomic_output, check_outputs, remove_stale_temporaries
 from smdownscale.core.predict import predict
 from smdownscale.core.preprocess import preprocess
-from smdownscale.core.synthetic import make_scenario
+from smdownscale.demo.scenario import make_scenario
 from smdownscale.core.train import train_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
-from .common import write_series
-from .grids import Grid, m09_cells_covering, m09_grid
+from ..core.common import write_series
+from ..core.grids import Grid, m09_cells_covering, m09_grid
 
 UTM50N = "EPSG:32650"
 EASE2 = "EPSG:6933"
@@ -216,7 +216,7 @@ def make_scenario(folder, *, size="small", seed=0, n_dates=None, n_stations=None
     # --- open every dynamic output, then generate one date at a time ------------------------
     import rasterio
 
-    from .common import series_profile
+    from ..core.common import series_profile
 
     def open_series(path, grid):
         dst = rasterio.open(path, "w", **series_profile(grid.profile(), len(dates)))

@@ -1,6 +1,6 @@
 """The built-in scenario as the "raw" inputs an analyst starts from (the demo's ``--raw`` path).
 
-:func:`make_raw_inputs` turns the prepared predictors of :func:`core.synthetic.make_scenario`
+:func:`make_raw_inputs` turns the prepared predictors of :func:`demo.scenario.make_scenario`
 back into what one downloads, so that the data-preparation algorithms can rebuild them:
 
 * ``mod09a1/MOD09A1.AYYYYDDD.h28v05.061.tif`` - MOD09A1-like 8-day surface reflectance at 500 m,
@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from .common import Progress, SmdError, atomic_output
+from ..core.common import Progress, SmdError, atomic_output
 
 #: MOD09A1 storage: int16 reflectance x 10000, fill value.
 REFLECTANCE_SCALE = 0.0001
@@ -97,7 +97,7 @@ def _scenario_paths(scenario):
     missing = [name for name in needed if name not in by_name]
     if missing or not os.path.isfile(scenario.get("soil_moisture", "")):
         raise SmdError(f"The scenario lacks {', '.join(missing) or 'its soil moisture'}; pass the dict "
-                       "returned by core.synthetic.make_scenario.")
+                       "returned by demo.scenario.make_scenario.")
     return by_name
 
 
@@ -259,7 +259,7 @@ def _write_granule(path, values, row0, col0, when, cell_lat, cell_lon):
     except ImportError as err:
         raise SmdError("Writing the SMAP-like granules needs h5py (pip install -r requirements-dev.txt).") from err
 
-    from .grids import M09_CELL_SIZE, M09_ULX, M09_ULY
+    from ..core.grids import M09_CELL_SIZE, M09_ULX, M09_ULY
 
     rows, cols = values.shape
     surface = np.where(np.isfinite(values), values, SMAP_FILL).astype("float32")
@@ -314,7 +314,7 @@ def _write_smap(soil_moisture_path, folder, progress):
     import rasterio
     from rasterio.warp import transform as transform_points
 
-    from .grids import M09_CELL_SIZE, M09_ULX, M09_ULY
+    from ..core.grids import M09_CELL_SIZE, M09_ULX, M09_ULY
 
     os.makedirs(folder)
     granules = []
@@ -354,7 +354,7 @@ def make_raw_inputs(scenario, folder, *, seed=1, progress=None):
     Parameters
     ----------
     scenario : dict
-        As returned by :func:`core.synthetic.make_scenario` (its rasters are read one date at
+        As returned by :func:`demo.scenario.make_scenario` (its rasters are read one date at
         a time).
     folder : str
         Created (or replaced) atomically: a failure or cancellation leaves nothing.

@@ -3,9 +3,9 @@ import numpy as np
 import rasterio
 from rasterio.warp import Resampling, reproject
 
-from .common import Progress, SmdError, read_band_dates, write_series
-from .metrics import r as pearson_r
-from .metrics import rmse, ubrmse
+from ..core.common import Progress, SmdError, read_band_dates, write_series
+from ..core.metrics import r as pearson_r
+from ..core.metrics import rmse, ubrmse
 
 
 def bilinear_baseline(soil_moisture_path, like_path, output_path, *, progress=None):
