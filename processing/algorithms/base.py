@@ -5,6 +5,7 @@ of a ``core`` function, call it with a :class:`~smdownscale.core.common.Progress
 Processing feedback, and turn :class:`~smdownscale.core.common.SmdError` into
 ``QgsProcessingException``.
 """
+import contextlib
 import functools
 import importlib.util
 import os
@@ -137,6 +138,20 @@ def core_error_message(err):
                 name, err, pip_command([name]))
         return tr("A Python package could not be imported ({}).").format(err)
     return str(err)
+
+
+@contextlib.contextmanager
+def core_errors():
+    """Inside the block, core errors become ``QgsProcessingException`` with their message.
+
+    ``with core_errors(): predict(...)`` keeps the call to core visible to readers and tools.
+    SmdError (bad input, cancellation) keeps its message; a missing learner gives the pip
+    command; anything else reaches :func:`user_facing_errors`, which logs its traceback.
+    """
+    try:
+        yield
+    except (SmdError, ImportError) as err:
+        raise QgsProcessingException(core_error_message(err)) from err
 
 
 def run_core(function, *args, **kwargs):
