@@ -25,7 +25,8 @@ import json
 import os
 import zipfile
 
-from .common import SmdError, atomic_output
+from .common import SmdError
+from .outputs import atomic_output, check_outputs
 
 SIGNATURE_FORMAT = "smdownscale-signature"
 SIGNATURE_VERSION = 1
@@ -149,6 +150,7 @@ def generate_key_pair(private_path, public_path):
     private_path, public_path = os.fspath(private_path), os.fspath(public_path)
     if os.path.abspath(private_path) == os.path.abspath(public_path):
         raise SmdError("The private and the public key need two different files.")
+    check_outputs([(private_path, "key"), (public_path, "key")])
     if os.path.exists(private_path):
         raise SmdError(f"{private_path!r} already exists; choose a new file for the private key "
                        "(an existing key is never overwritten: models signed with it would become "
@@ -260,9 +262,11 @@ def sign_model(model_path, private_key_path, output_path, *, signer=""):
     """Write a signed copy of a verified model file; returns the signature info.
 
     The copy has the same members plus ``signature.json`` (an existing signature is replaced).
-    ``output_path`` may be ``model_path``.
+    ``output_path`` must differ from ``model_path`` and the key (inputs are never overwritten).
     """
     from . import modelfile
+
+    check_outputs([(output_path, "model")], inputs=[model_path, private_key_path])
 
     key = load_private_key(private_key_path)
     if not isinstance(signer, str) or len(signer) > 200:

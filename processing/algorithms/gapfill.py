@@ -9,7 +9,7 @@ from qgis.core import (
 )
 
 from ..layers import raster_path
-from .base import SmdAlgorithm, core_error, tr
+from .base import SmdAlgorithm, core_error, core_errors, tr
 
 
 class GapFillAlgorithm(SmdAlgorithm):
@@ -89,14 +89,15 @@ class GapFillAlgorithm(SmdAlgorithm):
         qc_layer = self.parameterAsRasterLayer(parameters, self.QC, context)
         qc = raster_path(qc_layer, tr("QC raster")) if qc_layer is not None else None
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        info = self.run_core(
-            gap_fill, series, output, qc_path=qc,
-            qc_rule=self.parameterAsString(parameters, self.QC_RULE, context).strip() or None,
-            max_gap_days=self.parameterAsDouble(parameters, self.MAX_GAP_DAYS, context),
-            daily=self.parameterAsBoolean(parameters, self.DAILY, context),
-            savgol_half_width=self.parameterAsInt(parameters, self.SG_HALF_WIDTH, context),
-            savgol_order=self.parameterAsInt(parameters, self.SG_ORDER, context),
-            progress=self.progress(feedback))
+        with core_errors():
+            info = gap_fill(
+                series, output, qc_path=qc,
+                qc_rule=self.parameterAsString(parameters, self.QC_RULE, context).strip() or None,
+                max_gap_days=self.parameterAsDouble(parameters, self.MAX_GAP_DAYS, context),
+                daily=self.parameterAsBoolean(parameters, self.DAILY, context),
+                savgol_half_width=self.parameterAsInt(parameters, self.SG_HALF_WIDTH, context),
+                savgol_order=self.parameterAsInt(parameters, self.SG_ORDER, context),
+                progress=self.progress(feedback))
         total = info["valid_values"] + info["nodata_values"]
         feedback.pushInfo(tr("{} dates ({} to {}); {:.1%} of the values are valid").format(
             len(info["dates"]), info["dates"][0], info["dates"][-1], info["valid_values"] / max(total, 1)))

@@ -1,7 +1,7 @@
 """smdownscale:generatekeys - a new Ed25519 key pair for signing model files."""
 from qgis.core import QgsProcessingOutputString, QgsProcessingParameterFileDestination
 
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, core_errors, tr
 
 
 class GenerateKeysAlgorithm(SmdAlgorithm):
@@ -37,7 +37,8 @@ class GenerateKeysAlgorithm(SmdAlgorithm):
 
         private_path = self.parameterAsFileOutput(parameters, self.OUTPUT_PRIVATE, context)
         public_path = self.parameterAsFileOutput(parameters, self.OUTPUT_PUBLIC, context)
-        key = self.run_core(generate_key_pair, private_path, public_path)
+        with core_errors():
+            key = generate_key_pair(private_path, public_path)
         feedback.pushInfo(tr("Key id {}: share {} and keep {} secret.").format(key, public_path, private_path))
         return {self.OUTPUT_PRIVATE: private_path, self.OUTPUT_PUBLIC: public_path, self.KEY_ID: key}
 

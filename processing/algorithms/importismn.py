@@ -8,7 +8,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, core_errors, tr
 
 
 class ImportIsmnAlgorithm(SmdAlgorithm):
@@ -82,11 +82,12 @@ class ImportIsmnAlgorithm(SmdAlgorithm):
             hour = self.parameterAsInt(parameters, self.HOUR, context)
         flags = [f.strip() for f in self.parameterAsString(parameters, self.QUALITY_FLAGS, context).split(",")
                  if f.strip()]
-        info = self.run_core(
-            import_ismn, source, output,
-            depth_from=self.parameterAsDouble(parameters, self.DEPTH_FROM, context),
-            depth_to=self.parameterAsDouble(parameters, self.DEPTH_TO, context),
-            hour=hour, quality_flags=flags or None, progress=self.progress(feedback))
+        with core_errors():
+            info = import_ismn(
+                source, output,
+                depth_from=self.parameterAsDouble(parameters, self.DEPTH_FROM, context),
+                depth_to=self.parameterAsDouble(parameters, self.DEPTH_TO, context),
+                hour=hour, quality_flags=flags or None, progress=self.progress(feedback))
         feedback.pushInfo(tr("{} station-days from {} stations, {} to {}").format(
             info["records"], len(info["sites"]), info["first_date"], info["last_date"]))
         return {self.OUTPUT: output, self.N_RECORDS: info["records"], self.N_SITES: len(info["sites"])}

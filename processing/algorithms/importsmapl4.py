@@ -9,7 +9,7 @@ from qgis.core import (
 )
 
 from ..layers import SoilMoistureStyle, crs_wkt, style_on_load
-from .base import SmdAlgorithm, core_error, tr
+from .base import SmdAlgorithm, core_error, core_errors, tr
 
 
 class ImportSmapL4Algorithm(SmdAlgorithm):
@@ -82,11 +82,12 @@ class ImportSmapL4Algorithm(SmdAlgorithm):
                 crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
                 extent = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum(),
                           crs_wkt(crs) if crs.isValid() else None)
-        info = self.run_core(
-            import_smap_l4, granules, output,
-            variable=self.parameterAsString(parameters, self.VARIABLE, context).strip() or None,
-            time_window=self.parameterAsString(parameters, self.TIME_WINDOW, context).strip() or None,
-            extent=extent, progress=self.progress(feedback))
+        with core_errors():
+            info = import_smap_l4(
+                granules, output,
+                variable=self.parameterAsString(parameters, self.VARIABLE, context).strip() or None,
+                time_window=self.parameterAsString(parameters, self.TIME_WINDOW, context).strip() or None,
+                extent=extent, progress=self.progress(feedback))
         feedback.pushInfo(tr("Variable {}: {} dates, {} x {} cells (global column {}, row {})").format(
             info["variable"], len(info["dates"]), info["width"], info["height"],
             info["column_offset"], info["row_offset"]))

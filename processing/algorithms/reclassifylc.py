@@ -11,7 +11,7 @@ from qgis.core import (
 )
 
 from ..layers import raster_path
-from .base import SmdAlgorithm, core_error, tr
+from .base import SmdAlgorithm, core_error, core_errors, tr
 
 #: paper Table 2; equal to core.dataprep.landcover.TABLE2 (kept here so loading the provider imports no core)
 TABLE2 = "0:0,1-5:1,6:2,7-8:3,9-11:4"
@@ -68,12 +68,13 @@ class ReclassifyLandCoverAlgorithm(SmdAlgorithm):
 
         source = raster_path(self.parameterAsRasterLayer(parameters, self.INPUT, context), tr("Land cover"))
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        info = self.run_core(
-            reclassify_landcover, source, output,
-            table=self.parameterAsString(parameters, self.TABLE, context),
-            water_as_nodata=self.parameterAsBoolean(parameters, self.WATER_AS_NODATA, context),
-            band=self.parameterAsInt(parameters, self.BAND, context) or 1,
-            progress=self.progress(feedback))
+        with core_errors():
+            info = reclassify_landcover(
+                source, output,
+                table=self.parameterAsString(parameters, self.TABLE, context),
+                water_as_nodata=self.parameterAsBoolean(parameters, self.WATER_AS_NODATA, context),
+                band=self.parameterAsInt(parameters, self.BAND, context) or 1,
+                progress=self.progress(feedback))
         for value, count in info["class_counts"].items():
             feedback.pushInfo(tr("class {}: {} pixels").format(value, count))
         feedback.pushInfo(tr("nodata: {} pixels").format(info["nodata_pixels"]))

@@ -10,7 +10,7 @@ from qgis.core import (
 )
 
 from ..layers import raster_path
-from .base import SmdAlgorithm, core_error, tr
+from .base import SmdAlgorithm, core_error, core_errors, tr
 
 
 class S1CompositeAlgorithm(SmdAlgorithm):
@@ -78,14 +78,15 @@ class S1CompositeAlgorithm(SmdAlgorithm):
         layers = self.parameterAsLayerList(parameters, self.INPUT, context)
         paths = [raster_path(layer, tr("Sentinel-1 scene")) for layer in layers]
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        info = self.run_core(
-            s1_composite, paths, output,
-            half_window_days=self.parameterAsInt(parameters, self.HALF_WINDOW, context),
-            input_db=self.parameterAsBoolean(parameters, self.INPUT_DB, context),
-            output_db=self.parameterAsBoolean(parameters, self.OUTPUT_DB, context),
-            start=self.parameterAsString(parameters, self.START, context).strip() or None,
-            end=self.parameterAsString(parameters, self.END, context).strip() or None,
-            progress=self.progress(feedback))
+        with core_errors():
+            info = s1_composite(
+                paths, output,
+                half_window_days=self.parameterAsInt(parameters, self.HALF_WINDOW, context),
+                input_db=self.parameterAsBoolean(parameters, self.INPUT_DB, context),
+                output_db=self.parameterAsBoolean(parameters, self.OUTPUT_DB, context),
+                start=self.parameterAsString(parameters, self.START, context).strip() or None,
+                end=self.parameterAsString(parameters, self.END, context).strip() or None,
+                progress=self.progress(feedback))
         feedback.pushInfo(tr("{} days from {} scenes").format(len(info["dates"]), info["scenes"]))
         if info["days_without_scene"]:
             feedback.reportError(tr("No scene within the window (nodata): {}").format(

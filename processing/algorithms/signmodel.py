@@ -7,7 +7,7 @@ from qgis.core import (
     QgsSettings,
 )
 
-from .base import SmdAlgorithm, model_file_error, tr
+from .base import SmdAlgorithm, core_errors, model_file_error, tr
 
 #: QgsSettings key: public key file(s) or folder(s) trusted by default, separated by ";".
 TRUSTED_KEYS_SETTING = "smdownscale/trusted_keys"
@@ -55,7 +55,7 @@ class SignModelAlgorithm(SmdAlgorithm):
         self.add_parameter(param, tr("Shown in signature checks, e.g. your name or team."))
         param = QgsProcessingParameterFileDestination(
             self.OUTPUT, tr("Signed model file"), tr("smdownscale model (*.smdmodel.zip *.zip)"))
-        self.add_parameter(param, tr("The signed copy (may be the input file itself)."))
+        self.add_parameter(param, tr("The signed copy (a new file: the input model is never overwritten)."))
         self.addOutput(QgsProcessingOutputString(self.KEY_ID, tr("Key id")))
 
     def parameter_error(self, parameters, context):
@@ -65,10 +65,11 @@ class SignModelAlgorithm(SmdAlgorithm):
         from ...core.signing import sign_model
 
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
-        info = self.run_core(
-            sign_model, self.parameterAsFile(parameters, self.MODEL, context),
-            self.parameterAsFile(parameters, self.PRIVATE_KEY, context), output,
-            signer=self.parameterAsString(parameters, self.SIGNER, context) or "")
+        with core_errors():
+            info = sign_model(
+                self.parameterAsFile(parameters, self.MODEL, context),
+                self.parameterAsFile(parameters, self.PRIVATE_KEY, context), output,
+                signer=self.parameterAsString(parameters, self.SIGNER, context) or "")
         feedback.pushInfo(tr("Signed with key {} into {}.").format(info["key_id"], output))
         return {self.OUTPUT: output, self.KEY_ID: info["key_id"]}
 

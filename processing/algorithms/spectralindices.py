@@ -14,7 +14,7 @@ from qgis.core import (
 )
 
 from ..layers import raster_path
-from .base import SmdAlgorithm, core_error, tr
+from .base import SmdAlgorithm, core_error, core_errors, tr
 
 INDEX_NAMES = ("ndvi", "evi", "ndwi", "nsdsi")
 
@@ -91,11 +91,12 @@ class SpectralIndicesAlgorithm(SmdAlgorithm):
         folder = self.parameterAsString(parameters, self.OUTPUT, context)
         created = _make_folder(folder)
         try:
-            outputs = self.run_core(
-                spectral_indices, paths, folder, indices=indices,
-                band_map=self.parameterAsString(parameters, self.BAND_MAP, context),
-                scale_factor=self.parameterAsDouble(parameters, self.SCALE_FACTOR, context),
-                progress=self.progress(feedback))
+            with core_errors():
+                outputs = spectral_indices(
+                    paths, folder, indices=indices,
+                    band_map=self.parameterAsString(parameters, self.BAND_MAP, context),
+                    scale_factor=self.parameterAsDouble(parameters, self.SCALE_FACTOR, context),
+                    progress=self.progress(feedback))
         except BaseException:
             # core writes all indices or none; a folder this run created is removed again
             _remove_created(created)
