@@ -5,8 +5,8 @@ from qgis.core import QgsApplication
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
-from .processing.algorithms.base import ICONS_DIR, tr
 from .processing.provider import SmDownscaleProvider
+from .resources import ICONS_DIR, tr
 
 MENU = "Soil moisture downscaling"
 #: the algorithm the toolbar button opens (the whole chain, as a Graphical Modeler model)

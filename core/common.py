@@ -123,6 +123,35 @@ def available_memory_bytes():
         return None
 
 
+def python_interpreter():
+    """The Python interpreter QGIS runs on, for child processes and pip commands; None if not found.
+
+    ``SMDOWNSCALE_PYTHON`` overrides. ``sys.executable`` is used when it is a Python; inside the
+    QGIS desktop it is the ``qgis`` binary (and on PATH a ``python3`` may be another Python, e.g.
+    a pyenv shim), so the interpreter is looked for beside ``sys.exec_prefix``.
+    """
+    import sys
+
+    override = os.environ.get("SMDOWNSCALE_PYTHON")
+    if override:
+        return override if os.path.isfile(override) else None
+    exe = sys.executable or ""
+    if os.path.basename(exe).lower().startswith("python") and os.path.isfile(exe):
+        return exe
+    if os.name == "nt":
+        candidates = [os.path.join(sys.exec_prefix, "python.exe"),
+                      os.path.join(sys.exec_prefix, "python3.exe"),
+                      os.path.join(os.path.dirname(exe), "python3.exe"),
+                      os.path.join(os.path.dirname(exe), "python.exe")]
+    else:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        candidates = [os.path.join(sys.exec_prefix, "bin", f"python{version}"),
+                      os.path.join(sys.exec_prefix, "bin", "python3"),
+                      os.path.join(os.path.dirname(exe), f"python{version}"),
+                      os.path.join(os.path.dirname(exe), "python3")]
+    return next((path for path in candidates if os.path.isfile(path)), None)
+
+
 def parse_date(text):
     """ISO ``YYYY-MM-DD`` -> datetime.date, SmdError otherwise."""
     try:

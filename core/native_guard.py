@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-from .common import SmdError
+from .common import SmdError, python_interpreter
 
 #: Seconds one child may take for all members of a model file (``SMDOWNSCALE_GUARD_TIMEOUT``).
 DEFAULT_TIMEOUT = 120.0
@@ -176,33 +176,12 @@ for index, job in enumerate(jobs):
 
 
 def python_executable():
-    """A Python interpreter for the check process.
-
-    ``SMDOWNSCALE_PYTHON`` if set; ``sys.executable`` when it is a Python; else (inside the QGIS
-    desktop, where it is the ``qgis`` binary) ``python3.X`` / ``python3`` beside ``sys.exec_prefix``.
-    """
-    override = os.environ.get("SMDOWNSCALE_PYTHON")
-    if override:
-        return override
-    exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python") and os.path.isfile(exe):
-        return exe
-    if os.name == "nt":
-        candidates = [os.path.join(sys.exec_prefix, "python.exe"),
-                      os.path.join(sys.exec_prefix, "python3.exe"),
-                      os.path.join(os.path.dirname(exe), "python3.exe"),
-                      os.path.join(os.path.dirname(exe), "python.exe")]
-    else:
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        candidates = [os.path.join(sys.exec_prefix, "bin", f"python{version}"),
-                      os.path.join(sys.exec_prefix, "bin", "python3"),
-                      os.path.join(os.path.dirname(exe), f"python{version}"),
-                      os.path.join(os.path.dirname(exe), "python3")]
-    found = next((path for path in candidates if os.path.isfile(path)), None)
+    """The interpreter for the check process (:func:`core.common.python_interpreter`)."""
+    found = python_interpreter()
     if found is None:
         raise SmdError("Cannot find the Python interpreter to check the model's learners in a "
-                       f"separate process (looked for {', '.join(candidates)}). Set the environment "
-                       "variable SMDOWNSCALE_PYTHON to the python executable QGIS uses.")
+                       "separate process. Set the environment variable SMDOWNSCALE_PYTHON to the "
+                       "python executable QGIS uses.")
     return found
 
 

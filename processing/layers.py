@@ -22,7 +22,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QDate, QDateTime
 from qgis.PyQt.QtGui import QColor
 
-from .algorithms.base import tr
+from ..resources import tr
 
 #: Soil-moisture colour ramp, dry (brown) to wet (blue), over 0 - 0.5 m3/m3.
 SM_MIN, SM_MAX = 0.0, 0.5

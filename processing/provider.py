@@ -1,23 +1,15 @@
 """The ``smdownscale`` Processing provider."""
-import configparser
 import glob
 import os
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProcessingModelAlgorithm, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from ..resources import ICONS_DIR, plugin_metadata, tr
 from .algorithms import algorithm_classes
-from .algorithms.base import GROUPS, ICONS_DIR, tr
+from .algorithms.base import GROUPS
 
-PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
-
-
-def plugin_metadata(key, default=""):
-    """A value of the ``[general]`` section of metadata.txt."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(os.path.join(PLUGIN_DIR, "metadata.txt"), encoding="utf-8")
-    return parser.get("general", key, fallback=default)
 
 
 #: model name (= id after ``smdownscale:``) -> untranslated display name

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -630,24 +629,8 @@ child interpreter and a crash there is reported as a damaged granule.
 
 
 def child_python():
-    """A Python interpreter to run the granule reader in, or None (then read in-process).
-
-    ``sys.executable`` inside QGIS desktop is the QGIS binary, so the interpreter beside
-    ``sys.exec_prefix`` is used then; ``SMDOWNSCALE_PYTHON`` overrides.
-    """
-    override = os.environ.get("SMDOWNSCALE_PYTHON")
-    if override:
-        return override if os.path.isfile(override) else None
-    exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python") and os.path.isfile(exe):
-        return exe
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if os.name == "nt":
-        candidates = [os.path.join(sys.exec_prefix, "python.exe"), os.path.join(sys.exec_prefix, "python3.exe")]
-    else:
-        candidates = [os.path.join(sys.exec_prefix, "bin", f"python{version}"),
-                      os.path.join(sys.exec_prefix, "bin", "python3")]
-    return next((path for path in candidates if os.path.isfile(path)), None)
+    """A Python interpreter to run the granule reader in, or None (then read in-process)."""
+    return common.python_interpreter()
 
 
 _CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smap_child.py")

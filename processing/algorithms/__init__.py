@@ -2,56 +2,109 @@
 
 How to add an algorithm
 -----------------------
-1. Write ``processing/algorithms/<module>.py`` with one or more subclasses of
-   :class:`.base.SmdAlgorithm` and a module-level list ``ALGORITHMS = [MyAlgorithm, ...]``.
-2. Add ``"<module>"`` to :data:`ALGORITHM_MODULES` below.
+1. Write ``processing/algorithms/<module>.py`` with a subclass of :class:`.base.SmdAlgorithm`.
+2. Add a loader below that imports it, and list the loader in :data:`LOADERS`.
 
-Keep module-level imports light (``qgis.core`` and ``.base`` only); import ``..core`` functions
-and learners inside ``processAlgorithm`` so that QGIS start-up stays fast.
-
-A module listed here that cannot be imported does not stop the provider from loading the other
-algorithms: the error is logged to the QGIS message log and returned by
-:func:`algorithm_classes` in ``errors`` (the tests assert that list is empty).
+Each loader imports its module explicitly, so readers and tools can follow provider ->
+algorithm; one loader per module, so a module that cannot be imported (a broken optional
+dependency) does not stop the provider from loading the others: the error is logged to the
+QGIS message log and returned by :func:`algorithm_classes` in ``errors`` (the tests assert that
+list is empty). Keep module-level imports light (``qgis.core`` and ``.base``); import ``..core``
+functions and learners inside ``processAlgorithm`` so that QGIS start-up stays fast.
 """
-import importlib
 
-#: Modules (in this package) whose ``ALGORITHMS`` lists are registered, in Toolbox order.
-ALGORITHM_MODULES = (
-    # "Downscaling" group (issue 4)
-    "preprocess",
-    "train",
-    "predict",
-    "explain",
-    # model-file signing (issue 8)
-    "generatekeys",
-    "signmodel",
-    # "Validation" group (issue 4)
-    "validate",
-    # "Data preparation" group (issue 5): one module per algorithm, named like its id
-    "importsmapl4",
-    "importismn",
-    "spectralindices",
-    "gapfill",
-    "s1composite",
-    "reclassifylc",
+
+def _preprocess():
+    from .preprocess import PreprocessAlgorithm
+    return [PreprocessAlgorithm]
+
+
+def _train():
+    from .train import TrainAlgorithm
+    return [TrainAlgorithm]
+
+
+def _predict():
+    from .predict import PredictAlgorithm
+    return [PredictAlgorithm]
+
+
+def _explain():
+    from .explain import ExplainAlgorithm
+    return [ExplainAlgorithm]
+
+
+def _generatekeys():
+    from .generatekeys import GenerateKeysAlgorithm
+    return [GenerateKeysAlgorithm]
+
+
+def _signmodel():
+    from .signmodel import SignModelAlgorithm
+    return [SignModelAlgorithm]
+
+
+def _validate():
+    from .validate import ValidateAlgorithm
+    return [ValidateAlgorithm]
+
+
+def _importsmapl4():
+    from .importsmapl4 import ImportSmapL4Algorithm
+    return [ImportSmapL4Algorithm]
+
+
+def _importismn():
+    from .importismn import ImportIsmnAlgorithm
+    return [ImportIsmnAlgorithm]
+
+
+def _spectralindices():
+    from .spectralindices import SpectralIndicesAlgorithm
+    return [SpectralIndicesAlgorithm]
+
+
+def _gapfill():
+    from .gapfill import GapFillAlgorithm
+    return [GapFillAlgorithm]
+
+
+def _s1composite():
+    from .s1composite import S1CompositeAlgorithm
+    return [S1CompositeAlgorithm]
+
+
+def _reclassifylc():
+    from .reclassifylc import ReclassifyLandCoverAlgorithm
+    return [ReclassifyLandCoverAlgorithm]
+
+
+#: (module name, loader), in Toolbox order: downscaling, validation, data preparation
+LOADERS = (
+    ("preprocess", _preprocess), ("train", _train), ("predict", _predict), ("explain", _explain),
+    ("generatekeys", _generatekeys), ("signmodel", _signmodel),
+    ("validate", _validate),
+    ("importsmapl4", _importsmapl4), ("importismn", _importismn),
+    ("spectralindices", _spectralindices), ("gapfill", _gapfill), ("s1composite", _s1composite),
+    ("reclassifylc", _reclassifylc),
 )
+ALGORITHM_MODULES = tuple(name for name, _ in LOADERS)
 
 
-def algorithm_classes(modules=ALGORITHM_MODULES):
+def algorithm_classes(loaders=LOADERS):
     """Import the algorithm modules and collect their classes.
 
     Returns
     -------
     classes : list of type
-        Every class in the ``ALGORITHMS`` lists, in module order.
+        The algorithm classes, in :data:`LOADERS` order.
     errors : dict
-        Module name -> error text for modules that failed to import or lack ``ALGORITHMS``.
+        Module name -> error text for modules that failed to import.
     """
     classes, errors = [], {}
-    for name in modules:
+    for name, load in loaders:
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
-            classes.extend(module.ALGORITHMS)
+            classes.extend(load())
         except Exception as err:  # noqa: BLE001 - one broken module must not hide the others
             errors[name] = f"{type(err).__name__}: {err}"
     return classes, errors

@@ -9,17 +9,14 @@ import contextlib
 import functools
 import importlib.util
 import os
-import sys
 import traceback
 
 from qgis.core import (Qgis, QgsApplication, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingException,
                        QgsProcessingParameterDefinition)
-from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ...core.common import Progress, SmdError
-
-ICONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "icons")
+from ...core.common import Progress, SmdError, python_interpreter
+from ...resources import ICONS_DIR, pip_requirement, tr  # noqa: F401 - tr is re-exported to the shells
 
 #: group id -> (untranslated display name, icon file)
 GROUPS = {
@@ -27,40 +24,13 @@ GROUPS = {
     "dataprep": ("Data preparation", "group_dataprep.svg"),
     "validation": ("Validation", "group_validation.svg"),
 }
-
-#: import name -> pip requirement (pins match requirements.txt: the model files are tested with these)
-PIP_REQUIREMENTS = {
-    "xgboost": "xgboost==2.1.3",
-    "lightgbm": "lightgbm==4.5.0",
-    "catboost": "catboost==1.2.7",
-    "sklearn": "scikit-learn==1.5.2",
-    "shap": "shap==0.46.0",
-}
-
-
-def tr(text, context="smdownscale"):
-    """Translate ``text`` in the plugin's translation context."""
-    return QCoreApplication.translate(context, text)
+#: import names of the learners the algorithms may need (pins: requirements.txt)
+LEARNER_PACKAGES = ("xgboost", "lightgbm", "catboost", "sklearn", "shap")
 
 
 def qgis_python_executable():
-    """The Python interpreter of the running QGIS (for the pip hint).
-
-    Inside the QGIS desktop ``sys.executable`` is the ``qgis`` binary itself, so look for the
-    interpreter beside the prefix QGIS's Python runs from.
-    """
-    exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python"):
-        return exe
-    if os.name == "nt":
-        candidates = [os.path.join(sys.exec_prefix, "python.exe"),
-                      os.path.join(os.path.dirname(exe), "python3.exe"),
-                      os.path.join(os.path.dirname(exe), "python.exe")]
-    else:
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        candidates = [os.path.join(sys.exec_prefix, "bin", f"python{version}"),
-                      os.path.join(sys.exec_prefix, "bin", "python3")]
-    return next((path for path in candidates if os.path.isfile(path)), exe or "python3")
+    """The Python interpreter of the running QGIS (for the pip hint; never a shim from PATH)."""
+    return python_interpreter() or "python3"
 
 
 def missing_packages(names):
@@ -70,7 +40,7 @@ def missing_packages(names):
 
 def pip_command(names):
     """The exact command installing the packages ``names`` for the Python QGIS runs."""
-    requirements = " ".join(PIP_REQUIREMENTS.get(name, name) for name in names)
+    requirements = " ".join(pip_requirement(name) for name in names)
     return f'"{qgis_python_executable()}" -m pip install {requirements}'
 
 
@@ -133,7 +103,7 @@ def core_error_message(err):
     """The user's message for a core error: SmdError text, or the pip command for a learner."""
     if isinstance(err, ImportError):
         name = (getattr(err, "name", None) or "").split(".")[0]
-        if name in PIP_REQUIREMENTS:
+        if name in LEARNER_PACKAGES:
             return tr("The Python package {} could not be imported ({}). Install it with:\n  {}").format(
                 name, err, pip_command([name]))
         return tr("A Python package could not be imported ({}).").format(err)
@@ -173,18 +143,22 @@ def error_log_path():
 
 
 def log_traceback(where):
-    """Put the current exception's traceback into the QGIS message log and the error log file.
+    """Append the current exception's traceback to the error log file; note it in the QGIS log.
 
-    Returns the log file path, or None when it could not be written.
+    The traceback goes to the file only (qgis_process echoes the message log to the terminal).
+    Returns the log file path, or None when it could not be written (then the QGIS log gets the
+    traceback).
     """
     details = f"smdownscale: {where} failed\n{traceback.format_exc()}"
-    QgsMessageLog.logMessage(details, "smdownscale", Qgis.Critical)
     path = error_log_path()
     try:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(details + "\n")
     except OSError:
+        QgsMessageLog.logMessage(details, "smdownscale", Qgis.Critical)
         return None
+    QgsMessageLog.logMessage(f"smdownscale: {where} failed; traceback in {path}", "smdownscale",
+                             Qgis.Critical)
     return path
 
 
@@ -213,9 +187,9 @@ def user_facing_errors(method, where):
             log = log_traceback(f"{self.id()} {where}")
             raise QgsProcessingException(tr(
                 "{} failed unexpectedly ({}: {}). This is a fault of the plugin, not of your data "
-                "choices; the details are in the QGIS message log (smdownscale tab){}. Please "
-                "report it.").format(self.displayName(), type(err).__name__, err,
-                                     tr(" and in {}").format(log) if log else "")) from err
+                "choices; the details are in {}. Please report it.").format(
+                    self.displayName(), type(err).__name__, err,
+                    log or tr("the QGIS message log (smdownscale tab)"))) from err
     return wrapper
 
 

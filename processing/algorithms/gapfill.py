@@ -102,6 +102,3 @@ class GapFillAlgorithm(SmdAlgorithm):
         feedback.pushInfo(tr("{} dates ({} to {}); {:.1%} of the values are valid").format(
             len(info["dates"]), info["dates"][0], info["dates"][-1], info["valid_values"] / max(total, 1)))
         return {self.OUTPUT: output, self.N_DATES: len(info["dates"])}
-
-
-ALGORITHMS = [GapFillAlgorithm]

@@ -41,6 +41,3 @@ class GenerateKeysAlgorithm(SmdAlgorithm):
             key = generate_key_pair(private_path, public_path)
         feedback.pushInfo(tr("Key id {}: share {} and keep {} secret.").format(key, public_path, private_path))
         return {self.OUTPUT_PRIVATE: private_path, self.OUTPUT_PUBLIC: public_path, self.KEY_ID: key}
-
-
-ALGORITHMS = [GenerateKeysAlgorithm]

@@ -91,6 +91,3 @@ class ImportIsmnAlgorithm(SmdAlgorithm):
         feedback.pushInfo(tr("{} station-days from {} stations, {} to {}").format(
             info["records"], len(info["sites"]), info["first_date"], info["last_date"]))
         return {self.OUTPUT: output, self.N_RECORDS: info["records"], self.N_SITES: len(info["sites"])}
-
-
-ALGORITHMS = [ImportIsmnAlgorithm]

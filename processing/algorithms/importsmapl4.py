@@ -95,6 +95,3 @@ class ImportSmapL4Algorithm(SmdAlgorithm):
             feedback.pushInfo(tr("Outside the time window: {}").format(", ".join(info["granules_skipped"])))
         style_on_load(context, output, SoilMoistureStyle)
         return {self.OUTPUT: output, self.N_DATES: len(info["dates"])}
-
-
-ALGORITHMS = [ImportSmapL4Algorithm]

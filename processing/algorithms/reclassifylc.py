@@ -80,6 +80,3 @@ class ReclassifyLandCoverAlgorithm(SmdAlgorithm):
         feedback.pushInfo(tr("nodata: {} pixels").format(info["nodata_pixels"]))
         counts = json.dumps({str(k): v for k, v in info["class_counts"].items()})
         return {self.OUTPUT: output, self.CLASS_COUNTS: counts}
-
-
-ALGORITHMS = [ReclassifyLandCoverAlgorithm]

@@ -92,6 +92,3 @@ class S1CompositeAlgorithm(SmdAlgorithm):
             feedback.reportError(tr("No scene within the window (nodata): {}").format(
                 ", ".join(info["days_without_scene"])), False)
         return {self.OUTPUT: output, self.N_DATES: len(info["dates"])}
-
-
-ALGORITHMS = [S1CompositeAlgorithm]

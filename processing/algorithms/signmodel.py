@@ -1,28 +1,12 @@
-"""smdownscale:signmodel - a signed copy of a model file; the trusted-keys setting."""
+"""smdownscale:signmodel - a signed copy of a model file."""
 from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterString,
-    QgsSettings,
 )
 
 from .base import SmdAlgorithm, core_errors, model_file_error, tr
-
-#: QgsSettings key: public key file(s) or folder(s) trusted by default, separated by ";".
-TRUSTED_KEYS_SETTING = "smdownscale/trusted_keys"
-
-
-def trusted_key_paths(text=None):
-    """List of trusted public key paths: from ``text`` (";"-separated), else from the setting."""
-    value = text
-    if not value:
-        value = QgsSettings().value(TRUSTED_KEYS_SETTING, "")
-    if isinstance(value, (list, tuple)):
-        items = [str(v) for v in value]
-    else:
-        items = str(value or "").replace("\n", ";").split(";")
-    return [item.strip() for item in items if item and item.strip()]
 
 
 class SignModelAlgorithm(SmdAlgorithm):
@@ -72,6 +56,3 @@ class SignModelAlgorithm(SmdAlgorithm):
                 signer=self.parameterAsString(parameters, self.SIGNER, context) or "")
         feedback.pushInfo(tr("Signed with key {} into {}.").format(info["key_id"], output))
         return {self.OUTPUT: output, self.KEY_ID: info["key_id"]}
-
-
-ALGORITHMS = [SignModelAlgorithm]

@@ -131,6 +131,3 @@ def _remove_created(created):
             os.rmdir(path)
         except OSError:
             break  # not empty (or gone): leave it and its parents
-
-
-ALGORITHMS = [SpectralIndicesAlgorithm]

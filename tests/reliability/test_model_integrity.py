@@ -650,7 +650,7 @@ def test_predict_through_qgis_process_with_require_signed(world, tmp_path):
 def test_model_report_shows_the_signature_status(qgis_app, world):
     from qgis.core import QgsSettings
 
-    from smdownscale.processing.algorithms.signmodel import TRUSTED_KEYS_SETTING
+    from smdownscale.resources import TRUSTED_KEYS_SETTING
     from smdownscale.ui.model_report import ModelReportDialog
 
     settings = QgsSettings()

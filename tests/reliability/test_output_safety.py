@@ -451,3 +451,35 @@ def test_through_qgis_process_bad_outputs_end_in_one_message(prepared, tmp_path)
         assert "Traceback" not in text, text
     assert (folder / "notes.txt").read_text() == "keep me"
     assert json.loads(open(os.path.join(prepared["dataset"], "dataset.json")).read())["version"] == 2
+
+
+def test_an_unexpected_error_is_one_message_and_its_traceback_goes_to_the_log_file(qgis_app, tmp_path,
+                                                                                   monkeypatch):
+    """The last line of defence: a fault that is not an input problem (here a RuntimeError a
+    subclass raises) reaches the user as one sentence naming the log file; the traceback is
+    in that file, not in the message."""
+    from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+    from smdownscale.processing.algorithms import base
+
+    class Faulty(base.SmdAlgorithm):
+        ALG_ID = "faulty"
+        DISPLAY_NAME = "Faulty step"
+
+        def initAlgorithm(self, config=None):  # noqa: N802
+            pass
+
+        def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+            raise RuntimeError("an internal inconsistency")
+
+    log = tmp_path / "smdownscale-errors.log"
+    monkeypatch.setattr(base, "error_log_path", lambda: str(log))
+    with pytest.raises(QgsProcessingException) as caught:
+        Faulty().processAlgorithm({}, QgsProcessingContext(), QgsProcessingFeedback())
+    message = str(caught.value)
+    assert message == ("Faulty step failed unexpectedly (RuntimeError: an internal inconsistency). "
+                       "This is a fault of the plugin, not of your data choices; the details are in "
+                       f"{log}. Please report it.")
+    assert "Traceback" not in message
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "an internal inconsistency" in text
