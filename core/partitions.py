@@ -125,13 +125,8 @@ class Partitions:
                 raise SmdError(f"{path!r} has no layer {layer!r}.")
             definition = vector.GetLayerDefn()
             fields = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
-            if field not in fields:
-                raise SmdError(f"{os.path.basename(path)} has no field {field!r}; available fields: "
-                               f"{', '.join(fields) or '(none)'}.")
             reference = vector.GetSpatialRef()
-            if reference is None:
-                raise SmdError(f"{os.path.basename(path)} has no coordinate reference system; "
-                               "assign one before using it as partitions.")
+            check_partition_layer(os.path.basename(path), fields, field, has_crs=reference is not None)
             merged = {}
             for number, feature in enumerate(vector, start=1):
                 geometry = feature.GetGeometryRef()
@@ -155,6 +150,27 @@ class Partitions:
             return cls(names, geometries, reference.ExportToWkt(), source_path=path)
         finally:
             source = None  # closes the OGR data source
+
+
+def check_partition_layer(label, fields, field, *, has_crs):
+    """The one check of a partition layer before its features are read: the name field is
+    given and exists, and the layer has a CRS. SmdError naming ``label`` (the file or "The
+    partition layer") otherwise; used by :meth:`Partitions.from_file` and the Processing shells.
+    """
+    fields = [str(f) for f in fields]
+    available = ", ".join(fields) or "(none)"
+    if not field:
+        raise SmdError(f"Choose the partition name field of {_lower_first(label)} (the attribute holding "
+                       f"the region names); available fields: {available}.")
+    if field not in fields:
+        raise SmdError(f"{label} has no field {field!r}; available fields: {available}.")
+    if not has_crs:
+        raise SmdError(f"{label} has no coordinate reference system; assign one before using it as "
+                       "partitions.")
+
+
+def _lower_first(label):
+    return label[:1].lower() + label[1:] if label.startswith("The ") else label
 
 
 def _check_geometry(name, label, geometry):

@@ -13,6 +13,7 @@ Heavy libraries are imported inside the methods that need them.
 """
 import json
 import math
+import numbers
 import os
 import tempfile
 
@@ -26,19 +27,104 @@ from .common import Progress, SmdError
 # instead of 2.7 s with passive waiting. Must be set before the boosters' libraries load.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+#: The base models (ids, in order of use) and their display names: the one home of both
+#: (the Processing enum, the report rows and the model file take them from here).
 BASE_MODELS = ("xgboost", "lightgbm", "catboost")
+BASE_MODEL_LABELS = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost"}
+
+#: Boosting rounds and shrinkage every base model starts from (rounds: at least MIN_N_ESTIMATORS).
+DEFAULT_N_ESTIMATORS = 300
+MIN_N_ESTIMATORS = 1
+DEFAULT_LEARNING_RATE = 0.1
+#: Name of the tree-depth parameter in each library (CatBoost calls it ``depth``).
+DEPTH_PARAMS = {"xgboost": "max_depth", "lightgbm": "max_depth", "catboost": "depth"}
+#: Deepest tree a shared depth override may ask for (CatBoost's limit).
+MAX_TREE_DEPTH = 16
 
 #: Defaults for every base model; ``n_estimators`` and ``learning_rate`` are translated to each
 #: library's own name, every other key is passed to the library unchanged.
 DEFAULT_PARAMS = {
-    "xgboost": {"n_estimators": 300, "learning_rate": 0.1, "max_depth": 6, "min_child_weight": 1.0,
-                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0, "max_bin": 256},
-    "lightgbm": {"n_estimators": 300, "learning_rate": 0.1, "num_leaves": 31, "max_depth": -1,
-                 "min_child_samples": 20, "subsample": 0.8, "subsample_freq": 1,
+    "xgboost": {"n_estimators": DEFAULT_N_ESTIMATORS, "learning_rate": DEFAULT_LEARNING_RATE, "max_depth": 6,
+                "min_child_weight": 1.0, "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0,
+                "max_bin": 256},
+    "lightgbm": {"n_estimators": DEFAULT_N_ESTIMATORS, "learning_rate": DEFAULT_LEARNING_RATE, "num_leaves": 31,
+                 "max_depth": -1, "min_child_samples": 20, "subsample": 0.8, "subsample_freq": 1,
                  "colsample_bytree": 0.8, "reg_lambda": 0.0, "max_bin": 255},
-    "catboost": {"n_estimators": 300, "learning_rate": 0.1, "depth": 6, "l2_leaf_reg": 3.0,
-                 "border_count": 254},
+    "catboost": {"n_estimators": DEFAULT_N_ESTIMATORS, "learning_rate": DEFAULT_LEARNING_RATE, "depth": 6,
+                 "l2_leaf_reg": 3.0, "border_count": 254},
 }
+
+
+def _is_number(value):
+    """A finite real number (not a bool, not text)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _is_integer(value):
+    return _is_number(value) and float(value).is_integer()
+
+
+def check_base_models(base_models):
+    """The base models as a tuple of distinct known ids; SmdError otherwise (the one check,
+    used by :class:`StackEnsemble` and ``core.train.TrainingSettings``)."""
+    names = [base_models] if isinstance(base_models, str) else list(base_models or ())
+    if not names:
+        raise SmdError(f"base_models is empty; choose at least one of {', '.join(BASE_MODELS)}.")
+    unknown = [n for n in names if n not in BASE_MODELS]
+    if unknown or len(set(names)) != len(names):
+        raise SmdError(f"base_models={names!r}: use distinct names among {', '.join(BASE_MODELS)}.")
+    return tuple(names)
+
+
+def check_params(params):
+    """Per-learner overrides as a plain dict; SmdError for keys that are not base models."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise SmdError("params must be a dict: base model name -> dict of hyper-parameters.")
+    unknown_params = sorted(set(params) - set(BASE_MODELS))
+    if unknown_params:
+        raise SmdError(f"params has entries for unknown base model(s) {unknown_params}; "
+                       f"use keys among {', '.join(BASE_MODELS)}.")
+    return {name: dict(values) for name, values in params.items()}
+
+
+def learner_params(base_models, *, n_estimators=DEFAULT_N_ESTIMATORS, learning_rate=DEFAULT_LEARNING_RATE,
+                   max_depth=0):
+    """Per-learner overrides of :data:`DEFAULT_PARAMS` from the settings shared by every learner.
+
+    Parameters
+    ----------
+    base_models : sequence of str
+    n_estimators : int
+        Boosting rounds of each learner (at least 1).
+    learning_rate : float
+        Shrinkage of each round (a finite number above 0).
+    max_depth : int
+        Depth of every learner's trees, 0..:data:`MAX_TREE_DEPTH`; 0 keeps each library's default
+        (XGBoost 6, LightGBM unlimited with 31 leaves, CatBoost 6). Translated to each library's
+        own parameter name (:data:`DEPTH_PARAMS`).
+
+    Returns
+    -------
+    dict model name -> dict, for ``params`` of :class:`StackEnsemble` / ``train_model``.
+    """
+    names = check_base_models(base_models)
+    if not _is_integer(n_estimators) or n_estimators < MIN_N_ESTIMATORS:
+        raise SmdError(f"n_estimators={n_estimators!r}: use an integer of at least {MIN_N_ESTIMATORS} "
+                       "(trees per base model).")
+    if not _is_number(learning_rate) or not float(learning_rate) > 0:
+        raise SmdError(f"learning_rate={learning_rate!r}: use a number above 0 (the default is "
+                       f"{DEFAULT_LEARNING_RATE}).")
+    if not _is_integer(max_depth) or not 0 <= max_depth <= MAX_TREE_DEPTH:
+        raise SmdError(f"max_depth={max_depth!r}: use an integer from 0 (each library's default) to "
+                       f"{MAX_TREE_DEPTH}.")
+    params = {}
+    for name in names:
+        params[name] = {"n_estimators": int(n_estimators), "learning_rate": float(learning_rate)}
+        if max_depth > 0:
+            params[name][DEPTH_PARAMS[name]] = int(max_depth)
+    return params
 
 #: Files each base model is stored in inside a model folder of the zip.
 MODEL_FILES = {"xgboost": "xgboost.ubj", "lightgbm": "lightgbm.txt", "catboost": "catboost.cbm"}
@@ -117,8 +203,8 @@ def _split_params(model_name, params, seed, n_threads):
     """Native parameter dict and number of boosting rounds for one base model."""
     merged = dict(DEFAULT_PARAMS[model_name])
     merged.update(params or {})
-    rounds = int(merged.pop("n_estimators", merged.pop("num_boost_round", merged.pop("iterations", 300))))
-    learning_rate = float(merged.pop("learning_rate", 0.1))
+    rounds = int(merged.pop("n_estimators", merged.pop("num_boost_round", merged.pop("iterations", DEFAULT_N_ESTIMATORS))))
+    learning_rate = float(merged.pop("learning_rate", DEFAULT_LEARNING_RATE))
     if rounds < 1:
         raise SmdError(f"{model_name}: n_estimators must be at least 1, got {rounds}.")
     if model_name == "xgboost":
@@ -318,16 +404,8 @@ class StackEnsemble:
 
     # -- checks -------------------------------------------------------------------------------
     def _checked_base_models(self):
-        names = [self.base_models] if isinstance(self.base_models, str) else list(self.base_models)
-        if not names:
-            raise SmdError("base_models is empty; choose at least one of xgboost, lightgbm, catboost.")
-        unknown = [n for n in names if n not in BASE_MODELS]
-        if unknown or len(set(names)) != len(names):
-            raise SmdError(f"base_models={names!r}: use distinct names among {', '.join(BASE_MODELS)}.")
-        unknown_params = sorted(set(self.params or {}) - set(BASE_MODELS))
-        if unknown_params:
-            raise SmdError(f"params has entries for unknown base model(s) {unknown_params}; "
-                           f"use keys among {', '.join(BASE_MODELS)}.")
+        names = list(check_base_models(self.base_models))
+        check_params(self.params)
         return names
 
     def _threads(self):

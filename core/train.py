@@ -13,6 +13,7 @@ also split the test set and the folds by blocks of coarse cells ("spatial") or b
 """
 import contextlib
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -24,12 +25,116 @@ import numpy as np
 
 from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, soil_moisture_units_hint
 from .outputs import atomic_output, check_outputs, write_text_output
+from .stack import BASE_MODEL_LABELS, BASE_MODELS, _is_integer, _is_number, check_base_models, check_params
 
+#: Partition label of the global (unpartitioned) model in the report rows: the paper's "WP".
 GLOBAL_LABEL = "WP"
+#: Cross-validation strategies (ids, in the order of the Processing enum) and their names.
 CV_STRATEGIES = ("random", "spatial", "dates")
-MODEL_LABELS = {"xgboost": "XGBoost", "lightgbm": "LightGBM", "catboost": "CatBoost", "stack": "Stacking"}
-ROW_FIELDS = ("partition", "model", "n_train", "n_test", "r_train", "rmse_train", "r_test", "rmse_test")
+CV_STRATEGY_LABELS = {"random": "Random pixels", "spatial": "Spatial blocks", "dates": "Leave dates out"}
+#: Model id of the stacking ensemble in the report rows (beside the base models' ids).
+STACK_MODEL = "stack"
+MODEL_LABELS = {**BASE_MODEL_LABELS, STACK_MODEL: "Stacking"}
+#: Table-3 columns of the report rows and their headers (CSV/HTML report, Model report dialog).
+ROW_COLUMNS = (("partition", "Partition"), ("model", "Model"), ("n_train", "Train samples"),
+               ("n_test", "Test samples"), ("r_train", "R (train)"), ("rmse_train", "RMSE (train)"),
+               ("r_test", "R (test)"), ("rmse_test", "RMSE (test)"))
+ROW_FIELDS = tuple(field for field, _ in ROW_COLUMNS)
+ROW_HEADERS = tuple(header for _, header in ROW_COLUMNS)
 REPORT_EXTENSIONS = (".json", ".csv", ".html", ".htm")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """How :func:`train_model` trains: the one place its settings are defaulted and checked.
+
+    Every field is checked (and normalised: tuples, ints, floats) on construction; a bad value
+    raises SmdError saying what to use. The Processing algorithm builds one from its parameters
+    and reports the same message before the run.
+
+    Attributes
+    ----------
+    base_models : tuple of str
+        Subset of :data:`.stack.BASE_MODELS`.
+    folds : int
+        Cross-validation folds for the out-of-fold predictions, at least 2 (paper: 5).
+    test_fraction : float
+        Share of samples (or of blocks/dates) held out for testing, strictly between 0 and 1
+        (paper: 0.3).
+    cv_strategy : {"random", "spatial", "dates"}
+        How the test set and the folds are drawn: by sample, by blocks of
+        ``spatial_block_cells`` x ``spatial_block_cells`` coarse cells, or by whole dates.
+    spatial_block_cells : int
+        At least 1.
+    seed : int
+    params : dict model name -> dict
+        Hyper-parameter overrides (:data:`.stack.DEFAULT_PARAMS`, :func:`.stack.learner_params`).
+    train_global : bool
+        Also train the model without partitions ("WP").
+    min_samples : int
+        At least 1. A partition with fewer samples is an error, or uses the global model when
+        ``fallback_to_global`` is True (recorded as a warning in the report).
+    fallback_to_global : bool
+    n_threads : int or None
+        Threads per booster; None or 0 = all cores (stored as None).
+    """
+
+    base_models: tuple = BASE_MODELS
+    folds: int = 5
+    test_fraction: float = 0.3
+    cv_strategy: str = "random"
+    spatial_block_cells: int = 4
+    seed: int = 42
+    params: dict = dataclasses.field(default_factory=dict)
+    train_global: bool = True
+    min_samples: int = 50
+    fallback_to_global: bool = False
+    n_threads: object = None
+
+    #: smallest accepted value of each integer setting (also the Processing parameters' minimum;
+    #: none has a maximum) and what the message adds
+    MINIMUMS = {"folds": (2, "an integer of at least 2 (the paper uses 5)"),
+                "spatial_block_cells": (1, "at least 1 coarse cell"),
+                "min_samples": (1, "at least 1"),
+                "n_threads": (0, "a number of threads, or 0 / None for all cores")}
+    #: test_fraction lies strictly between these
+    TEST_FRACTION_BOUNDS = (0.0, 1.0)
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("base_models", check_base_models(self.base_models))
+        if self.cv_strategy not in CV_STRATEGIES:
+            raise SmdError(f"cv_strategy={self.cv_strategy!r}: use one of {', '.join(CV_STRATEGIES)}.")
+        for name, (minimum, use) in self.MINIMUMS.items():
+            value = getattr(self, name)
+            if not (value is None and name == "n_threads") and (not _is_integer(value) or value < minimum):
+                raise SmdError(f"{name}={value!r}: use {use}.")
+        low, high = self.TEST_FRACTION_BOUNDS
+        if not _is_number(self.test_fraction) or not low < float(self.test_fraction) < high:
+            raise SmdError(f"test_fraction={self.test_fraction!r}: use a fraction between {low:g} and "
+                           f"{high:g} (the paper uses 0.3).")
+        if not _is_integer(self.seed):
+            raise SmdError(f"seed={self.seed!r}: use an integer.")
+        put("params", check_params(self.params))
+        for name in ("folds", "spatial_block_cells", "min_samples", "seed"):
+            put(name, int(getattr(self, name)))
+        put("test_fraction", float(self.test_fraction))
+        put("train_global", bool(self.train_global))
+        put("fallback_to_global", bool(self.fallback_to_global))
+        put("n_threads", int(self.n_threads) if self.n_threads else None)
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self):
+        """JSON-ready dict of the settings (the report's ``settings``, the model's ``params``)."""
+        data = dataclasses.asdict(self)
+        data["base_models"] = list(self.base_models)
+        return data
+
 
 
 class Samples:
@@ -192,12 +297,40 @@ def _metric_rows(label, model, X_train, y_train, X_test, y_test):
 
     train_pred, test_pred = preds(X_train), preds(X_test)
     rows = []
-    for k, name in enumerate(list(model.base_model_names_) + ["stack"]):
+    for k, name in enumerate(list(model.base_model_names_) + [STACK_MODEL]):
         rows.append({"partition": label, "model": MODEL_LABELS[name], "n_train": int(len(y_train)),
                      "n_test": int(len(y_test)),
                      "r_train": r(train_pred[:, k], y_train), "rmse_train": rmse(train_pred[:, k], y_train),
                      "r_test": r(test_pred[:, k], y_test), "rmse_test": rmse(test_pred[:, k], y_test)})
     return rows
+
+
+def format_value(value):
+    """A report number as text: 4 decimals (an R of 0.9999 must not read as 1.000), 'n/a' for
+    NaN, infinity and None (a score undefined for too few samples)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if math.isfinite(value) else "n/a"
+    return str(value)
+
+
+def stacking_test_scores(rows):
+    """(R, RMSE) of the stacking models on their test samples, from Table-3 ``rows``.
+
+    With partitions: the partition rows averaged with weights n_test (RMSE as the root of the
+    weighted mean square); without: the global (WP) row. Rows whose test score is undefined
+    (fewer than 3 test samples: R is NaN or None) carry no weight; (NaN, NaN) when none is left.
+    """
+    stack = [row for row in rows if row.get("model") == MODEL_LABELS[STACK_MODEL]]
+    chosen = [row for row in stack if row.get("partition") != GLOBAL_LABEL] or stack
+    chosen = [row for row in chosen if _is_number(row.get("r_test")) and _is_number(row.get("rmse_test"))]
+    total = sum(row["n_test"] for row in chosen)
+    if not chosen or total == 0:
+        return float("nan"), float("nan")
+    r = sum(row["r_test"] * row["n_test"] for row in chosen) / total
+    rmse = (sum(row["rmse_test"] ** 2 * row["n_test"] for row in chosen) / total) ** 0.5
+    return float(r), float(rmse)
 
 
 class TrainingReport(dict):
@@ -207,40 +340,50 @@ class TrainingReport(dict):
         """Table-3 rows: partition, model, n_train, n_test, r_train, rmse_train, r_test, rmse_test."""
         return [dict(row) for row in self.get("rows", [])]
 
+    def stacking_test_scores(self):
+        """(R, RMSE) of the stacking models on their test samples (:func:`stacking_test_scores`)."""
+        return stacking_test_scores(self.rows())
+
+    def row_lines(self):
+        """One line of text per Table-3 row (for a log)."""
+        return ["{partition} {model}: n train {n_train}, n test {n_test}, R train {r_train}, RMSE train "
+                "{rmse_train}, R test {r_test}, RMSE test {rmse_test}".format(
+                    **{key: format_value(value) for key, value in row.items()}) for row in self.rows()]
+
     def to_json(self, path):
         return write_training_report(self, path)
 
 
-def _fit_one(samples, index, label, settings, progress):
-    """Split, fit and evaluate one StackEnsemble on ``samples[index]``."""
+def _fit_one(samples, index, label, settings, categorical, progress):
+    """Split, fit and evaluate one StackEnsemble on ``samples[index]`` (``settings``: TrainingSettings)."""
     from sklearn.model_selection import GroupKFold, KFold
 
     from .stack import StackEnsemble
 
-    train, test, groups = split_train_test(samples, index, test_fraction=settings["test_fraction"],
-                                           cv_strategy=settings["cv_strategy"],
-                                           spatial_block_cells=settings["spatial_block_cells"],
-                                           seed=settings["seed"])
-    folds = settings["folds"]
+    train, test, groups = split_train_test(samples, index, test_fraction=settings.test_fraction,
+                                           cv_strategy=settings.cv_strategy,
+                                           spatial_block_cells=settings.spatial_block_cells,
+                                           seed=settings.seed)
+    folds = settings.folds
     if len(test) == 0:
         raise SmdError(f"Partition {label!r}: no sample is left for the test set ({len(index)} samples, "
-                       f"test_fraction={settings['test_fraction']}); use more samples or a larger "
+                       f"test_fraction={settings.test_fraction}); use more samples or a larger "
                        "test_fraction.")
     if groups is None:
-        cv = KFold(folds, shuffle=True, random_state=settings["seed"])
+        cv = KFold(folds, shuffle=True, random_state=settings.seed)
         if len(train) < folds:
             raise SmdError(f"Partition {label!r} has only {len(train)} training samples for {folds} folds.")
     else:
         n_groups = np.unique(groups).size
         if n_groups < folds:
-            what = "dates" if settings["cv_strategy"] == "dates" else "spatial blocks"
+            what = "dates" if settings.cv_strategy == "dates" else "spatial blocks"
             raise SmdError(f"Partition {label!r} has only {n_groups} {what} in its training set, fewer than "
                            f"{folds} folds; use fewer folds, {'more dates' if what == 'dates' else 'a smaller spatial_block_cells'} "
                            "or cv_strategy='random'.")
         cv = GroupKFold(folds)
-    model = StackEnsemble(base_models=tuple(settings["base_models"]), n_folds=folds, params=settings["params"],
-                          seed=settings["seed"], n_threads=settings["n_threads"],
-                          feature_names=samples.predictor_names, categorical=settings["categorical"])
+    model = StackEnsemble(base_models=settings.base_models, n_folds=folds, params=settings.params,
+                          seed=settings.seed, n_threads=settings.n_threads,
+                          feature_names=samples.predictor_names, categorical=categorical)
     model.fit(samples.X[train], samples.y[train], groups=groups, cv=cv, progress=progress)
     rows = _metric_rows(label, model, samples.X[train], samples.y[train], samples.X[test], samples.y[test])
     summary = {"partition": label, "n_samples": int(len(index)), "n_train": int(len(train)),
@@ -250,23 +393,8 @@ def _fit_one(samples, index, label, settings, progress):
     return model, rows, summary
 
 
-def _check_settings(folds, test_fraction, cv_strategy, spatial_block_cells, min_samples):
-    if cv_strategy not in CV_STRATEGIES:
-        raise SmdError(f"cv_strategy={cv_strategy!r}: use one of {', '.join(CV_STRATEGIES)}.")
-    if int(folds) != folds or folds < 2:
-        raise SmdError(f"folds={folds!r}: use an integer of at least 2 (the paper uses 5).")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise SmdError(f"test_fraction={test_fraction!r}: use a fraction between 0 and 1 (the paper uses 0.3).")
-    if int(spatial_block_cells) < 1:
-        raise SmdError(f"spatial_block_cells={spatial_block_cells!r}: use at least 1 coarse cell.")
-    if int(min_samples) < 1:
-        raise SmdError(f"min_samples={min_samples!r}: use at least 1.")
-
-
-def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xgboost", "lightgbm", "catboost"),
-                folds=5, test_fraction=0.3, cv_strategy="random", spatial_block_cells=4, seed=42, params=None,
-                train_global=True, min_samples=50, fallback_to_global=False, n_threads=None, report_path=None,
-                progress=None):
+def train_model(dataset_folder, model_path, *, partitions=None, settings=None, report_path=None, progress=None,
+                **options):
     """Train the partitioned Stacking models and write the model file (and the report).
 
     Parameters
@@ -277,25 +405,12 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
         Output model file (zip, :mod:`.modelfile`); written only when everything succeeded.
     partitions : Partitions or None
         Terrain partitions; None trains only the global model.
-    base_models : sequence of str
-        Subset of xgboost, lightgbm, catboost.
-    folds : int
-        Cross-validation folds for the out-of-fold predictions (paper: 5).
-    test_fraction : float
-        Share of samples (or of blocks/dates) held out for testing (paper: 0.3).
-    cv_strategy : {"random", "spatial", "dates"}
-        How the test set and the folds are drawn: by sample, by blocks of
-        ``spatial_block_cells`` x ``spatial_block_cells`` coarse cells, or by whole dates.
-    seed : int
-    params : dict model name -> dict, optional
-        Hyper-parameter overrides (:data:`.stack.DEFAULT_PARAMS`).
-    train_global : bool
-        Also train the model without partitions ("WP").
-    min_samples : int
-        A partition with fewer samples is an error, or uses the global model when
-        ``fallback_to_global`` is True (recorded as a warning in the report).
-    n_threads : int or None
-        Threads per booster (None = all cores).
+    settings : TrainingSettings, optional
+        How to train (defaults: :class:`TrainingSettings`).
+    **options
+        Fields of :class:`TrainingSettings` (``base_models``, ``folds``, ``test_fraction``,
+        ``cv_strategy``, ``spatial_block_cells``, ``seed``, ``params``, ``train_global``,
+        ``min_samples``, ``fallback_to_global``, ``n_threads``), overriding ``settings``.
     report_path : str or None
         Also write the training report (.json, .csv or .html, :func:`write_training_report`).
         Model and report are written together: both into temporaries, renamed into place only
@@ -312,11 +427,16 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
         Bad settings, no usable sample (all-NaN target, no cell where every predictor is valid),
         soil moisture outside 0..1 m3/m3 (e.g. in percent), too few samples, a model or report
         that cannot be written (the message names the file and the cause).
+    TypeError
+        An unknown keyword in ``options``.
     """
     from .dataset import Dataset
 
     progress = Progress.wrap(progress)
-    _check_settings(folds, test_fraction, cv_strategy, spatial_block_cells, min_samples)
+    if settings is not None and not isinstance(settings, TrainingSettings):
+        raise TypeError(f"settings must be a TrainingSettings, not {type(settings).__name__}")
+    settings = (settings or TrainingSettings()).replace(**options)
+    min_samples, fallback_to_global = settings.min_samples, settings.fallback_to_global
     if report_path:
         _report_extension(report_path)  # refused before training, not after
     check_outputs([(model_path, "model"), (report_path, "report")],
@@ -325,11 +445,7 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
     dataset = Dataset.open(dataset_folder)
     categorical = {p["name"]: (list(p["categories"]) if p.get("categories") else None)
                    for p in dataset.predictors if p.get("kind") == "categorical"}
-    settings = {"base_models": list(base_models), "folds": int(folds), "test_fraction": float(test_fraction),
-                "cv_strategy": cv_strategy, "spatial_block_cells": int(spatial_block_cells), "seed": int(seed),
-                "params": params or {}, "train_global": bool(train_global), "min_samples": int(min_samples),
-                "fallback_to_global": bool(fallback_to_global), "n_threads": n_threads,
-                "categorical": categorical}
+    settings_json = {**settings.to_json(), "categorical": categorical}
     samples = build_samples(dataset, partitions, progress=progress.sub(0.0, 0.05))
     _check_samples(samples, dataset_folder, partitions is not None)
 
@@ -348,7 +464,7 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
         for k, name in enumerate(samples.partition_names):
             if name not in too_few:
                 jobs.append((name, np.flatnonzero(samples.partition == k), False))
-    if partitions is None or train_global or fallback:
+    if partitions is None or settings.train_global or fallback:
         if len(samples) < min_samples:
             raise SmdError(f"The dataset has only {len(samples)} samples (minimum {min_samples}).")
         jobs.append((GLOBAL_LABEL, np.arange(len(samples)), True))
@@ -359,7 +475,7 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
     for label, index, is_global in jobs:
         sub = progress.sub(0.05 + 0.9 * done / total, 0.05 + 0.9 * (done + len(index)) / total)
         progress.update(0.05 + 0.9 * done / total, f"training {label} ({len(index)} samples)")
-        model, model_rows, summary = _fit_one(samples, index, label, settings, sub)
+        model, model_rows, summary = _fit_one(samples, index, label, settings, categorical, sub)
         done += len(index)
         rows += model_rows
         summaries.append(summary)
@@ -373,7 +489,7 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
     partitions_json = partitions.to_json() if partitions is not None else None
     report = TrainingReport(
         format="smdownscale-training-report", dataset=os.path.abspath(dataset_folder),
-        model_path=os.path.abspath(model_path), settings=settings, dates=list(dataset.dates),
+        model_path=os.path.abspath(model_path), settings=settings_json, dates=list(dataset.dates),
         predictors=[p["name"] for p in dataset.predictors], n_samples=len(samples),
         partitions=summaries, rows=rows, warnings=warnings, fallback=fallback,
         train_seconds=round(time.perf_counter() - started, 3))
@@ -382,7 +498,7 @@ def train_model(dataset_folder, model_path, *, partitions=None, base_models=("xg
                         partitions_json=partitions_json, fine_grid=dataset.fine_grid,
                         coarse_grid=dataset.coarse_grid, dates=dataset.dates,
                         metrics={"rows": _json_safe(rows), "partitions": summaries},
-                        params=_json_safe(settings), extra={"fallback": fallback, "warnings": warnings,
+                        params=_json_safe(settings_json), extra={"fallback": fallback, "warnings": warnings,
                                                              "global_label": GLOBAL_LABEL})
     _write_model_and_report(model_path, model_kwargs, report, report_path)
     progress.update(1.0, "model written")
@@ -517,9 +633,7 @@ def write_training_report(report, path, *, _final_path=None):
         text = buffer.getvalue()
     else:
         def cell(v):
-            if isinstance(v, float):
-                return f"{v:.4f}" if math.isfinite(v) else "n/a"
-            return html.escape(str(v))
+            return html.escape(format_value(v))
         lines = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Training report</title></head>",
                  "<body><h1>Stacking models: samples and performance (cf. paper Table 3)</h1>",
                  "<table border='1'><tr>" + "".join(f"<th>{f}</th>" for f in ROW_FIELDS) + "</tr>"]

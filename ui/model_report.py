@@ -14,17 +14,7 @@ from qgis.PyQt.QtWidgets import (QDialog, QDialogButtonBox, QHeaderView, QLabel,
 from ..core.common import SmdError
 from ..core.modelfile import read_manifest
 from ..core.signing import verify_signature
-
-COLUMNS = ("partition", "model", "n_train", "n_test", "r_train", "rmse_train", "r_test", "rmse_test")
-HEADERS = ("Partition", "Model", "Train samples", "Test samples", "R (train)", "RMSE (train)",
-           "R (test)", "RMSE (test)")
-
-
-def _cell_text(value):
-    if isinstance(value, float):
-        # four decimals: an R of 0.9999 must not read as a perfect 1.000
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
-    return "n/a" if value is None else str(value)
+from ..core.train import ROW_FIELDS, ROW_HEADERS, format_value
 
 
 def best_test_rows(rows):
@@ -78,7 +68,7 @@ def signature_text(info):
 
 def _signature_line(path):
     try:
-        from ..processing.algorithms.signmodel import trusted_key_paths
+        from ..resources import trusted_key_paths
 
         return signature_text(verify_signature(path, trusted_key_paths()))
     except SmdError as err:
@@ -101,8 +91,8 @@ class ModelReportDialog(QDialog):
         self.summary.setWordWrap(True)
         self.summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
         layout.addWidget(self.summary)
-        self.table = QTableWidget(0, len(COLUMNS), self)
-        self.table.setHorizontalHeaderLabels([self.tr(h) for h in HEADERS])
+        self.table = QTableWidget(0, len(ROW_FIELDS), self)
+        self.table.setHorizontalHeaderLabels([self.tr(h) for h in ROW_HEADERS])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
@@ -138,8 +128,8 @@ class ModelReportDialog(QDialog):
         best = best_test_rows(rows)
         self.table.setRowCount(len(rows))
         for index, row in enumerate(rows):
-            for column, key in enumerate(COLUMNS):
-                item = QTableWidgetItem(_cell_text(row.get(key)))
+            for column, key in enumerate(ROW_FIELDS):
+                item = QTableWidgetItem(format_value(row.get(key)))
                 if column >= 2:
                     item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 if index in best:
