@@ -268,3 +268,21 @@ def atomic_output(path, **kwargs):
     from .outputs import atomic_output as atomic
 
     return atomic(path, **kwargs)
+
+
+def whole_number(value, name, *, minimum, advice=None):
+    """``value`` as an int when it is a whole number >= ``minimum`` (int, float or text of one).
+
+    The one rule for whole-number parameters (block_size, max_samples, seed...): 2.5, "2.5",
+    True, NaN and text that is not a number are refused, so the Python API and the Processing
+    dialogs (which pass the number as a float, never rounded) accept the same values.
+    """
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number):
+        raise SmdError(f"{name}={value!r}: use a whole number of at least {minimum}.")
+    if number < minimum:
+        raise SmdError(f"{name}={value!r}: {advice or f'use a whole number of at least {minimum}.'}")
+    return int(number)

@@ -14,13 +14,18 @@ import os
 
 import numpy as np
 
-from .common import Progress, SmdError
+from .common import Progress, SmdError, whole_number
 from .outputs import atomic_output, describe_os_error, write_error
 
+#: the columns of an explain row, in table order
 FIELDS = ("partition", "predictor", "mean_abs_shap", "n_samples")
+#: defaults of :func:`explain` (and of the Processing parameters)
+DEFAULT_MAX_SAMPLES = 2000
+DEFAULT_SEED = 0
 
 
-def explain(model_path, dataset_folder, *, max_samples=2000, seed=0, progress=None):
+def explain(model_path, dataset_folder, *, max_samples=DEFAULT_MAX_SAMPLES, seed=DEFAULT_SEED,
+            progress=None):
     """Mean |SHAP| per predictor for every partition model (and the global "WP" model).
 
     Parameters
@@ -31,9 +36,10 @@ def explain(model_path, dataset_folder, *, max_samples=2000, seed=0, progress=No
         The prepared dataset the model was trained on (its training cells are re-derived with
         the seed and split settings stored in the model).
     max_samples : int
-        Training samples explained per partition (a seeded random subset).
+        Training samples explained per partition (a seeded random subset); checked by
+        :func:`parse_max_samples`.
     seed : int
-        Seed of that subset.
+        Seed of that subset; checked by :func:`parse_seed`.
     progress : Progress, optional
 
     Returns
@@ -49,11 +55,8 @@ def explain(model_path, dataset_folder, *, max_samples=2000, seed=0, progress=No
     from .train import GLOBAL_LABEL, build_samples, split_train_test
 
     progress = Progress.wrap(progress)
-    max_samples = _count(max_samples, "max_samples")
-    try:
-        seed = int(seed)
-    except (TypeError, ValueError, OverflowError):
-        raise SmdError(f"seed={seed!r}: use an integer.") from None
+    max_samples = parse_max_samples(max_samples)
+    seed = parse_seed(seed)
     loaded = load_model(model_path)
     dataset = Dataset.open(dataset_folder)
     if dataset.predictor_names != loaded.predictor_names:
@@ -98,17 +101,15 @@ def explain(model_path, dataset_folder, *, max_samples=2000, seed=0, progress=No
     return rows
 
 
-def _count(value, name):
-    """A positive integer parameter, SmdError otherwise."""
-    if isinstance(value, bool):
-        raise SmdError(f"{name}={value!r}: use a whole number of at least 1.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SmdError(f"{name}={value!r}: use a whole number of at least 1.") from None
-    if not np.isfinite(number) or number != int(number) or number < 1:
-        raise SmdError(f"{name}={value!r}: explain at least 1 sample per partition (a whole number).")
-    return int(number)
+def parse_max_samples(value):
+    """MAX_SAMPLES: the samples explained per partition, a whole number >= 1."""
+    return whole_number(value, "max_samples", minimum=1,
+                        advice="explain at least 1 sample per partition (a whole number).")
+
+
+def parse_seed(value):
+    """SEED: the seed of the sample drawn, a whole number >= 0 (numpy's generators refuse negative seeds)."""
+    return whole_number(value, "seed", minimum=0)
 
 
 def write_explain_table(rows, path):

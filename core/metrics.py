@@ -13,11 +13,18 @@ import numpy as np
 #: Fewer valid pairs than this give NaN correlation.
 MIN_PAIRS_FOR_R = 3
 
+#: The paper's agreement metrics (Eq. 5-8), in report order.
+METRIC_NAMES = ("r", "rmse", "bias", "ubrmse")
+
 #: The paper's classes (Section 4.2). Bounds: "high" is R > 0.6, "moderate" 0.4 <= R <= 0.6,
 #: "low" R < 0.4; ubRMSE "meets" (the SMAP requirement) < 0.04, "acceptable" 0.04..0.06
-#: (inclusive), "poor" > 0.06. NaN values are counted as "undefined".
+#: (inclusive), "poor" > 0.06. NaN values are counted as "undefined". The one home of these
+#: bounds: the reports, the summary counts and the QGIS style all read them from here.
 R_CLASSES = ("high", "moderate", "low")
+R_BOUNDS = (0.4, 0.6)
 UBRMSE_CLASSES = ("meets", "acceptable", "poor")
+UBRMSE_BOUNDS = (0.04, 0.06)
+UNDEFINED_CLASS = "undefined"
 
 
 def valid_pairs(pred, obs):
@@ -88,8 +95,8 @@ def ubrmse(pred, obs):
 def all_metrics(pred, obs):
     """``dict(n, r, rmse, bias, ubrmse)`` for one series pair (n = valid pairs)."""
     p, o = valid_pairs(pred, obs)
-    return {"n": int(p.size), "r": r(p, o), "rmse": rmse(p, o), "bias": bias(p, o),
-            "ubrmse": ubrmse(p, o)}
+    functions = {"r": r, "rmse": rmse, "bias": bias, "ubrmse": ubrmse}
+    return {"n": int(p.size), **{name: functions[name](p, o) for name in METRIC_NAMES}}
 
 
 def summarise(values):
@@ -115,22 +122,27 @@ def summarise(values):
     return {"n": int(finite.size), "n_undefined": int(values.size - finite.size), **stats}
 
 
-def r_classes(values):
-    """Count sites per paper R class: high (> 0.6), moderate (0.4..0.6), low (< 0.4), undefined."""
+def _classes(values, bounds, names):
+    """Counts per class of ``names`` (above the upper bound, between inclusive, below the lower),
+    plus ``undefined`` for NaN."""
     values = np.asarray(list(values), dtype="float64").ravel()
     finite = np.isfinite(values)
-    high = finite & (values > 0.6)
-    low = finite & (values < 0.4)
-    return {"high": int(high.sum()), "moderate": int((finite & ~high & ~low).sum()),
-            "low": int(low.sum()), "undefined": int((~finite).sum())}
+    lower, upper = bounds
+    above = finite & (values > upper)
+    below = finite & (values < lower)
+    counts = {"above": int(above.sum()), "between": int((finite & ~above & ~below).sum()),
+              "below": int(below.sum())}
+    return {**{name: counts[where] for name, where in names}, UNDEFINED_CLASS: int((~finite).sum())}
+
+
+def r_classes(values):
+    """Count sites per paper R class: high (> 0.6), moderate (0.4..0.6), low (< 0.4), undefined."""
+    high, moderate, low = R_CLASSES
+    return _classes(values, R_BOUNDS, ((high, "above"), (moderate, "between"), (low, "below")))
 
 
 def ubrmse_classes(values):
     """Count sites per paper ubRMSE class: meets (< 0.04), acceptable (0.04..0.06), poor (> 0.06),
     undefined."""
-    values = np.asarray(list(values), dtype="float64").ravel()
-    finite = np.isfinite(values)
-    meets = finite & (values < 0.04)
-    poor = finite & (values > 0.06)
-    return {"meets": int(meets.sum()), "acceptable": int((finite & ~meets & ~poor).sum()),
-            "poor": int(poor.sum()), "undefined": int((~finite).sum())}
+    meets, acceptable, poor = UBRMSE_CLASSES
+    return _classes(values, UBRMSE_BOUNDS, ((meets, "below"), (acceptable, "between"), (poor, "above")))

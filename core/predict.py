@@ -20,11 +20,13 @@ on that date (NaN target) and fine pixels outside the coarse grid are left uncor
 of the cell that lie inside the fine grid. The largest ``|cell mean - cell SM|`` before and after
 correction (over cells that have both) is measured and returned.
 """
+import dataclasses
 import os
+import re
 
 import numpy as np
 
-from .common import Progress, SmdError, gdal_cache_limit, series_profile
+from .common import Progress, SmdError, gdal_cache_limit, parse_date, series_profile, whole_number
 from .outputs import CheckedRasterWriter, atomic_output, check_outputs, raise_gdal_errors
 from .dataset import Dataset
 
@@ -73,20 +75,124 @@ def match_predictors(model_predictors, dataset_predictors):
     return [data_names.index(p["name"]) for p in model_predictors]
 
 
-def _select_dates(dataset, dates):
-    if dates is None:
-        return list(range(len(dataset.dates)))
+#: what separates the dates of a DATES text
+DATE_SEPARATORS = ",;"
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_dates(dates):
+    """The dates to predict (the DATES parameter), parsed: the one rule for the API and the dialog.
+
+    Parameters
+    ----------
+    dates : None, str or iterable
+        None or a blank text: every date of the dataset (returns None). A text: dates separated
+        by ``,`` or ``;``, blanks around them ignored (``" 2019-04-01 , "``). An iterable: dates
+        as text or ``datetime.date``. Only the first 10 characters of an item count.
+
+    Returns
+    -------
+    list of str or None
+        ISO dates in the order given, repeated dates dropped; None = every date.
+
+    Raises
+    ------
+    SmdError
+        An item that is not a valid ``YYYY-MM-DD`` date, or no date at all in a non-blank text
+        (only separators) or an empty list.
+    """
+    if dates is None or (isinstance(dates, str) and not dates.strip()):
+        return None
     if isinstance(dates, str):
-        dates = [d for d in dates.replace(";", ",").split(",") if d.strip()]
-    wanted = [str(d).strip()[:10] for d in dates]
-    unknown = [d for d in wanted if d not in dataset.dates]
+        items = [item for item in re.split(f"[{DATE_SEPARATORS}]", dates) if item.strip()]
+    else:
+        items = list(dates)
+    wanted = []
+    for item in items:
+        text = str(item).strip()[:10]
+        if not _ISO_DATE.fullmatch(text):  # datetime.date.fromisoformat also takes 20190401
+            raise SmdError(f"{str(item).strip()!r} is not a date in the form YYYY-MM-DD.")
+        iso = parse_date(text).isoformat()
+        if iso not in wanted:
+            wanted.append(iso)
+    if not wanted:
+        raise SmdError("The list of dates to predict is empty: give dates as YYYY-MM-DD separated by "
+                       "commas, or nothing to predict every date.")
+    return wanted
+
+
+def select_dates(available, dates):
+    """Indexes into ``available`` (the dataset's dates) of :func:`parse_dates` ``(dates)``.
+
+    Raises SmdError listing the dates that are not available.
+    """
+    wanted = parse_dates(dates)
+    if wanted is None:
+        return list(range(len(available)))
+    unknown = [d for d in wanted if d not in available]
     if unknown:
         raise SmdError(f"Date(s) {', '.join(unknown)} are not in the dataset. Available dates: "
-                       f"{', '.join(dataset.dates)}.")
-    if not wanted:
-        raise SmdError("The list of dates to predict is empty.")
-    seen = set()
-    return [dataset.dates.index(d) for d in wanted if not (d in seen or seen.add(d))]
+                       f"{', '.join(available)}.")
+    return [list(available).index(d) for d in wanted]
+
+
+def parse_block_size(value):
+    """The BLOCK_SIZE parameter: a whole number of pixels, at least 1 (int, or a float/text of one)."""
+    return whole_number(value, "block_size", minimum=1, advice="use blocks of at least 1 pixel.")
+
+
+@dataclasses.dataclass
+class PredictionReport:
+    """What :func:`predict` wrote. ``report["key"]`` and :meth:`to_dict` give the same values.
+
+    ``pixels_per_model``: partition name, ``"outside partitions"`` (the global model there) or
+    ``"all"`` (a model without partitions) -> pixels predicted. ``pixels_without_model``: valid
+    pixels left NaN (outside every partition without ``use_global``, or in a partition with no
+    model). The cell mismatches (m3/m3) and ``cells_without_soil_moisture`` are None without
+    residual correction.
+    """
+
+    output: str
+    dates: list
+    pixels_predicted: int = 0
+    pixels_nan: int = 0
+    pixels_per_model: dict = dataclasses.field(default_factory=dict)
+    pixels_outside_partitions: int = 0
+    pixels_without_model: int = 0
+    fallback_partitions: list = dataclasses.field(default_factory=list)
+    partitions_without_model: list = dataclasses.field(default_factory=list)
+    residual_correction: bool = False
+    max_cell_mismatch_before: float = None
+    max_cell_mismatch_after: float = None
+    cells_without_soil_moisture: int = None
+
+    def to_dict(self):
+        """The report as a plain dict (the keys :func:`predict` returned before it was a record)."""
+        return dataclasses.asdict(self)
+
+    def __getitem__(self, key):
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def add(self, counts, values):
+        """Count one predicted block: ``counts`` (:class:`BlockCounts`), ``values`` written."""
+        for name, n in counts.per_model.items():
+            self.pixels_per_model[name] = self.pixels_per_model.get(name, 0) + n
+        self.pixels_outside_partitions += counts.outside
+        self.pixels_without_model += counts.without_model
+        predicted = int(np.isfinite(values).sum())
+        self.pixels_predicted += predicted
+        self.pixels_nan += values.size - predicted
+
+
+@dataclasses.dataclass
+class BlockCounts:
+    """Valid pixels of one block: per model name, outside every partition, left without a model."""
+
+    per_model: dict = dataclasses.field(default_factory=dict)
+    outside: int = 0
+    without_model: int = 0
 
 
 class _PixelModels:
@@ -139,17 +245,17 @@ class _PixelModels:
         return partition_index_on_grid(self.partitions, self.dataset.fine_grid.subgrid(window),
                                        mode="centre")
 
-    def predict(self, X, partition_index, counts):
-        """float64 (n,) predictions of the valid rows X (n, p); NaN where no model applies.
-
-        ``counts`` (dict with "per_model", "outside", "without_model") is updated."""
+    def predict(self, X, partition_index):
+        """``(values, counts)``: float64 (n,) predictions of the valid rows X (n, p), NaN where
+        no model applies, and the :class:`BlockCounts` of these rows."""
         out = np.full(X.shape[0], np.nan)
+        counts = BlockCounts()
         if X.shape[0] == 0:
-            return out
+            return out, counts
         if partition_index is None:
             out[:] = self.outside_model.predict(X)
-            counts["per_model"]["all"] = counts["per_model"].get("all", 0) + X.shape[0]
-            return out
+            counts.per_model["all"] = X.shape[0]
+            return out, counts
         for index in np.unique(partition_index):
             if index < 0:
                 model, name = self.outside_model, "outside partitions"
@@ -158,14 +264,13 @@ class _PixelModels:
             rows = partition_index == index
             n = int(rows.sum())
             if index < 0:
-                counts["outside"] += n
+                counts.outside += n
             if model is not None:
                 out[rows] = model.predict(X[rows])
-                per_model = counts["per_model"]
-                per_model[name] = per_model.get(name, 0) + n
+                counts.per_model[name] = counts.per_model.get(name, 0) + n
             else:
-                counts["without_model"] += n
-        return out
+                counts.without_model += n
+        return out, counts
 
 
 def _cell_ids(dataset, window):
@@ -217,8 +322,8 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
     output_path : str
         GeoTIFF to write: float32, tiled, DEFLATE, one band per date described by the date,
         NaN nodata. Written atomically; nothing is left behind on error or cancellation.
-    dates : list of str or None
-        Subset of the dataset's dates (ISO), default all.
+    dates : list of str, str or None
+        Subset of the dataset's dates (ISO), default all; parsed by :func:`parse_dates`.
     residual_correction : bool
         Shift the fine pixels of every coarse cell so that their mean equals the cell's soil
         moisture (additive, see module docstring).
@@ -237,10 +342,11 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
 
     Returns
     -------
-    dict
-        ``output``, ``dates`` (written), ``pixels_predicted`` (over all dates), ``pixels_nan``
-        (fine pixels left NaN, over all dates), ``pixels_per_model`` (partition name, or
-        "outside partitions" for the global model there, or "all" -> pixels predicted),
+    PredictionReport
+        Fields (also ``report[key]`` and ``report.to_dict()``): ``output``, ``dates``
+        (written), ``pixels_predicted`` (over all dates), ``pixels_nan`` (fine pixels left
+        NaN, over all dates), ``pixels_per_model`` (partition name, or "outside partitions"
+        for the global model there, or "all" -> pixels predicted),
         ``pixels_outside_partitions`` (valid pixels outside every partition),
         ``pixels_without_model`` (valid pixels left NaN: outside partitions without
         ``use_global``, or in a partition with no model),
@@ -253,64 +359,32 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
     ------
     SmdError
         Predictor mismatch (lists names), unknown date (lists available dates), a model file or
-        dataset that cannot be read, block_size < 1.
+        dataset that cannot be read, block_size not a whole number >= 1.
     """
-    import rasterio
-
     from .modelfile import load_model
 
     progress = Progress.wrap(progress)
-    try:
-        block_size = int(block_size)
-    except (TypeError, ValueError) as err:
-        raise SmdError(f"block_size must be a whole number of pixels, got {block_size!r}.") from err
-    if block_size < 1:
-        raise SmdError(f"block_size must be at least 1 pixel, got {block_size}.")
+    block_size = parse_block_size(block_size)
+    wanted = parse_dates(dates)
     check_outputs([(output_path, "raster")], inputs=[dataset_folder, model_path])
     progress.update(0.0, "loading the model")
     loaded = load_model(model_path, require_signed=require_signed, trusted_keys=trusted_keys)
     with gdal_cache_limit(), Dataset.open(dataset_folder) as dataset:
-        columns = match_predictors(loaded.predictors, dataset.predictors)
-        date_indexes = _select_dates(dataset, dates)
+        columns = match_predictors(loaded.predictors, [p.to_json() for p in dataset.predictors])
+        date_indexes = select_dates(dataset.dates, wanted)
         pixel_models = _PixelModels(loaded, dataset, use_global, global_only)
         maps = _BlockMaps(pixel_models, dataset, residual_correction)
         windows = list(dataset.fine_block_windows(block_size))
-        grid = dataset.fine_grid
         n_cells = dataset.coarse_grid.width * dataset.coarse_grid.height
-        profile = series_profile(grid.profile(), len(date_indexes))
-        report = {"output": os.path.abspath(output_path),
-                  "dates": [dataset.dates[i] for i in date_indexes],
-                  "pixels_predicted": 0, "pixels_nan": 0, "pixels_per_model": {},
-                  "pixels_outside_partitions": 0, "pixels_without_model": 0,
-                  "fallback_partitions": list(pixel_models.fallback),
-                  "partitions_without_model": list(pixel_models.without_model),
-                  "residual_correction": bool(residual_correction),
-                  "max_cell_mismatch_before": None, "max_cell_mismatch_after": None,
-                  "cells_without_soil_moisture": None}
-        counts = {"per_model": report["pixels_per_model"], "outside": 0, "without_model": 0}
-        passes = 2 if residual_correction else 1
-        steps = len(date_indexes) * len(windows) * passes
-        state = {"step": 0}
-
-        def tick(band, what):
-            progress.check()
-            progress.update(state["step"] / steps, f"{dataset.dates[date_indexes[band]]}: {what}")
-            state["step"] += 1
-
-        def predict_block(date_index, window):
-            """float32 (rows, cols) prediction of one block; updates the counts."""
-            features = dataset.fine_features(date_index, window)[:, columns]
-            valid = np.isfinite(features).all(axis=1)
-            partition, cells = maps.get(window)
-            values = np.full(features.shape[0], np.nan, dtype="float32")
-            values[valid] = pixel_models.predict(
-                features[valid], None if partition is None else partition[valid], counts)
-            report["pixels_outside_partitions"] = counts["outside"]
-            report["pixels_without_model"] = counts["without_model"]
-            predicted = int(np.isfinite(values).sum())
-            report["pixels_predicted"] += predicted
-            report["pixels_nan"] += values.size - predicted
-            return values, cells
+        profile = series_profile(dataset.fine_grid.profile(), len(date_indexes))
+        report = PredictionReport(
+            output=os.path.abspath(output_path), dates=[dataset.dates[i] for i in date_indexes],
+            fallback_partitions=list(pixel_models.fallback),
+            partitions_without_model=list(pixel_models.without_model),
+            residual_correction=bool(residual_correction))
+        blocks = _BlockPredictor(dataset, columns, maps, pixel_models, report)
+        ticker = _Ticker(progress, [dataset.dates[i] for i in date_indexes],
+                         len(date_indexes) * len(windows) * (2 if residual_correction else 1))
 
         with atomic_output(output_path) as tmp:
             with CheckedRasterWriter(tmp, profile, final_path=output_path) as dst:
@@ -319,23 +393,67 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
                 if not residual_correction:
                     for band, date_index in enumerate(date_indexes, start=1):
                         for window in windows:
-                            tick(band - 1, "predicting")
-                            values, _ = predict_block(date_index, window)
+                            ticker.tick(band - 1, "predicting")
+                            values, _ = blocks.predict(date_index, window)
                             dst.write(values.reshape(int(window.height), int(window.width)), band,
                                       window=window)
                 else:
-                    _predict_with_correction(dataset, date_indexes, windows, dst, tmp, n_cells, maps,
-                                             predict_block, tick, report)
-                if report["pixels_predicted"] == 0:
+                    correction = _predict_with_correction(dataset, date_indexes, windows, dst, tmp,
+                                                          n_cells, maps, blocks, ticker)
+                    report.max_cell_mismatch_before = correction.worst_before
+                    report.max_cell_mismatch_after = correction.worst_after
+                    report.cells_without_soil_moisture = correction.uncorrected
+                if report.pixels_predicted == 0:
                     raise SmdError(_nothing_predicted(report))
         progress.update(1.0, f"wrote {len(date_indexes)} date(s) to {output_path}")
     return report
 
 
+class _Ticker:
+    """Progress over ``steps`` block passes, with the date being worked on; checks cancellation."""
+
+    def __init__(self, progress, dates, steps):
+        self.progress, self.dates, self.steps, self.step = progress, dates, steps, 0
+
+    def tick(self, band, what):
+        self.progress.check()
+        self.progress.update(self.step / self.steps, f"{self.dates[band]}: {what}")
+        self.step += 1
+
+
+class _BlockPredictor:
+    """Predicts one block of the fine grid and adds its counts to the report."""
+
+    def __init__(self, dataset, columns, maps, pixel_models, report):
+        self.dataset, self.columns, self.maps = dataset, columns, maps
+        self.pixel_models, self.report = pixel_models, report
+
+    def predict(self, date_index, window):
+        """``(values, cells)``: float32 (rows*cols,) prediction of one block and the coarse cell
+        ids of its pixels (None without residual correction)."""
+        features = self.dataset.fine_features(date_index, window)[:, self.columns]
+        valid = np.isfinite(features).all(axis=1)
+        partition, cells = self.maps.get(window)
+        values = np.full(features.shape[0], np.nan, dtype="float32")
+        values[valid], counts = self.pixel_models.predict(
+            features[valid], None if partition is None else partition[valid])
+        self.report.add(counts, values)
+        return values, cells
+
+
+@dataclasses.dataclass
+class _Correction:
+    """Largest |cell mean - cell SM| before / after correction; cell-dates without SM."""
+
+    worst_before: float
+    worst_after: float
+    uncorrected: int
+
+
 def _nothing_predicted(report):
     """The message when a prediction would be 100% NaN: why, and what to change."""
-    if report["pixels_without_model"]:
-        return (f"No pixel could be predicted: {report['pixels_without_model']} valid pixels lie "
+    if report.pixels_without_model:
+        return (f"No pixel could be predicted: {report.pixels_without_model} valid pixels lie "
                 "outside every partition of the model or in partitions without a model. Tick "
                 "'Predict pixels outside every partition with the global model', or use the model "
                 "trained for this area.")
@@ -343,10 +461,11 @@ def _nothing_predicted(report):
             "dates. Check the dataset's predictors (masked classes, nodata) and the dates.")
 
 
-def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_cells, maps,
-                             predict_block, tick, report):
+def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_cells, maps, blocks,
+                             ticker):
     """Two passes per date: predict into a scratch raster while summing per coarse cell, then
-    write prediction + (cell SM - cell mean) to ``dst`` and measure the cell means written."""
+    write prediction + (cell SM - cell mean) to ``dst`` and measure the cell means written.
+    Returns a :class:`_Correction`."""
     import rasterio
 
     grid = dataset.fine_grid
@@ -367,8 +486,8 @@ def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_
                 sums = np.zeros(n_cells)
                 counts = np.zeros(n_cells)
                 for window in windows:
-                    tick(band - 1, "predicting")
-                    values, cells = predict_block(date_index, window)
+                    ticker.tick(band - 1, "predicting")
+                    values, cells = blocks.predict(date_index, window)
                     scratch.write(values.reshape(int(window.height), int(window.width)), 1,
                                   window=window)
                     use = np.isfinite(values) & (cells >= 0)
@@ -385,7 +504,7 @@ def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_
                 # second pass: write prediction + residual and sum what was actually written
                 sums_after = np.zeros(n_cells)
                 for window in windows:
-                    tick(band - 1, "residual correction")
+                    ticker.tick(band - 1, "residual correction")
                     values = scratch.read(1, window=window).ravel().astype("float64")
                     _, cells = maps.get(window)
                     inside = cells >= 0
@@ -402,6 +521,4 @@ def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_
         for leftover in (scratch_path, scratch_path + ".aux.xml"):
             if os.path.exists(leftover):
                 os.remove(leftover)
-    report["max_cell_mismatch_before"] = worst_before
-    report["max_cell_mismatch_after"] = worst_after
-    report["cells_without_soil_moisture"] = uncorrected
+    return _Correction(worst_before, worst_after, uncorrected)

@@ -10,6 +10,10 @@ from .common import SmdError
 #: ``x``, ``y`` (station coordinates in the CRS passed to ``core.validate.validate``).
 Observation = namedtuple("Observation", ["site_id", "date", "value", "x", "y"])
 
+#: Default field names of the site id, the date and the soil-moisture value (read_stations and the
+#: Processing validate algorithm); an empty field name means the default (station_fields).
+DEFAULT_SITE_FIELD, DEFAULT_DATE_FIELD, DEFAULT_VALUE_FIELD = "site_id", "date", "sm"
+
 _X_NAMES = ("x", "lon", "longitude", "long", "lng")
 _Y_NAMES = ("y", "lat", "latitude")
 
@@ -39,6 +43,24 @@ def _number(text, what, where):
     return value if math.isfinite(value) else None
 
 
+def station_fields(available, site_field=None, date_field=None, value_field=None, *, where="The station layer",
+                   word="field"):
+    """The (site, date, value) field names to read: None or blank = the default; each must be one of
+    ``available`` exactly (case-sensitive).
+
+    Raises SmdError ``"<where>: no <word> 'x'; <word>s: ..."`` for the first missing one.
+    """
+    names = list(available)
+    chosen = []
+    for field, default in ((site_field, DEFAULT_SITE_FIELD), (date_field, DEFAULT_DATE_FIELD),
+                           (value_field, DEFAULT_VALUE_FIELD)):
+        field = default if field is None or not str(field).strip() else str(field)
+        if field not in names:
+            raise SmdError(f"{where}: no {word} {field!r}; {word}s: {', '.join(names)}.")
+        chosen.append(field)
+    return tuple(chosen)
+
+
 def _pick(names, candidates, path, what):
     lower = {n.lower(): n for n in names}
     for candidate in candidates:
@@ -57,9 +79,8 @@ def _read_csv(path, site_field, date_field, value_field):
             dialect = csv.excel
         reader = csv.DictReader(handle, dialect=dialect)
         names = reader.fieldnames or []
-        for field in (site_field, date_field, value_field):
-            if field not in names:
-                raise SmdError(f"{path}: no column {field!r}; columns: {', '.join(names)}.")
+        site_field, date_field, value_field = station_fields(names, site_field, date_field, value_field,
+                                                             where=path, word="column")
         x_field = _pick(names, _X_NAMES, path, "x/longitude")
         y_field = _pick(names, _Y_NAMES, path, "y/latitude")
         rows = []
@@ -87,9 +108,7 @@ def _read_vector(path, site_field, date_field, value_field):
     layer = datasource.GetLayer(0)
     definition = layer.GetLayerDefn()
     names = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
-    for field in (site_field, date_field, value_field):
-        if field not in names:
-            raise SmdError(f"{path}: no field {field!r}; fields: {', '.join(names)}.")
+    site_field, date_field, value_field = station_fields(names, site_field, date_field, value_field, where=path)
     srs = layer.GetSpatialRef()
     wkt = srs.ExportToWkt() if srs is not None else None
     use_geometry = layer.GetGeomType() != ogr.wkbNone
@@ -125,7 +144,8 @@ def _read_vector(path, site_field, date_field, value_field):
     return rows, wkt
 
 
-def read_stations(path, site_field="site_id", date_field="date", value_field="sm", *, crs="EPSG:4326"):
+def read_stations(path, site_field=DEFAULT_SITE_FIELD, date_field=DEFAULT_DATE_FIELD,
+                  value_field=DEFAULT_VALUE_FIELD, *, crs="EPSG:4326"):
     """Station observations in long format from a point layer or a CSV table.
 
     Parameters
@@ -134,7 +154,8 @@ def read_stations(path, site_field="site_id", date_field="date", value_field="sm
         A point vector file (GeoPackage, shapefile, GeoJSON...) or a ``.csv`` with the fields
         below and x/y (or lon/lat, longitude/latitude) columns (then taken as EPSG:4326).
     site_field, date_field, value_field : str
-        Field names of the site id, the date (``YYYY-MM-DD`` or ``YYYY/MM/DD``) and the value.
+        Field names of the site id, the date (``YYYY-MM-DD`` or ``YYYY/MM/DD``) and the value;
+        None or empty = the default (:func:`station_fields`).
     crs : str or None
         Coordinates are returned in this CRS (default lon/lat EPSG:4326, x = longitude);
         None keeps the layer's own coordinates.

@@ -27,11 +27,11 @@ import numpy as np
 
 from . import metrics
 from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, is_nodata, parse_date, read_band_dates, soil_moisture_units_hint
-from .train import _write_temporary_text, write_together
+from .train import REPORT_EXTENSIONS, _write_temporary_text, write_together
 
-PER_SITE_FIELDS = ("product", "site_id", "x", "y", "n", "r", "rmse", "bias", "ubrmse")
+PER_SITE_FIELDS = ("product", "site_id", "x", "y", "n") + metrics.METRIC_NAMES
 UNMATCHED_FIELDS = ("product", "site_id", "x", "y", "reason")
-SUMMARY_METRICS = ("r", "rmse", "bias", "ubrmse")
+SUMMARY_METRICS = metrics.METRIC_NAMES
 #: unmatched reason -> short key of the summary counts
 REASON_KEYS = (("outside the raster", "n_outside"), ("no overlapping dates", "n_no_shared_dates"),
                ("only nodata", "n_only_nodata"))
@@ -345,6 +345,18 @@ def _html_table(title, fields, rows):
     return f"<h2>{html.escape(title)}</h2>\n<table>\n<tr>{head}</tr>\n{body}</table>\n"
 
 
+def check_report_path(path):
+    """SmdError unless ``path`` ends in one of :data:`REPORT_EXTENSIONS` (.csv, .json, .html, .htm).
+
+    The validate algorithm calls it before the run, :func:`write_validation_report` before writing.
+    """
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in REPORT_EXTENSIONS:
+        raise SmdError(f"Validation report {os.fspath(path)}: unknown report format "
+                       f"{ext or '(no extension)'!r}; use .csv, .json or .html.")
+    return ext
+
+
 def write_validation_report(result, path):
     """Write ``result`` as .csv, .json or .html (chosen by the extension of ``path``).
 
@@ -359,9 +371,7 @@ def write_validation_report(result, path):
     list of str
         The files written.
     """
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext not in (".csv", ".json", ".html", ".htm"):
-        raise SmdError(f"Unknown report format {ext or '(no extension)'!r}: use .csv, .json or .html.")
+    ext = check_report_path(path)
     path = os.fspath(path)
     if ext == ".json":
         data = result.to_dict()

@@ -28,10 +28,25 @@ from ..resources import tr
 SM_MIN, SM_MAX = 0.0, 0.5
 SM_COLOURS = ("#8c510a", "#d8b365", "#f6e8c3", "#c7eae5", "#5ab4ac", "#01665e", "#08306b")
 
-#: ubRMSE classes of the paper (m3/m3): meets SMAP's 0.04 target, acceptable up to 0.06, poor.
-UBRMSE_CLASSES = ((0.0, 0.04, "#1a9641", "meets (< 0.04)"),
-                  (0.04, 0.06, "#fdae61", "acceptable (0.04 - 0.06)"),
-                  (0.06, 1.0e9, "#d7191c", "poor (> 0.06)"))
+#: Colour of each ubRMSE class of the paper; names and bounds: core.metrics.UBRMSE_CLASSES/_BOUNDS.
+UBRMSE_COLOURS = {"meets": "#1a9641", "acceptable": "#fdae61", "poor": "#d7191c"}
+UBRMSE_STYLE_MAX = 1.0e9
+
+
+def ubrmse_style_classes():
+    """(lower, upper, colour, label) per ubRMSE class, from core's bounds.
+
+    QGIS gives a value on a shared bound to the first range, core counts ubRMSE = 0.04 as
+    "acceptable": the "meets" range ends just below 0.04 so that the style and the report agree.
+    """
+    import numpy as np
+
+    from ..core.metrics import UBRMSE_BOUNDS, UBRMSE_CLASSES
+
+    (meets, acceptable, poor), (lower, upper) = UBRMSE_CLASSES, UBRMSE_BOUNDS
+    return ((0.0, float(np.nextafter(lower, 0.0)), UBRMSE_COLOURS[meets], f"{meets} (< {lower:g})"),
+            (lower, upper, UBRMSE_COLOURS[acceptable], f"{acceptable} ({lower:g} - {upper:g})"),
+            (upper, UBRMSE_STYLE_MAX, UBRMSE_COLOURS[poor], f"{poor} (> {upper:g})"))
 
 
 def crs_wkt(crs):
@@ -112,14 +127,14 @@ def observations_from_source(source, site_field, date_field, value_field):
     skipped : int
         Features without geometry or value.
     """
-    from ..core.stations import Observation
+    from ..core.common import SmdError
+    from ..core.stations import Observation, station_fields
 
-    fields = source.fields()
-    for field in (site_field, date_field, value_field):
-        if fields.lookupField(field) < 0:
-            raise QgsProcessingException(
-                tr("The station layer has no field {!r}. Fields: {}.").format(
-                    field, ", ".join(fields.names())))
+    try:  # the one field rule (exact names, empty = default) is core's
+        site_field, date_field, value_field = station_fields(source.fields().names(), site_field, date_field,
+                                                             value_field)
+    except SmdError as err:
+        raise QgsProcessingException(str(err)) from err
     if not source.sourceCrs().isValid():
         raise QgsProcessingException(
             tr("The station layer has no coordinate reference system; assign one first."))
@@ -168,7 +183,7 @@ def soil_moisture_renderer(layer, band=1):
 def ubrmse_renderer(geometry_type, field="ubrmse"):
     """Graduated renderer of a point layer by ubRMSE, in the paper's classes."""
     ranges = []
-    for lower, upper, colour, label in UBRMSE_CLASSES:
+    for lower, upper, colour, label in ubrmse_style_classes():
         symbol = QgsSymbol.defaultSymbol(geometry_type)
         symbol.setColor(QColor(colour))
         ranges.append(QgsRendererRange(QgsClassificationRange(label, lower, upper), symbol))
@@ -214,8 +229,11 @@ def source_file(text):
 
     ``/a/b.gpkg|layername=x`` -> ``/a/b.gpkg``; ``ogr:dbname='/a/b.gpkg' table="x" (geom)`` ->
     ``/a/b.gpkg``; ``memory:``, ``postgres://...``, ``Point?crs=...`` (memory layers) -> None.
+    The QGIS URI forms are recognised here; the ``|`` suffix rule is core.outputs.source_path.
     """
     import re
+
+    from ..core.outputs import source_path
 
     text = str(text or "").strip()
     if not text:
@@ -225,7 +243,7 @@ def source_file(text):
         return os.path.abspath(match.group(1).replace("\\'", "'")) if match else None
     if text.startswith("file://"):
         text = text[len("file://"):]
-    path = text.split("|", 1)[0]
+    path = source_path(text)
     if not path or path.startswith("memory:") or "://" in path or "?" in path or ":" in path.split(os.sep)[0]:
         return None
     return os.path.abspath(path)

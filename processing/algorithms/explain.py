@@ -14,25 +14,21 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ...core.explain import DEFAULT_MAX_SAMPLES, DEFAULT_SEED, FIELDS, parse_max_samples, parse_seed
 from ..layers import CheckedSink
-from .base import SmdAlgorithm, dataset_folder_error, model_file_error, tr
+from .base import SmdAlgorithm, core_error, core_errors, dataset_folder_error, model_file_error, tr
+
+#: QGIS type of each column of core's explain rows (core.explain.FIELDS)
+FIELD_TYPES = {"partition": QVariant.String, "predictor": QVariant.String,
+               "mean_abs_shap": QVariant.Double, "n_samples": QVariant.Int}
+_CONVERT = {QVariant.String: str, QVariant.Double: float, QVariant.Int: int}
 
 
 def table_fields():
     fields = QgsFields()
-    fields.append(QgsField("partition", QVariant.String))
-    fields.append(QgsField("predictor", QVariant.String))
-    fields.append(QgsField("mean_abs_shap", QVariant.Double))
-    fields.append(QgsField("n_samples", QVariant.Int))
+    for name in FIELDS:
+        fields.append(QgsField(name, FIELD_TYPES[name]))
     return fields
-
-
-def row_values(row):
-    """(partition, predictor, mean_abs_shap, n_samples) from a dict row or a tuple row."""
-    if isinstance(row, dict):
-        return row["partition"], row["predictor"], row["mean_abs_shap"], row.get("n_samples")
-    row = tuple(row)
-    return row[:3] + ((row[3] if len(row) > 3 else None),)
 
 
 class ExplainAlgorithm(SmdAlgorithm):
@@ -64,10 +60,11 @@ class ExplainAlgorithm(SmdAlgorithm):
         self.add_parameter(param, tr("Folder written by Prepare downscaling dataset (holds dataset.json)."))
         param = QgsProcessingParameterNumber(
             self.MAX_SAMPLES, tr("Samples explained per partition"),
-            QgsProcessingParameterNumber.Integer, defaultValue=2000, minValue=10)
+            QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_MAX_SAMPLES, minValue=1)
         self.add_parameter(param, tr("More samples = steadier importances, longer run."), advanced=True)
         param = QgsProcessingParameterNumber(
-            self.SEED, tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0)
+            self.SEED, tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=DEFAULT_SEED,
+            minValue=0)
         self.add_parameter(param, tr("Seed of the sample drawn."), advanced=True)
         param = QgsProcessingParameterFeatureSink(
             self.OUTPUT_TABLE, tr("SHAP importance table"), QgsProcessing.TypeVector)
@@ -75,7 +72,9 @@ class ExplainAlgorithm(SmdAlgorithm):
 
     def parameter_error(self, parameters, context):
         return (dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
-                or model_file_error(self.parameterAsFile(parameters, self.MODEL, context)))
+                or model_file_error(self.parameterAsFile(parameters, self.MODEL, context))
+                or core_error(parse_max_samples, self.parameterAsDouble(parameters, self.MAX_SAMPLES, context))
+                or core_error(parse_seed, self.parameterAsDouble(parameters, self.SEED, context)))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_packages()
@@ -87,20 +86,20 @@ class ExplainAlgorithm(SmdAlgorithm):
         output = CheckedSink(self, parameters, self.OUTPUT_TABLE, context, tr("SHAP table"))
         output.resolve([(tr("model file"), model_path),
                         (tr("dataset manifest"), os.path.join(dataset, "dataset.json"))])
-        rows = self.run_core(
-            explain, model_path, dataset,
-            max_samples=self.parameterAsInt(parameters, self.MAX_SAMPLES, context),
-            seed=self.parameterAsInt(parameters, self.SEED, context), progress=self.progress(feedback))
+        with core_errors():
+            # as numbers: core refuses 2.5 (and > 2**31) where parameterAsInt would round or wrap
+            rows = explain(model_path, dataset,
+                           max_samples=self.parameterAsDouble(parameters, self.MAX_SAMPLES, context),
+                           seed=self.parameterAsDouble(parameters, self.SEED, context),
+                           progress=self.progress(feedback))
         fields = table_fields()
         output.create(fields, QgsWkbTypes.NoGeometry, QgsCoordinateReferenceSystem())
         try:
             for row in rows:
-                partition, predictor, value, n_samples = row_values(row)
                 feature = QgsFeature(fields)
-                feature.setAttributes([str(partition), str(predictor), float(value),
-                                       None if n_samples is None else int(n_samples)])
+                feature.setAttributes([_CONVERT[FIELD_TYPES[name]](row[name]) for name in FIELDS])
                 output.add(feature)
-                feedback.pushInfo(f"{partition} {predictor}: {float(value):.5f}")
+                feedback.pushInfo(f"{row['partition']} {row['predictor']}: {row['mean_abs_shap']:.5f}")
             sink_id = output.finish()
         except BaseException:
             output.discard()

@@ -8,16 +8,9 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ...core.predict import parse_block_size, parse_dates
 from ..layers import SoilMoistureStyle, style_on_load
-from .base import SmdAlgorithm, core_error, dataset_folder_error, model_file_error, tr
-
-
-def parse_dates(text):
-    """``"2019-04-01, 2019-04-02"`` -> list of ISO dates, or None for empty text."""
-    from ...core.common import parse_date
-
-    items = [item.strip() for item in (text or "").replace(";", ",").split(",") if item.strip()]
-    return [parse_date(item).isoformat() for item in items] or None
+from .base import SmdAlgorithm, core_error, core_errors, dataset_folder_error, model_file_error, tr
 
 
 class PredictAlgorithm(SmdAlgorithm):
@@ -78,7 +71,7 @@ class PredictAlgorithm(SmdAlgorithm):
         self.add_parameter(param, tr("The paper's without-partition product, for comparison."), advanced=True)
         param = QgsProcessingParameterNumber(
             self.BLOCK_SIZE, tr("Block size (pixels)"), QgsProcessingParameterNumber.Integer,
-            defaultValue=512, minValue=16, maxValue=8192)
+            defaultValue=512, minValue=1)
         self.add_parameter(
             param, tr("Edge of the raster blocks predicted at once; smaller uses less memory."),
             advanced=True)
@@ -99,32 +92,33 @@ class PredictAlgorithm(SmdAlgorithm):
     def parameter_error(self, parameters, context):
         error = (dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
                  or model_file_error(self.parameterAsFile(parameters, self.MODEL, context)))
-        return error or core_error(parse_dates, self.parameterAsString(parameters, self.DATES, context))
+        return (error or core_error(parse_dates, self.parameterAsString(parameters, self.DATES, context))
+                or core_error(parse_block_size, self.parameterAsDouble(parameters, self.BLOCK_SIZE, context)))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_packages()
         from ...core.predict import predict
-        from .signmodel import trusted_key_paths
+        from ...resources import trusted_key_paths
 
         dataset = self.dataset_folder(parameters, self.DATASET, context)
-        dates = self.run_core(parse_dates, self.parameterAsString(parameters, self.DATES, context))
         output = self.geotiff_output(parameters, self.OUTPUT, context)
-        info = self.run_core(
-            predict, dataset, self.parameterAsFile(parameters, self.MODEL, context), output,
-            dates=dates,
-            residual_correction=self.parameterAsBoolean(parameters, self.RESIDUAL_CORRECTION, context),
-            use_global=self.parameterAsBoolean(parameters, self.USE_GLOBAL, context),
-            global_only=self.parameterAsBoolean(parameters, self.GLOBAL_ONLY, context),
-            block_size=self.parameterAsInt(parameters, self.BLOCK_SIZE, context),
-            require_signed=self.parameterAsBoolean(parameters, self.REQUIRE_SIGNED, context),
-            trusted_keys=trusted_key_paths(self.parameterAsString(parameters, self.TRUSTED_KEYS, context)),
-            progress=self.progress(feedback))
-        for key, value in info.items():
+        with core_errors():
+            report = predict(
+                dataset, self.parameterAsFile(parameters, self.MODEL, context), output,
+                dates=self.parameterAsString(parameters, self.DATES, context),
+                residual_correction=self.parameterAsBoolean(parameters, self.RESIDUAL_CORRECTION, context),
+                use_global=self.parameterAsBoolean(parameters, self.USE_GLOBAL, context),
+                global_only=self.parameterAsBoolean(parameters, self.GLOBAL_ONLY, context),
+                # as a number: core refuses 2.5 where parameterAsInt would round it
+                block_size=self.parameterAsDouble(parameters, self.BLOCK_SIZE, context),
+                require_signed=self.parameterAsBoolean(parameters, self.REQUIRE_SIGNED, context),
+                trusted_keys=trusted_key_paths(self.parameterAsString(parameters, self.TRUSTED_KEYS, context)),
+                progress=self.progress(feedback))
+        for key, value in report.to_dict().items():
             if key != "dates":
                 feedback.pushInfo(f"{key}: {value}")
         style_on_load(context, output, SoilMoistureStyle)
-        return {self.OUTPUT: output, self.N_DATES: len(info.get("dates", []) or []),
-                self.N_PIXELS: info["pixels_predicted"]}
+        return {self.OUTPUT: output, self.N_DATES: len(report.dates), self.N_PIXELS: report.pixels_predicted}
 
 
 ALGORITHMS = [PredictAlgorithm]

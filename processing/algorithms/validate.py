@@ -1,6 +1,5 @@
 """smdownscale:validate - compare soil-moisture rasters with in-situ stations."""
 import math
-import os
 
 from qgis.core import (
     QgsFeature,
@@ -22,21 +21,28 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ...core.outputs import check_outputs
+from ...core.stations import DEFAULT_DATE_FIELD, DEFAULT_SITE_FIELD, DEFAULT_VALUE_FIELD, station_fields
+from ...core.validate import PER_SITE_FIELDS, check_report_path
 from ..layers import (CheckedSink, UbrmseStyle, crs_wkt, observations_from_source, raster_path, source_file,
                       style_on_load)
-from .base import SmdAlgorithm, tr
+from .base import SmdAlgorithm, core_error, core_errors, tr
 
-METRIC_FIELDS = ("r", "rmse", "bias", "ubrmse")
+#: attributes of a validation point: core's per-site fields without the coordinates (the geometry)
+POINT_FIELDS = tuple(f for f in PER_SITE_FIELDS if f not in ("x", "y"))
+_FIELD_TYPES = {"product": QVariant.String, "site_id": QVariant.String, "n": QVariant.Int}
 
 
 def output_fields():
     fields = QgsFields()
-    fields.append(QgsField("product", QVariant.String))
-    fields.append(QgsField("site_id", QVariant.String))
-    fields.append(QgsField("n", QVariant.Int))
-    for name in METRIC_FIELDS:
-        fields.append(QgsField(name, QVariant.Double))
+    for name in POINT_FIELDS:
+        fields.append(QgsField(name, _FIELD_TYPES.get(name, QVariant.Double)))
     return fields
+
+
+def point_attributes(row):
+    """The attributes of one validation point (:data:`POINT_FIELDS`) from a core per-site row."""
+    convert = {QVariant.String: str, QVariant.Int: int}
+    return [convert.get(_FIELD_TYPES.get(name), _number)(row[name]) for name in POINT_FIELDS]
 
 
 def unique_product_names(layers):
@@ -105,14 +111,16 @@ class ValidateAlgorithm(SmdAlgorithm):
             self.STATIONS, tr("Station observations"), [QgsProcessing.TypeVectorPoint])
         self.add_parameter(param, tr("Points, one per site and date, with site id, date and value fields."))
         for name, label, default, kind, help_text in (
-                (self.SITE_FIELD, "Site id field", "site_id", QgsProcessingParameterField.Any,
+                (self.SITE_FIELD, "Site id field", DEFAULT_SITE_FIELD, QgsProcessingParameterField.Any,
                  "Identifies the station; readings with the same id form one site."),
-                (self.DATE_FIELD, "Date field", "date", QgsProcessingParameterField.Any,
+                (self.DATE_FIELD, "Date field", DEFAULT_DATE_FIELD, QgsProcessingParameterField.Any,
                  "Date of the reading (date type or text YYYY-MM-DD)."),
-                (self.VALUE_FIELD, "Soil moisture field (m3/m3)", "sm", QgsProcessingParameterField.Numeric,
+                (self.VALUE_FIELD, "Soil moisture field (m3/m3)", DEFAULT_VALUE_FIELD,
+                 QgsProcessingParameterField.Numeric,
                  "Volumetric soil moisture measured at the station.")):
             # optional with a default: qgis_process (3.22) rejects a missing mandatory field
             # parameter even when it has a default; an empty value falls back to the default
+            # (core.stations.station_fields)
             param = QgsProcessingParameterField(name, tr(label), defaultValue=default,
                                                 parentLayerParameterName=self.STATIONS, type=kind,
                                                 optional=True)
@@ -129,10 +137,11 @@ class ValidateAlgorithm(SmdAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.MEAN_UBRMSE, tr("Mean ubRMSE (downscaled)")))
         self.addOutput(QgsProcessingOutputNumber(self.MEAN_BIAS, tr("Mean bias (downscaled)")))
 
-    def field_name(self, parameters, name, context):
-        """The chosen field, or the parameter's default when left empty."""
-        return (self.parameterAsString(parameters, name, context)
-                or self.parameterDefinition(name).defaultValue())
+    def station_fields(self, parameters, context, source):
+        """(site, date, value) field names, resolved and checked by core.stations.station_fields."""
+        return station_fields(source.fields().names(),
+                              *(self.parameterAsString(parameters, name, context)
+                                for name in (self.SITE_FIELD, self.DATE_FIELD, self.VALUE_FIELD)))
 
     def parameter_error(self, parameters, context):
         layers = [self.parameterAsRasterLayer(parameters, self.DOWNSCALED, context)]
@@ -146,13 +155,9 @@ class ValidateAlgorithm(SmdAlgorithm):
             return tr("The station layer could not be loaded.")
         if not source.sourceCrs().isValid():
             return tr("The station layer has no coordinate reference system; assign one first.")
-        names = source.fields().names()
-        for param in (self.SITE_FIELD, self.DATE_FIELD, self.VALUE_FIELD):
-            field = self.field_name(parameters, param, context)
-            if field not in names:
-                return tr("The station layer has no field {!r} (parameter {}). Fields: {}."
-                          ).format(field, param, ", ".join(names))
-        return None
+        report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        return (core_error(self.station_fields, parameters, context, source)
+                or (core_error(check_report_path, report_path) if report_path else None))
 
     def station_source_path(self, parameters, context):
         """The station layer's source (file path, maybe with |layername=), or None."""
@@ -175,16 +180,13 @@ class ValidateAlgorithm(SmdAlgorithm):
         protected += [(tr("raster {!r}").format(name), path) for name, path in products.items()]
         output.resolve(protected)
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
-        if report_path:
-            if os.path.splitext(report_path)[1].lower() not in (".csv", ".json", ".html", ".htm"):
-                raise QgsProcessingException(tr("Validation report {}: use a .html, .csv or .json file "
-                                                "name.").format(report_path))
-            self.run_core(check_outputs, [(source_file(output.destination), "vector"), (report_path, "report")],
-                          inputs=[path for _, path in protected if path])
-        observations, skipped = observations_from_source(
-            source, self.field_name(parameters, self.SITE_FIELD, context),
-            self.field_name(parameters, self.DATE_FIELD, context),
-            self.field_name(parameters, self.VALUE_FIELD, context))
+        with core_errors():
+            if report_path:
+                check_report_path(report_path)
+                check_outputs([(source_file(output.destination), "vector"), (report_path, "report")],
+                              inputs=[path for _, path in protected if path])
+            fields = self.station_fields(parameters, context, source)
+        observations, skipped = observations_from_source(source, *fields)
         if skipped:
             feedback.pushWarning(tr("{} station features without site id, point, date or value were "
                                     "skipped.").format(skipped))
@@ -192,9 +194,9 @@ class ValidateAlgorithm(SmdAlgorithm):
             raise QgsProcessingException(tr("The station layer has no readings with a site id, a point, "
                                             "a date and a value."))
         feedback.pushInfo(tr("{} readings, products: {}").format(len(observations), ", ".join(names)))
-        result = self.run_core(validate, products, observations,
-                               stations_crs=crs_wkt(source.sourceCrs()),
-                               progress=self.progress(feedback))
+        with core_errors():
+            result = validate(products, observations, stations_crs=crs_wkt(source.sourceCrs()),
+                              progress=self.progress(feedback))
         for row in result.unmatched:
             feedback.pushWarning(tr("{} site {}: {}").format(row["product"], row["site_id"], row["reason"]))
 
@@ -204,13 +206,13 @@ class ValidateAlgorithm(SmdAlgorithm):
             for row in result.per_site:
                 feature = QgsFeature(fields)
                 feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(float(row["x"]), float(row["y"]))))
-                feature.setAttributes([str(row["product"]), str(row["site_id"]), int(row["n"])]
-                                      + [_number(row[name]) for name in METRIC_FIELDS])
+                feature.setAttributes(point_attributes(row))
                 output.add(feature)
             sink_id = output.finish()
             results = {self.OUTPUT: sink_id}
             if report_path:
-                self.run_core(write_validation_report, result, report_path)
+                with core_errors():
+                    write_validation_report(result, report_path)
                 results[self.OUTPUT_REPORT] = report_path
         except BaseException:
             output.discard()  # a failed run leaves no validation layer it created
