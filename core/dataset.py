@@ -11,14 +11,16 @@ Layout (see DESIGN.md)::
 
 ``doy`` (day of year) has no file: it is computed from the date when features are read.
 """
+import dataclasses
 import json
+import math
 import os
 import time
 import uuid
 
 from .common import SmdError, day_of_year
 from .grids import Grid
-from .rasters import reading
+from .rasters import open_raster, reading
 
 FORMAT = "smdownscale-dataset"
 #: 2: every raster carries the dataset's identity (``dataset_id``), checked when opened
@@ -31,6 +33,81 @@ MANIFEST = "dataset.json"
 DOY = "doy"
 TARGET = "soil_moisture"
 VALID_FRACTION = "valid_fraction"
+CONTINUOUS = "continuous"
+CATEGORICAL = "categorical"
+KINDS = (CONTINUOUS, CATEGORICAL)
+#: what to do about a dataset raster that cannot be read
+_RERUN_HINT = "The file is damaged; run preprocess again."
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """One predictor of a dataset or a model: the record ``dataset.json`` and model manifests hold.
+
+    ``name``: the file stem (``doy`` for the derived day of year); ``kind``: ``continuous`` or
+    ``categorical``; ``dynamic``: one value per date (else static); ``categories``: the class
+    values of a categorical predictor; ``derived``: computed, no raster (``doy``); ``source``: the
+    input file name it was prepared from. JSON (``to_json``/``from_json``) keeps the manifest shape:
+    ``categories`` only for categorical predictors, ``derived`` only when true, ``source`` only
+    when known.
+    """
+
+    name: str
+    kind: str
+    dynamic: bool
+    categories: tuple = ()
+    derived: bool = False
+    source: str = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise SmdError(f"A predictor needs a name, got {self.name!r}.")
+        if self.kind not in KINDS:
+            raise SmdError(f"Predictor {self.name!r} has kind {self.kind!r} ({' or '.join(KINDS)}).")
+        for flag in ("dynamic", "derived"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SmdError(f"Predictor {self.name!r}: {flag} must be true or false, got "
+                               f"{getattr(self, flag)!r}.")
+        categories = tuple(self.categories or ())
+        if not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
+                   for c in categories):
+            raise SmdError(f"Predictor {self.name!r}: categories must be numbers, got {list(categories)!r}.")
+        object.__setattr__(self, "categories", categories)
+        if self.source is not None and not isinstance(self.source, str):
+            raise SmdError(f"Predictor {self.name!r}: source must be a file name, got {self.source!r}.")
+
+    @property
+    def categorical(self):
+        return self.kind == CATEGORICAL
+
+    def to_json(self):
+        """The manifest entry, e.g. ``{"name": "lc", "kind": "categorical", "dynamic": false,
+        "source": "lc.tif", "categories": [1, 2]}``."""
+        entry = {"name": self.name, "kind": self.kind, "dynamic": self.dynamic}
+        if self.source is not None:
+            entry["source"] = self.source
+        if self.categorical:
+            entry["categories"] = list(self.categories)
+        if self.derived:
+            entry["derived"] = True
+        return entry
+
+    @classmethod
+    def from_json(cls, entry):
+        """A Predictor from a manifest entry; SmdError when it is not one."""
+        if isinstance(entry, cls):
+            return entry
+        if not isinstance(entry, dict):
+            raise SmdError(f"A predictor entry must be an object, got {entry!r}.")
+        missing = [key for key in ("name", "kind", "dynamic") if key not in entry]
+        if missing:
+            raise SmdError(f"Predictor entry {entry!r} lacks {', '.join(missing)}.")
+        categories = entry.get("categories") or ()  # optional: only categorical entries have it
+        if not isinstance(categories, (list, tuple)):
+            raise SmdError(f"Predictor {entry['name']!r}: categories must be a list, got {categories!r}.")
+        return cls(name=entry["name"], kind=entry["kind"], dynamic=entry["dynamic"],
+                   categories=tuple(categories), derived=entry.get("derived", False),
+                   source=entry.get("source"))
 
 
 def fine_path(folder, name):
@@ -56,13 +133,15 @@ class Dataset:
         try:
             self.dataset_id = str(manifest["dataset_id"])
             self.dates = [str(date) for date in manifest["dates"]]
-            self.predictors = [dict(p) for p in manifest["predictors"]]
+            if not isinstance(manifest["predictors"], list):
+                raise SmdError("predictors is not a list")
+            self.predictors = [Predictor.from_json(p) for p in manifest["predictors"]]
             self.fine_grid = Grid.from_json(manifest["fine_grid"])
             self.coarse_grid = Grid.from_json(manifest["coarse_grid"])
-            self.min_valid_fraction = float(manifest.get("min_valid_fraction", 0.5))
-            self.mask_classes = {str(k): list(v) for k, v in (manifest.get("mask_classes") or {}).items()}
-            self.target = str(manifest.get("target", TARGET))
-            self._by_name = {str(p["name"]): p for p in self.predictors}
+            self.min_valid_fraction = float(manifest["min_valid_fraction"])
+            self.mask_classes = {str(k): list(v) for k, v in manifest["mask_classes"].items()}
+            self.target = str(manifest["target"])
+            self._by_name = {p.name: p for p in self.predictors}
         except SmdError as err:
             raise SmdError(f"{path} is damaged ({err}); run preprocess again.") from err
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
@@ -116,9 +195,8 @@ class Dataset:
         """Every raster the manifest promises (valid_fraction is optional, not listed)."""
         paths = []
         for predictor in self.predictors:
-            if not predictor.get("derived"):
-                paths += [fine_path(self.folder, predictor["name"]),
-                          coarse_path(self.folder, predictor["name"])]
+            if not predictor.derived:
+                paths += [fine_path(self.folder, predictor.name), coarse_path(self.folder, predictor.name)]
         paths.append(coarse_path(self.folder, self.target))
         return paths
 
@@ -142,11 +220,11 @@ class Dataset:
     # -- metadata --------------------------------------------------------------------------
     @property
     def predictor_names(self):
-        return [p["name"] for p in self.predictors]
+        return [p.name for p in self.predictors]
 
     @property
     def categorical_names(self):
-        return [p["name"] for p in self.predictors if p.get("kind") == "categorical"]
+        return [p.name for p in self.predictors if p.categorical]
 
     def predictor(self, name):
         try:
@@ -157,7 +235,7 @@ class Dataset:
 
     def categories(self, name):
         """Class values of a categorical predictor (sorted), as recorded by preprocess."""
-        return list(self.predictor(name).get("categories", []))
+        return list(self.predictor(name).categories)
 
     def date_index(self, date):
         try:
@@ -174,15 +252,12 @@ class Dataset:
 
     # -- reading ---------------------------------------------------------------------------
     def _handle(self, path):
-        import rasterio
-
         if path not in self._handles:
             try:
-                handle = rasterio.open(path)
-            except rasterio.errors.RasterioIOError as err:
+                handle = open_raster(path, "dataset raster", hint=_RERUN_HINT)
+            except SmdError:
                 self._maybe_changed()
-                raise SmdError(f"The dataset raster {path} cannot be read ({err}); run preprocess "
-                               "again.") from err
+                raise
             if handle.tags().get(DATASET_ID_TAG) != self.dataset_id:
                 handle.close()
                 self._maybe_changed()
@@ -194,7 +269,7 @@ class Dataset:
 
     def _band(self, name, date_index):
         self._check_date_index(date_index)
-        return date_index + 1 if self.predictor(name).get("dynamic") else 1
+        return date_index + 1 if self.predictor(name).dynamic else 1
 
     def _check_date_index(self, date_index):
         if not 0 <= int(date_index) < len(self.dates):
@@ -212,28 +287,29 @@ class Dataset:
 
         Static predictors ignore ``date_index``; ``doy`` is computed from the date.
         """
-        if name == DOY and self.predictor(name).get("derived"):
+        if name == DOY and self.predictor(name).derived:
             shape = self.fine_grid.shape if window is None else (int(window.height), int(window.width))
             return self._doy(date_index, shape)
         band = self._band(name, date_index)
         path = fine_path(self.folder, name)
-        with reading(path, "dataset raster"):
+        with reading(path, "dataset raster", hint=_RERUN_HINT):
             return self._handle(path).read(band, window=window).astype("float32", copy=False)
 
     def read_coarse(self, name, date_index):
         """One predictor aggregated on the coarse grid, float32 (h, w), NaN where invalid."""
-        if name == DOY and self.predictor(name).get("derived"):
+        if name == DOY and self.predictor(name).derived:
             return self._doy(date_index, self.coarse_grid.shape)
         band = self._band(name, date_index)
         path = coarse_path(self.folder, name)
-        with reading(path, "dataset raster"):
+        with reading(path, "dataset raster", hint=_RERUN_HINT):
             return self._handle(path).read(band).astype("float32", copy=False)
 
     def read_target(self, date_index):
         """Soil moisture on the coarse grid for one date, float32 (h, w), NaN where invalid."""
         self._check_date_index(date_index)
-        return self._handle(coarse_path(self.folder, self.target)).read(date_index + 1).astype(
-            "float32", copy=False)
+        path = coarse_path(self.folder, self.target)
+        with reading(path, "dataset raster", hint=_RERUN_HINT):
+            return self._handle(path).read(date_index + 1).astype("float32", copy=False)
 
     def read_valid_fraction(self, date_index):
         """Fraction of each coarse cell covered by fine pixels valid in every predictor, or None."""
@@ -241,7 +317,8 @@ class Dataset:
         if not os.path.isfile(path):
             return None
         self._check_date_index(date_index)
-        return self._handle(path).read(date_index + 1).astype("float32", copy=False)
+        with reading(path, "dataset raster", hint=_RERUN_HINT):
+            return self._handle(path).read(date_index + 1).astype("float32", copy=False)
 
     def fine_features(self, date_index, window=None):
         """Feature matrix of a fine window: float32 (n_pixels, n_predictors), predictor order,
@@ -285,8 +362,8 @@ def _read_manifest(folder):
     if manifest.get("version") != VERSION:
         raise SmdError(f"{path}: dataset version {manifest.get('version')!r} is not supported "
                        f"(this plugin reads version {VERSION}); run preprocess again.")
-    missing_keys = [k for k in ("dataset_id", "dates", "predictors", "fine_grid", "coarse_grid")
-                    if k not in manifest]
+    missing_keys = [k for k in ("dataset_id", "dates", "predictors", "fine_grid", "coarse_grid",
+                                "min_valid_fraction", "mask_classes", "target") if k not in manifest]
     if missing_keys:
         raise SmdError(f"{path}: the manifest lacks {', '.join(missing_keys)}; run preprocess "
                        "again.")
@@ -304,9 +381,10 @@ def write_manifest(folder, *, dates, predictors, fine_grid, coarse_grid, min_val
     """
     from .outputs import tag_raster, write_text_output
 
+    predictors = [Predictor.from_json(p) for p in predictors]  # Predictor records or their JSON
     manifest = {"format": FORMAT, "version": VERSION, "dataset_id": uuid.uuid4().hex,
                 "dates": list(dates),
-                "predictors": list(predictors), "fine_grid": fine_grid.to_json(),
+                "predictors": [p.to_json() for p in predictors], "fine_grid": fine_grid.to_json(),
                 "coarse_grid": coarse_grid.to_json(),
                 "min_valid_fraction": float(min_valid_fraction),
                 "mask_classes": {k: list(v) for k, v in (mask_classes or {}).items()},
@@ -315,8 +393,8 @@ def write_manifest(folder, *, dates, predictors, fine_grid, coarse_grid, min_val
         manifest.update(extra)
     rasters = [coarse_path(folder, TARGET), coarse_path(folder, VALID_FRACTION)]
     for predictor in predictors:
-        if not predictor.get("derived"):
-            rasters += [fine_path(folder, predictor["name"]), coarse_path(folder, predictor["name"])]
+        if not predictor.derived:
+            rasters += [fine_path(folder, predictor.name), coarse_path(folder, predictor.name)]
     for path in rasters:
         if os.path.isfile(path):
             tag_raster(path, {DATASET_ID_TAG: manifest["dataset_id"]})

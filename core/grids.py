@@ -63,14 +63,11 @@ class Grid:
         return cls(src.crs, src.transform, src.width, src.height)
 
     @classmethod
-    def from_file(cls, path):
-        import rasterio
+    def from_file(cls, path, what="raster"):
+        from .rasters import open_raster
 
-        try:
-            with rasterio.open(path) as src:
-                return cls.from_dataset(src)
-        except rasterio.errors.RasterioIOError as err:
-            raise SmdError(f"Cannot open raster {path!r}: {err}") from err
+        with open_raster(path, what) as src:
+            return cls.from_dataset(src)
 
     def to_json(self):
         """A JSON-ready dict: ``{"crs": WKT, "transform": [a..f], "width", "height"}``."""
@@ -171,9 +168,19 @@ def transform_bounds_safe(src_crs, dst_crs, bounds, name="raster"):
     return result
 
 
+def positive_resolution(value):
+    """``value`` as a float cell size; SmdError unless it is a positive finite number."""
+    try:
+        resolution = float(value)
+    except (TypeError, ValueError):
+        raise SmdError(f"The fine resolution {value!r} is not a number.") from None
+    if not (resolution > 0 and math.isfinite(resolution)):
+        raise SmdError(f"The fine resolution must be a positive number, got {value!r}.")
+    return resolution
+
+
 def _check_resolution(crs, resolution):
-    if not (resolution and resolution > 0 and math.isfinite(resolution)):
-        raise SmdError(f"The fine resolution must be a positive number, got {resolution!r}.")
+    resolution = positive_resolution(resolution)
     if crs.is_geographic and resolution > 1:
         raise SmdError(
             f"The target CRS {crs.to_string()} is geographic (degrees) but the fine resolution is "

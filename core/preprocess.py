@@ -11,6 +11,7 @@
 Everything is written into a temporary folder renamed at the end (``atomic_output``).
 """
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -19,15 +20,40 @@ import numpy as np
 
 from .common import (Progress, SmdError, available_memory_bytes, check_soil_moisture_range, gdal_cache_limit,
                      is_nodata, read_band_dates, series_profile)
-from .dataset import (DOY, TARGET, VALID_FRACTION, Dataset, coarse_path, fine_path,
-                      write_manifest)
+from .dataset import (CATEGORICAL, CONTINUOUS, DOY, TARGET, VALID_FRACTION, Dataset, Predictor,
+                      coarse_path, fine_path, write_manifest)
 from .outputs import CheckedRasterWriter, atomic_output, check_outputs
 from .rasters import open_raster, reading
 from .grids import (Grid, coarse_grid_for, fine_grid_for, padded_grid, parse_crs,
-                    transform_bounds_safe)
+                    positive_resolution, transform_bounds_safe)
 
+#: names aggregated by mode unless told otherwise; ignored when no predictor has such a name
 DEFAULT_CATEGORICAL = ("lc",)
+DEFAULT_FINE_RESOLUTION = 1000.0
+DEFAULT_MIN_VALID_FRACTION = 0.5
+MIN_VALID_FRACTION_RANGE = (0.0, 1.0)
+#: a coarse cell covered by valid fine pixels to within this of the minimum fraction still counts
+#: (the coverage is an average of 0/1 pixels in float32)
+VALID_FRACTION_TOLERANCE = 1e-6
 RESERVED_NAMES = (DOY, TARGET, VALID_FRACTION)
+
+
+def predictor_name(path):
+    """The predictor name of a raster file: its file name without extension."""
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]
+
+
+def parse_categorical(value):
+    """Categorical predictor names from ``"lc, soil"``, ``"lc;soil"`` or a sequence of names.
+
+    Names are separated by ``,`` or ``;``; empty items are dropped; ``None`` or ``""`` gives
+    ``()`` (no categorical predictor). Returns a tuple of names.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.replace(";", ",").split(",")
+    return tuple(str(v).strip() for v in value if str(v).strip())
 
 
 def parse_mask_classes(text):
@@ -61,6 +87,8 @@ def parse_mask_classes(text):
                 number = float(value)
             except (TypeError, ValueError):
                 raise SmdError(f"Mask class {value!r} of {name!r} is not a number.") from None
+            if not math.isfinite(number):
+                raise SmdError(f"Mask class {value!r} of {name!r} is not a finite number.")
             classes.append(int(number) if number.is_integer() else number)
         if not classes:
             raise SmdError(f"Mask classes for {name!r} list no class value (e.g. '{name}:0').")
@@ -69,17 +97,96 @@ def parse_mask_classes(text):
     return result
 
 
+def parse_min_valid_fraction(value):
+    """``value`` as a float within :data:`MIN_VALID_FRACTION_RANGE`; SmdError otherwise."""
+    low, high = MIN_VALID_FRACTION_RANGE
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if not low <= fraction <= high:
+        raise SmdError(f"The minimum valid fraction must be between {low:g} and {high:g}, got {value!r}.")
+    return fraction
+
+
+def parse_target_crs(value):
+    """The target CRS (rasterio CRS) from a CRS, 'EPSG:xxxx', WKT or PROJ text; None when empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return parse_crs(value, "Target CRS")
+
+
+def too_sparse(fraction, min_valid_fraction):
+    """True where a coarse cell's valid fraction is below the minimum (within the tolerance)."""
+    return fraction < min_valid_fraction - VALID_FRACTION_TOLERANCE
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+    """preprocess's options, parsed and checked against the predictor names (see check_options)."""
+
+    categorical: tuple
+    mask_classes: dict
+    fine_resolution: float
+    target_crs: object  # rasterio CRS or None (the first predictor's CRS)
+    min_valid_fraction: float
+
+
+def check_options(predictor_names, *, categorical=DEFAULT_CATEGORICAL, mask_classes=None,
+                  fine_resolution=DEFAULT_FINE_RESOLUTION, target_crs=None,
+                  min_valid_fraction=DEFAULT_MIN_VALID_FRACTION):
+    """Parse and check preprocess's options for predictors named ``predictor_names``.
+
+    The one home of these rules: :func:`preprocess` calls it, and so does the Processing
+    algorithm's parameter check (with the names of the chosen layers), so both accept and refuse
+    the same inputs. Checks that the names are unique and not reserved, that categorical and
+    mask-class names are predictors (the default ``lc`` is dropped when there is no ``lc``), the
+    mask-classes syntax, the fine resolution, the target CRS and the minimum valid fraction.
+    Raster-level checks (CRS, dates, overlap, static masks) need the files: see :func:`_validate`.
+
+    Returns
+    -------
+    PreprocessOptions
+        ``categorical`` holds only names of predictors.
+    """
+    names = [str(name) for name in predictor_names]
+    if not names:
+        raise SmdError("No predictor rasters given.")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SmdError(f"Predictor names must be unique (a name is the file name without "
+                       f"extension); repeated: {', '.join(duplicates)}.")
+    reserved = [n for n in names if n in RESERVED_NAMES]
+    if reserved:
+        raise SmdError(f"{', '.join(reserved)} is a reserved name ({', '.join(RESERVED_NAMES)}); "
+                       "rename that predictor file.")
+    min_valid_fraction = parse_min_valid_fraction(min_valid_fraction)
+    fine_resolution = positive_resolution(fine_resolution)
+    target_crs = parse_target_crs(target_crs)
+
+    requested = parse_categorical(categorical)
+    unknown = [n for n in requested if n not in names]
+    if unknown and requested != DEFAULT_CATEGORICAL:
+        raise SmdError(f"Categorical predictor(s) {', '.join(unknown)} not among the predictors "
+                       f"({', '.join(names)}).")
+
+    mask_classes = parse_mask_classes(mask_classes)
+    unknown = [n for n in mask_classes if n not in names]
+    if unknown:
+        raise SmdError(f"Mask classes name {', '.join(unknown)}, which is not a predictor "
+                       f"({', '.join(names)}).")
+    return PreprocessOptions(categorical=tuple(n for n in requested if n in names),
+                             mask_classes=mask_classes, fine_resolution=fine_resolution,
+                             target_crs=target_crs, min_valid_fraction=min_valid_fraction)
+
+
 class _Input:
     """An opened input raster with what validation learned about it."""
 
     def __init__(self, path):
-        import rasterio
-
         self.path = os.fspath(path)
         self.label = os.path.basename(self.path)
-        self.name = os.path.splitext(self.label)[0]
-        if not os.path.isfile(self.path):
-            raise SmdError(f"Input raster {self.path!r} does not exist.")
+        self.name = predictor_name(self.path)
         self.src = open_raster(self.path, "input raster")
         self.grid = Grid.from_dataset(self.src)  # SmdError when the CRS is missing
         self.dates = read_band_dates(self.src)
@@ -97,29 +204,30 @@ class _Input:
         self.src.close()
 
 
-def _as_names(value):
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = value.replace(";", ",").split(",")
-    return [str(v).strip() for v in value if str(v).strip()]
+@dataclasses.dataclass
+class PreprocessPlan:
+    """What :func:`_validate` learned and decided: the opened inputs and the grids to write."""
+
+    predictors: list  # of _Input, in the order given
+    target: _Input
+    output_folder: str
+    options: PreprocessOptions
+    dates: list
+    fine_grid: Grid
+    coarse_grid: Grid
+    target_window: object  # rasterio Window of the soil-moisture raster covering the fine grid
+
+    @property
+    def inputs(self):
+        return [*self.predictors, self.target]
+
+    def close(self):
+        for item in self.inputs:
+            item.close()
 
 
-def _validate(predictor_paths, soil_moisture_path, output_folder, categorical, mask_classes,
-              fine_resolution, target_crs, min_valid_fraction):
-    """Open and check every input. Returns a dict of the plan; SmdError on any problem."""
-    if isinstance(predictor_paths, (str, os.PathLike)):
-        predictor_paths = [predictor_paths]
-    predictor_paths = list(predictor_paths or [])
-    if not predictor_paths:
-        raise SmdError("No predictor rasters given.")
-    if not (0.0 <= float(min_valid_fraction) <= 1.0):
-        raise SmdError(f"min_valid_fraction must be between 0 and 1, got {min_valid_fraction!r}.")
-    try:
-        fine_resolution = float(fine_resolution)
-    except (TypeError, ValueError):
-        raise SmdError(f"The fine resolution {fine_resolution!r} is not a number.") from None
-
+def _validate(predictor_paths, soil_moisture_path, output_folder, options):
+    """Open and check every input. Returns the PreprocessPlan; SmdError on any problem."""
     output_folder = os.path.abspath(output_folder)
     check_outputs([(output_folder, "dataset")], inputs=[*predictor_paths, soil_moisture_path])
 
@@ -128,42 +236,15 @@ def _validate(predictor_paths, soil_moisture_path, output_folder, categorical, m
         for path in predictor_paths:
             inputs.append(_Input(path))
         target = _Input(soil_moisture_path)
-        inputs_and_target = inputs + [target]
     except BaseException:
         for item in inputs:
             item.close()
         raise
-    plan = {"predictors": inputs, "target": target, "all": inputs_and_target,
-            "output_folder": output_folder, "min_valid_fraction": float(min_valid_fraction)}
     try:
-        names = [item.name for item in inputs]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise SmdError(f"Predictor names must be unique (a name is the file name without "
-                           f"extension); repeated: {', '.join(duplicates)}.")
-        reserved = [n for n in names if n in RESERVED_NAMES]
-        if reserved:
-            raise SmdError(f"{', '.join(reserved)} is a reserved name ({', '.join(RESERVED_NAMES)}); "
-                           "rename that predictor file.")
-
-        requested = _as_names(categorical)
-        unknown = [n for n in requested if n not in names]
-        if unknown and tuple(requested) != DEFAULT_CATEGORICAL:
-            raise SmdError(f"Categorical predictor(s) {', '.join(unknown)} not among the predictors "
-                           f"({', '.join(names)}).")
-        plan["categorical"] = [n for n in requested if n in names]
-
-        mask_classes = parse_mask_classes(mask_classes)
-        unknown = [n for n in mask_classes if n not in names]
-        if unknown:
-            raise SmdError(f"Mask classes name {', '.join(unknown)}, which is not a predictor "
-                           f"({', '.join(names)}).")
-        by_name = {item.name: item for item in inputs}
-        dynamic_masks = [n for n in mask_classes if by_name[n].dynamic]
+        dynamic_masks = [item.name for item in inputs if item.name in options.mask_classes and item.dynamic]
         if dynamic_masks:
             raise SmdError(f"Mask classes can only be applied to static (single-band) predictors; "
                            f"{', '.join(dynamic_masks)} is a time series.")
-        plan["mask_classes"] = mask_classes
 
         if not target.dates:
             raise SmdError(f"{target.label}: the soil-moisture raster needs one band per date, each "
@@ -177,23 +258,23 @@ def _validate(predictor_paths, soil_moisture_path, output_folder, categorical, m
                               for label, gone in missing.items())
             raise SmdError(f"Dynamic predictors must cover every soil-moisture date. {lines}. "
                            "Gap-fill them or trim the soil-moisture series.")
-        plan["dates"] = dates
 
-        crs = parse_crs(target_crs, "Target CRS") if target_crs else inputs[0].grid.crs
+        crs = options.target_crs or inputs[0].grid.crs
         footprints = [(item.label, transform_bounds_safe(item.grid.crs, crs, item.grid.bounds,
                                                          item.label))
-                      for item in inputs_and_target]
-        fine_grid = fine_grid_for(footprints, crs, fine_resolution)
+                      for item in [*inputs, target]]
+        fine_grid = fine_grid_for(footprints, crs, options.fine_resolution)
         coarse_grid, target_window = coarse_grid_for(target.grid, fine_grid, target.label)
-        _check_finer_than_coarse(fine_grid, coarse_grid, fine_resolution)
-        _check_fine_grid_fits(fine_grid, fine_resolution, 1 + len(mask_classes))
+        _check_finer_than_coarse(fine_grid, coarse_grid, options.fine_resolution)
+        _check_fine_grid_fits(fine_grid, options.fine_resolution, 1 + len(options.mask_classes))
         _check_target_values(target, target_window, dates)
-        plan.update(fine_grid=fine_grid, coarse_grid=coarse_grid, target_window=target_window)
     except BaseException:
-        for item in inputs_and_target:
+        for item in [*inputs, target]:
             item.close()
         raise
-    return plan
+    return PreprocessPlan(predictors=inputs, target=target, output_folder=output_folder,
+                          options=options, dates=dates, fine_grid=fine_grid,
+                          coarse_grid=coarse_grid, target_window=target_window)
 
 
 def _check_finer_than_coarse(fine_grid, coarse_grid, fine_resolution):
@@ -320,7 +401,7 @@ class _Aggregator:
         resampling = Resampling.mode if categorical else Resampling.average
         coarse = _warp(fine, np.nan, self.coarse_grid, resampling, self.fine_grid.transform,
                        self.fine_grid.crs)
-        coarse[self.valid_fraction(np.isfinite(fine)) < min_valid_fraction - 1e-6] = np.nan
+        coarse[too_sparse(self.valid_fraction(np.isfinite(fine)), min_valid_fraction)] = np.nan
         return coarse
 
 
@@ -330,8 +411,8 @@ def _categories(values):
 
 
 def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorical=DEFAULT_CATEGORICAL,
-               mask_classes=None, fine_resolution=1000.0, target_crs=None, min_valid_fraction=0.5,
-               progress=None):
+               mask_classes=None, fine_resolution=DEFAULT_FINE_RESOLUTION, target_crs=None,
+               min_valid_fraction=DEFAULT_MIN_VALID_FRACTION, progress=None):
     """Build a prepared dataset folder from predictor rasters and a soil-moisture series.
 
     Parameters
@@ -345,8 +426,9 @@ def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorica
     output_folder : path
         The dataset folder to write (replaced if it already holds a dataset).
     categorical : sequence of str or str
-        Names of categorical predictors (mode aggregation). The default ``("lc",)`` is ignored
-        when no predictor is called ``lc``; other unknown names are an error.
+        Names of categorical predictors (mode aggregation), text separated by ``,`` or ``;``
+        (:func:`parse_categorical`). The default ``("lc",)`` is ignored when no predictor is
+        called ``lc``; other unknown names are an error.
     mask_classes : dict or str
         ``{"lc": [0]}`` or ``"lc:0"``: fine pixels of these classes (of static predictors) are
         excluded, i.e. NaN in every predictor, so they are never used nor predicted.
@@ -367,24 +449,28 @@ def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorica
     progress = Progress.wrap(progress)
     import rasterio
 
-    plan = _validate(predictor_paths, soil_moisture_path, output_folder, categorical, mask_classes,
-                     fine_resolution, target_crs, min_valid_fraction)
+    if isinstance(predictor_paths, (str, os.PathLike)):
+        predictor_paths = [predictor_paths]
+    predictor_paths = list(predictor_paths or [])
+    options = check_options([predictor_name(path) for path in predictor_paths], categorical=categorical,
+                            mask_classes=mask_classes, fine_resolution=fine_resolution,
+                            target_crs=target_crs, min_valid_fraction=min_valid_fraction)
+    plan = _validate(predictor_paths, soil_moisture_path, output_folder, options)
     try:
         with rasterio.Env():  # one GDAL environment for the thousands of warps below
             _write(plan, progress, Resampling)
     finally:
-        for item in plan["all"]:
-            item.close()
-    return Dataset.open(plan["output_folder"])
+        plan.close()
+    return Dataset.open(plan.output_folder)
 
 
 def _write(plan, progress, Resampling):
     import rasterio
 
-    fine_grid, coarse_grid = plan["fine_grid"], plan["coarse_grid"]
-    dates, min_fraction = plan["dates"], plan["min_valid_fraction"]
-    categorical, mask_classes = set(plan["categorical"]), plan["mask_classes"]
-    inputs, target = plan["predictors"], plan["target"]
+    fine_grid, coarse_grid = plan.fine_grid, plan.coarse_grid
+    dates, min_fraction = plan.dates, plan.options.min_valid_fraction
+    categorical, mask_classes = set(plan.options.categorical), plan.options.mask_classes
+    inputs, target = plan.predictors, plan.target
     statics = [item for item in inputs if not item.dynamic]
     dynamics = [item for item in inputs if item.dynamic]
     aggregator = _Aggregator(fine_grid, coarse_grid)
@@ -404,7 +490,7 @@ def _write(plan, progress, Resampling):
         if item.name in categories:
             categories[item.name].update(_categories(values))
 
-    with gdal_cache_limit(), atomic_output(plan["output_folder"], folder=True) as tmp:
+    with gdal_cache_limit(), atomic_output(plan.output_folder, folder=True) as tmp:
         os.makedirs(os.path.join(tmp, "fine"))
         os.makedirs(os.path.join(tmp, "coarse"))
 
@@ -460,9 +546,9 @@ def _write(plan, progress, Resampling):
 
                 with reading(target.path, "soil-moisture raster"):
                     soil_moisture = target.src.read(target.band_of_date[date],
-                                                    window=plan["target_window"]).astype("float32")
+                                                    window=plan.target_window).astype("float32")
                 soil_moisture[is_nodata(soil_moisture, target.nodata)] = np.nan
-                soil_moisture[fraction < min_fraction - 1e-6] = np.nan
+                soil_moisture[too_sparse(fraction, min_fraction)] = np.nan
                 usable_cells += int(np.isfinite(soil_moisture).sum())
                 target_out.write(soil_moisture, index + 1)
         except BaseException:
@@ -473,22 +559,19 @@ def _write(plan, progress, Resampling):
             handle.close()  # verifies what was written
         _check_usable(valid_pixels, usable_cells, mask_classes, min_fraction)
 
-        manifest_predictors = []
-        for item in inputs:
-            entry = {"name": item.name,
-                     "kind": "categorical" if item.name in categorical else "continuous",
-                     "dynamic": item.dynamic, "source": item.label}
-            if item.name in categorical:
-                entry["categories"] = sorted(categories[item.name])
-            manifest_predictors.append(entry)
-        manifest_predictors.append({"name": DOY, "kind": "continuous", "dynamic": True,
-                                    "derived": True})
+        manifest_predictors = [
+            Predictor(name=item.name, kind=CATEGORICAL, dynamic=item.dynamic,
+                      categories=tuple(sorted(categories[item.name])), source=item.label)
+            if item.name in categorical else
+            Predictor(name=item.name, kind=CONTINUOUS, dynamic=item.dynamic, source=item.label)
+            for item in inputs]
+        manifest_predictors.append(Predictor(name=DOY, kind=CONTINUOUS, dynamic=True, derived=True))
         write_manifest(tmp, dates=dates, predictors=manifest_predictors, fine_grid=fine_grid,
                        coarse_grid=coarse_grid, min_valid_fraction=min_fraction,
                        mask_classes=mask_classes,
                        extra={"soil_moisture_source": target.label,
-                              "soil_moisture_window": [int(plan["target_window"].col_off),
-                                                       int(plan["target_window"].row_off)]})
+                              "soil_moisture_window": [int(plan.target_window.col_off),
+                                                       int(plan.target_window.row_off)]})
         progress.update(1.0, "Dataset written")
 
 

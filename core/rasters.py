@@ -45,9 +45,9 @@ def _label(path, what):
     return f"{what} {path}" if what else str(path)
 
 
-def unreadable(path, what, err):
+def unreadable(path, what, err, hint=_HINT):
     """The SmdError for ``err`` raised while reading ``path`` (``what``: e.g. "predictor")."""
-    return SmdError(f"Cannot read the {_label(path, what)}: {_detail(err)}. {_HINT}")
+    return SmdError(f"Cannot read the {_label(path, what)}: {_detail(err)}. {hint}")
 
 
 @contextlib.contextmanager
@@ -74,10 +74,12 @@ def _quiet_undecodable_gdal_messages():
             sys.unraisablehook = previous
 
 
-def open_raster(path, what="raster"):
+def open_raster(path, what="raster", *, hint=_HINT):
     """``rasterio.open(path)`` for reading; SmdError naming the file when it is missing/unreadable.
 
-    Also refuses a raster without bands or pixels (a damaged header can open as one).
+    Also refuses a raster without bands or pixels (a damaged header can open as one). ``what``
+    says what the file is for (``"input raster"``, ``"dataset raster"``); ``hint`` what to do
+    about a damaged one. The one place core and core/dataprep open a raster for reading.
     """
     import rasterio
 
@@ -95,16 +97,16 @@ def open_raster(path, what="raster"):
     except SmdError:
         raise
     except _errors() as err:
-        raise SmdError(f"The {_label(path, what)} is not a readable raster: {_detail(err)}. {_HINT}") from err
+        raise SmdError(f"The {_label(path, what)} is not a readable raster: {_detail(err)}. {hint}") from err
     if src.count < 1 or src.width < 1 or src.height < 1:
         src.close()
         raise SmdError(f"The {_label(path, what)} has no pixels ({src.width} x {src.height}, {src.count} "
-                       f"band(s)). {_HINT}")
+                       f"band(s)). {hint}")
     return src
 
 
 @contextlib.contextmanager
-def reading(path, what="raster"):
+def reading(path, what="raster", *, hint=_HINT):
     """Turn rasterio/GDAL errors raised inside the block (reads, warps) into SmdError naming ``path``."""
     try:
         with _quiet_undecodable_gdal_messages():
@@ -112,4 +114,4 @@ def reading(path, what="raster"):
     except SmdError:
         raise
     except _errors() as err:
-        raise unreadable(path, what, err) from err
+        raise unreadable(path, what, err, hint) from err

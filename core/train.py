@@ -443,8 +443,8 @@ def train_model(dataset_folder, model_path, *, partitions=None, settings=None, r
                   inputs=[dataset_folder, getattr(partitions, "source_path", None)])
     started = time.perf_counter()
     dataset = Dataset.open(dataset_folder)
-    categorical = {p["name"]: (list(p["categories"]) if p.get("categories") else None)
-                   for p in dataset.predictors if p.get("kind") == "categorical"}
+    categorical = {p.name: (list(p.categories) if p.categories else None)
+                   for p in dataset.predictors if p.categorical}
     settings_json = {**settings.to_json(), "categorical": categorical}
     samples = build_samples(dataset, partitions, progress=progress.sub(0.0, 0.05))
     _check_samples(samples, dataset_folder, partitions is not None)
@@ -490,11 +490,12 @@ def train_model(dataset_folder, model_path, *, partitions=None, settings=None, r
     report = TrainingReport(
         format="smdownscale-training-report", dataset=os.path.abspath(dataset_folder),
         model_path=os.path.abspath(model_path), settings=settings_json, dates=list(dataset.dates),
-        predictors=[p["name"] for p in dataset.predictors], n_samples=len(samples),
+        predictors=dataset.predictor_names, n_samples=len(samples),
         partitions=summaries, rows=rows, warnings=warnings, fallback=fallback,
         train_seconds=round(time.perf_counter() - started, 3))
     progress.update(0.96, "writing the model file")
-    model_kwargs = dict(models=models, global_model=global_model, predictors=dataset.predictors,
+    model_kwargs = dict(models=models, global_model=global_model,
+                        predictors=[p.to_json() for p in dataset.predictors],
                         partitions_json=partitions_json, fine_grid=dataset.fine_grid,
                         coarse_grid=dataset.coarse_grid, dates=dataset.dates,
                         metrics={"rows": _json_safe(rows), "partitions": summaries},

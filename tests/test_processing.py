@@ -267,7 +267,7 @@ def test_preprocess_rejects_unknown_categorical_and_missing_crs(processing_modul
     _raises(processing_module, "smdownscale:preprocess", {
         "PREDICTORS": scenario["predictors"], "COARSE_SM": scenario["soil_moisture"],
         "CATEGORICAL": "landcover", "OUTPUT": str(output)},
-        "Categorical predictor(s) landcover are not among the predictors")
+        "Categorical predictor(s) landcover not among the predictors")
     no_crs = str(tmp_path / "slope.tif")
     with rasterio.open(no_crs, "w", driver="GTiff", width=4, height=4, count=1, dtype="float32",
                        transform=rasterio.transform.from_origin(600000, 3600000, 1000, 1000)) as dst:

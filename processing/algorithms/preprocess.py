@@ -1,6 +1,9 @@
-"""smdownscale:preprocess - align predictors and the coarse soil moisture into a dataset folder."""
-import os
+"""smdownscale:preprocess - align predictors and the coarse soil moisture into a dataset folder.
 
+Every option is parsed, defaulted and checked by ``core.preprocess`` (``check_options``, called by
+the parameter check and by ``preprocess`` itself): this shell only turns QGIS values into its
+arguments.
+"""
 from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
@@ -12,13 +15,10 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ...core.preprocess import (DEFAULT_CATEGORICAL, DEFAULT_FINE_RESOLUTION, DEFAULT_MIN_VALID_FRACTION,
+                                check_options, predictor_name, preprocess)
 from ..layers import crs_wkt, raster_path
-from .base import SmdAlgorithm, tr
-
-
-def split_names(text):
-    """``"lc, soil"`` -> ``["lc", "soil"]`` (empty items dropped)."""
-    return [item.strip() for item in (text or "").split(",") if item.strip()]
+from .base import SmdAlgorithm, core_error, core_errors, tr
 
 
 class PreprocessAlgorithm(SmdAlgorithm):
@@ -63,8 +63,8 @@ class PreprocessAlgorithm(SmdAlgorithm):
         self.add_parameter(param, tr("One GeoTIFF per predictor, named after the predictor; time series "
                                       "with one band per date (band description YYYY-MM-DD)."))
         param = QgsProcessingParameterString(
-            self.CATEGORICAL, tr("Categorical predictors (comma-separated names)"), defaultValue="lc",
-            optional=True)
+            self.CATEGORICAL, tr("Categorical predictors (comma-separated names)"),
+            defaultValue=",".join(DEFAULT_CATEGORICAL), optional=True)
         self.add_parameter(param, tr("Predictor names aggregated by majority (mode) onto the coarse grid."))
         param = QgsProcessingParameterString(
             self.MASK_CLASSES, tr("Classes to mask (e.g. lc:0)"), optional=True)
@@ -75,80 +75,50 @@ class PreprocessAlgorithm(SmdAlgorithm):
                                       "YYYY-MM-DD."))
         param = QgsProcessingParameterNumber(
             self.FINE_RESOLUTION, tr("Fine resolution (target CRS units)"),
-            QgsProcessingParameterNumber.Double, defaultValue=1000.0, minValue=1e-9)
+            QgsProcessingParameterNumber.Double, defaultValue=DEFAULT_FINE_RESOLUTION)
         self.add_parameter(param, tr("Pixel size of the fine output grid, in units of the target CRS."))
         param = QgsProcessingParameterCrs(self.TARGET_CRS, tr("Target CRS"), optional=True)
         self.add_parameter(param, tr("CRS of the fine grid; empty = the CRS of the first predictor."))
         param = QgsProcessingParameterNumber(
             self.MIN_VALID_FRACTION, tr("Minimum valid fraction of a coarse cell"),
-            QgsProcessingParameterNumber.Double, defaultValue=0.5, minValue=0.0, maxValue=1.0)
+            QgsProcessingParameterNumber.Double, defaultValue=DEFAULT_MIN_VALID_FRACTION)
         self.add_parameter(param, tr("Coarse cells with fewer valid fine pixels are not used for training."),
                            advanced=True)
         param = QgsProcessingParameterFolderDestination(self.OUTPUT, tr("Prepared dataset folder"))
         self.add_parameter(param, tr("Folder written with dataset.json, fine/ and coarse/."))
 
+    def options(self, parameters, context):
+        """The option parameters as ``core.preprocess`` arguments (text as typed; core parses it)."""
+        crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
+        return {
+            "categorical": self.parameterAsString(parameters, self.CATEGORICAL, context),
+            "mask_classes": self.parameterAsString(parameters, self.MASK_CLASSES, context),
+            "fine_resolution": self.parameterAsDouble(parameters, self.FINE_RESOLUTION, context),
+            "target_crs": crs_wkt(crs) if crs.isValid() else None,
+            "min_valid_fraction": self.parameterAsDouble(parameters, self.MIN_VALID_FRACTION, context)}
+
     def parameter_error(self, parameters, context):
         layers = self.parameterAsLayerList(parameters, self.PREDICTORS, context)
         if not layers:
             return tr("Choose at least one predictor raster.")
-        coarse = self.parameterAsRasterLayer(parameters, self.COARSE_SM, context)
-        for layer in layers + [coarse]:
-            if layer is not None and not layer.crs().isValid():
-                return tr("Raster {!r} has no coordinate reference system. Assign one "
-                          "(Raster > Projections > Assign Projection) and run again."
-                          ).format(layer.name())
-        names = [os.path.splitext(os.path.basename(layer.source()))[0] for layer in layers]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            return tr("Two predictor files share the name {}; the file name is the "
-                      "predictor name, so rename one.").format(", ".join(duplicates))
-        unknown = [name for name in split_names(
-            self.parameterAsString(parameters, self.CATEGORICAL, context)) if name not in names]
-        if unknown:
-            return tr("Categorical predictor(s) {} are not among the predictors ({})."
-                      ).format(", ".join(unknown), ", ".join(names))
-        mask_text = self.parameterAsString(parameters, self.MASK_CLASSES, context)
-        if mask_text.strip():
-            from ...core.common import SmdError
-            from ...core.preprocess import parse_mask_classes
-
-            try:
-                mask = parse_mask_classes(mask_text)
-            except SmdError as err:
-                return str(err)
-            missing = [name for name in mask if name not in names]
-            if missing:
-                return tr("Mask classes refer to {} which is not a predictor ({})."
-                          ).format(", ".join(missing), ", ".join(names))
-        return None
+        names = [predictor_name(layer.source()) for layer in layers]
+        return core_error(check_options, names, **self.options(parameters, context))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        from ...core.preprocess import parse_mask_classes, preprocess
-
         layers = self.parameterAsLayerList(parameters, self.PREDICTORS, context)
         predictor_paths = [raster_path(layer, tr("Predictors")) for layer in layers]
         coarse_path = raster_path(self.parameterAsRasterLayer(parameters, self.COARSE_SM, context),
                                   tr("Coarse soil moisture"))
-        categorical = tuple(split_names(self.parameterAsString(parameters, self.CATEGORICAL, context)))
-        mask_text = self.parameterAsString(parameters, self.MASK_CLASSES, context)
-        mask_classes = self.run_core(parse_mask_classes, mask_text) if mask_text.strip() else None
-        crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)
         output = self.parameterAsString(parameters, self.OUTPUT, context)
         if not output:
             raise QgsProcessingException(tr("Choose an output folder for the prepared dataset."))
-        feedback.pushInfo(tr("Predictors: {}").format(", ".join(
-            os.path.splitext(os.path.basename(path))[0] for path in predictor_paths)))
-        dataset = self.run_core(
-            preprocess, predictor_paths, coarse_path, output,
-            categorical=categorical, mask_classes=mask_classes,
-            fine_resolution=self.parameterAsDouble(parameters, self.FINE_RESOLUTION, context),
-            target_crs=crs_wkt(crs) if crs.isValid() else None,
-            min_valid_fraction=self.parameterAsDouble(parameters, self.MIN_VALID_FRACTION, context),
-            progress=self.progress(feedback))
+        feedback.pushInfo(tr("Predictors: {}").format(", ".join(predictor_name(path) for path in predictor_paths)))
+        with core_errors():
+            dataset = preprocess(predictor_paths, coarse_path, output, **self.options(parameters, context),
+                                 progress=self.progress(feedback))
         feedback.pushInfo(tr("Prepared {} dates, {} predictors, fine grid {} x {}.").format(
             len(dataset.dates), len(dataset.predictor_names), dataset.fine_grid.width,
             dataset.fine_grid.height))
         return {self.OUTPUT: output}
-
 
 ALGORITHMS = [PreprocessAlgorithm]
