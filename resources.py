@@ -34,6 +34,8 @@ def plugin_metadata(key, default=""):
 def pip_requirement(import_name):
     """The pinned pip requirement for an import name, read from requirements.txt
     (``sklearn`` -> ``scikit-learn==1.5.2``); the bare pip name when it is not pinned there."""
+    if import_name in LEARNER_DISTRIBUTIONS:  # xgboost: xgboost-cpu or xgboost, whichever is pinned
+        return learner_requirement(import_name)
     package = PIP_NAMES.get(import_name, import_name)
     try:
         with open(REQUIREMENTS_FILE, encoding="utf-8") as handle:
@@ -61,3 +63,238 @@ def trusted_key_paths(text=None):
     else:
         items = str(value or "").replace("\n", ";").split(";")
     return [item.strip() for item in items if item and item.strip()]
+
+
+# --- learner dependencies installed by the plugin (ui/dependencies.py) ----------------------------
+
+#: folder (inside the QGIS profile's ``python`` folder) the dependency dialog installs into
+DEPS_FOLDER_NAME = "smdownscale-deps"
+#: environment variable overriding that folder (tests, shared installs)
+DEPS_FOLDER_ENV = "SMDOWNSCALE_DEPS"
+#: import name -> pip distribution names that provide it (first = the one requirements.txt pins)
+LEARNER_DISTRIBUTIONS = {
+    "xgboost": ("xgboost-cpu", "xgboost"),
+    "lightgbm": ("lightgbm",),
+    "catboost": ("catboost",),
+    "sklearn": ("scikit-learn",),
+    "shap": ("shap",),
+}
+
+
+def deps_folder(profile_python_dir=None):
+    """``<QGIS profile>/python/smdownscale-deps`` (``SMDOWNSCALE_DEPS`` overrides)."""
+    override = os.environ.get(DEPS_FOLDER_ENV)
+    if override:
+        return override
+    if profile_python_dir is None:
+        from qgis.core import QgsApplication
+
+        profile_python_dir = os.path.join(QgsApplication.qgisSettingsDirPath(), "python")
+    return os.path.join(profile_python_dir, DEPS_FOLDER_NAME)
+
+
+def add_deps_folder_to_sys_path(folder=None):
+    """Append the plugin's dependency folder to ``sys.path`` (appended, so the packages QGIS
+    itself is built against - numpy, GDAL - always win). Returns the folder, or None when it
+    does not exist. Idempotent."""
+    import sys
+
+    try:
+        folder = folder or deps_folder()
+    except Exception:  # noqa: BLE001 - no QGIS profile (plain Python): nothing to add
+        return None
+    if not os.path.isdir(folder):
+        return None
+    if folder not in sys.path:
+        sys.path.append(folder)
+        import importlib
+
+        importlib.invalidate_caches()
+    return folder
+
+
+def _pinned_requirements():
+    """``{lower-case pip name: requirement line}`` of requirements.txt (pinned or not)."""
+    pins = {}
+    try:
+        with open(REQUIREMENTS_FILE, encoding="utf-8") as handle:
+            for line in handle:
+                requirement = line.split("#", 1)[0].strip()
+                if not requirement or requirement.startswith("-"):
+                    continue
+                name = requirement
+                for separator in ("==", ">=", "<=", "<", ">", "~=", "!=", "[", ";", " "):
+                    name = name.split(separator, 1)[0]
+                pins[name.strip().lower()] = requirement
+    except OSError:
+        pass
+    return pins
+
+
+def learner_requirement(import_name):
+    """The requirements.txt line for a learner import name, whichever distribution is pinned
+    (``xgboost`` -> ``xgboost-cpu==2.1.3`` or ``xgboost==2.1.3``); the pip name otherwise."""
+    pins = _pinned_requirements()
+    names = LEARNER_DISTRIBUTIONS.get(import_name, (PIP_NAMES.get(import_name, import_name),))
+    for name in names:
+        if name.lower() in pins:
+            return pins[name.lower()]
+    return names[0]
+
+
+def installed_distribution(import_name):
+    """``(distribution name, version)`` providing ``import_name`` on ``sys.path``, or None.
+    Reads package metadata only: nothing is imported."""
+    import importlib.metadata as metadata
+    import importlib.util
+
+    if importlib.util.find_spec(import_name) is None:
+        return None
+    names = LEARNER_DISTRIBUTIONS.get(import_name, (PIP_NAMES.get(import_name, import_name),))
+    for name in names:
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        provided = metadata.packages_distributions().get(import_name) or []
+    except Exception:  # noqa: BLE001
+        provided = []
+    for name in provided:
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return import_name, ""
+
+
+def learner_status(import_names=None):
+    """One dict per learner: ``import`` name, ``requirement`` (the pin), ``installed``
+    (``"dist version"`` or ""), ``state`` ``ok`` / ``missing`` / ``wrong version``."""
+    rows = []
+    for name in import_names or LEARNER_DISTRIBUTIONS:
+        requirement = learner_requirement(name)
+        found = installed_distribution(name)
+        if found is None:
+            state, installed = "missing", ""
+        else:
+            dist, version = found
+            installed = f"{dist} {version}".strip()
+            wanted = requirement.split("==", 1)[1].strip() if "==" in requirement else None
+            state = "wrong version" if wanted and version and version != wanted else "ok"
+        rows.append({"import": name, "requirement": requirement, "installed": installed, "state": state})
+    return rows
+
+
+def missing_learners(import_names=None):
+    """Import names of learners that are not installed (metadata only, nothing imported)."""
+    import importlib.util
+
+    return [name for name in import_names or LEARNER_DISTRIBUTIONS if importlib.util.find_spec(name) is None]
+
+
+#: compiled packages QGIS's Python already has (Debian: python3-numpy ...): an install into the
+#: dependency folder is constrained to their installed versions, because those copies are the
+#: ones imported (the folder comes last on sys.path) and packages built for a newer numpy fail
+ABI_PINNED = ("numpy", "scipy", "matplotlib", "pandas")
+
+
+def installed_constraints(names=ABI_PINNED, exclude_folder=None):
+    """``["numpy==1.24.2", ...]`` for the packages of ``names`` installed outside ``exclude_folder``."""
+    import importlib.metadata as metadata
+
+    exclude = os.path.realpath(exclude_folder) if exclude_folder else None
+    lines = []
+    for name in names:
+        for dist in metadata.distributions(name=name):
+            location = os.path.realpath(str(dist.locate_file("")))
+            if exclude and (location == exclude or location.startswith(exclude + os.sep)):
+                continue
+            lines.append(f"{name}=={dist.version}")
+            break
+    return lines
+
+
+def install_arguments(python, folder, requirements=None, pins=None):
+    """``[python, -m, pip, install, ...]`` installing the pinned requirements into ``folder``
+    (``--target`` works on PEP 668 systems and needs no admin rights; ``--upgrade`` replaces
+    what an earlier install left there). ``pins`` (default :func:`installed_constraints`) keep
+    numpy & co at the versions QGIS already imports, so what pip picks is built for them."""
+    if pins is None:
+        pins = installed_constraints(exclude_folder=folder)
+    return [python, "-m", "pip", "install", "--disable-pip-version-check", "--upgrade",
+            "--target", folder, "-r", requirements or REQUIREMENTS_FILE, *pins]
+
+
+def install_command(python, folder, requirements=None, pins=None):
+    """The same as one copyable shell line (paths quoted)."""
+    import shlex
+
+    args = install_arguments(python or "python3", folder, requirements, pins)
+    if os.name == "nt":
+        return " ".join(f'"{a}"' if (" " in a or "\\" in a) else a for a in args)
+    return " ".join(shlex.quote(a) for a in args)
+
+
+# --- help links, temporary outputs -------------------------------------------------------------
+
+#: where the README is published (help links of the algorithms point at its sections)
+README_URL = "https://github.com/smdownscale/smdownscale/blob/main/README.md"
+#: algorithm name -> README heading it is documented under (anchor = GitHub's slug of it)
+HELP_SECTIONS = {
+    "preprocess": "Downscaling", "train": "Downscaling", "predict": "Downscaling",
+    "validate": "Downscaling", "explain": "Downscaling",
+    "generatekeys": "Downscaling", "signmodel": "Downscaling",
+    "downscaling_chain": "Downscaling",
+    "gapfill": "Data preparation", "importismn": "Data preparation", "importsmapl4": "Data preparation",
+    "reclassifylc": "Data preparation", "s1composite": "Data preparation",
+    "spectralindices": "Data preparation",
+}
+DEFAULT_HELP_SECTION = "Algorithms"
+
+
+def readme_anchor(heading):
+    """GitHub's anchor for a Markdown heading (lower case, punctuation dropped, spaces -> -)."""
+    import re
+
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def help_url(algorithm_name):
+    """URL of the README section documenting ``algorithm_name`` (``train`` or ``smdownscale:train``);
+    for ``QgsProcessingAlgorithm.helpUrl``. The README link in metadata.txt (``homepage``) wins
+    over :data:`README_URL` when it is set."""
+    name = algorithm_name.split(":", 1)[-1]
+    homepage = plugin_metadata("homepage", "").rstrip("/")
+    base = f"{homepage}/blob/main/README.md" if homepage.startswith("https://github.com/") else README_URL
+    return f"{base}#{readme_anchor(HELP_SECTIONS.get(name, DEFAULT_HELP_SECTION))}"
+
+
+def warn_if_temporary(path, what, feedback=None):
+    """Log a warning when an output ``path`` (a model file, dataset, report) is in a temporary
+    location, with the path and how to keep it. Returns the message or None. Call it from the
+    Processing shells after a run (``feedback`` = the algorithm's feedback)."""
+    import tempfile
+
+    from qgis.core import Qgis, QgsMessageLog, QgsProcessingUtils
+
+    if not path:
+        return None
+    real = os.path.realpath(str(path))
+    roots = {os.path.realpath(tempfile.gettempdir())}
+    try:
+        roots.add(os.path.realpath(QgsProcessingUtils.tempFolder()))
+    except Exception:  # noqa: BLE001
+        pass
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        return None
+    message = tr("The {} was written to a temporary location and will be deleted when QGIS quits: {} - "
+                 "copy it elsewhere now, or choose an output path next time to keep it.").format(what, path)
+    QgsMessageLog.logMessage(message, "smdownscale", Qgis.Warning)
+    if feedback is not None:
+        if hasattr(feedback, "pushWarning"):
+            feedback.pushWarning(message)
+        else:
+            feedback.reportError(message)
+    return message

@@ -121,14 +121,28 @@ def test_classfactory_initgui_and_unload(qgis_app, qgis_iface):
     provider = registry.providerById("smdownscale")
     assert provider is not None and provider.name() == "Soil moisture downscaling"
     menu = submenus["Soil moisture downscaling"]
-    ids = sorted(action.toolTip() for action in menu.actions()
-                 if action.objectName() != "smdownscale_model_report")
-    assert ids == sorted(alg.id() for alg in provider.algorithms())
-    assert [a.text() for a in menu.actions() if a.objectName() == "smdownscale_model_report"] == ["Model report..."]
-    assert {"smdownscale:preprocess", "smdownscale:train", "smdownscale:predict", "smdownscale:validate",
-            "smdownscale:explain", "smdownscale:downscaling_chain"} <= set(ids)
-    assert len(toolbar.actions()) == 1
+    algorithm_actions = [a for a in menu.actions() if a.toolTip().startswith("smdownscale:")]
+    ids = [action.toolTip() for action in algorithm_actions]
+    assert sorted(ids) == sorted(alg.id() for alg in provider.algorithms())
+    # workflow order, grouped by step (separators), plugin dialogs where they belong
+    order = [i for i in ("smdownscale:importsmapl4", "smdownscale:preprocess", "smdownscale:train",
+                         "smdownscale:predict", "smdownscale:validate", "smdownscale:explain",
+                         "smdownscale:generatekeys") if i in ids]
+    assert [i for i in ids if i in order] == order
+    assert ids.index("smdownscale:downscaling_chain") < ids.index("smdownscale:preprocess")
+    separators = [a.text() for a in menu.actions() if a.isSeparator()]
+    assert separators == ["1. Prepare inputs", "2. Downscale", "3. Validate and explain", "4. Share models",
+                          "5. Tools"]
+    plugin_entries = {a.objectName(): a.text() for a in menu.actions()
+                      if not a.isSeparator() and not a.toolTip().startswith("smdownscale:")}
+    assert plugin_entries["smdownscale_model_report"] == "Model report..."
+    assert plugin_entries["smdownscale_dependencies"] == "Check dependencies..."
+    assert plugin_entries["smdownscale_date_dock"] == "Browse series dates..."
+    assert plugin_entries["smdownscale_workflow"] == "Downscaling workflow..."
+    assert plugin_entries["smdownscale_load_demo"] == "Load demo data..."
+    assert menu.actions()[0].objectName() == "smdownscale_workflow"
     assert toolbar.actions()[0].text() == "Soil moisture downscaling chain"
+    assert len(toolbar.actions()) == (2 if plugin._workflow_available() else 1)
 
     plugin.unload()
     assert registry.providerById("smdownscale") is None
