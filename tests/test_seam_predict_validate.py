@@ -93,21 +93,6 @@ def test_dates_rules():
         select_dates(DATASET_DATES, "2019-04-01,2030-01-01")
 
 
-@pytest.mark.parametrize("value", ["1", "8", "16", "512", "10000", "0", "-4", "2.5", "abc", "1e3"])
-def test_block_size_checked_the_same_by_the_api_and_the_dialog(qgis_app, inputs, value):
-    """Drift fixed: the dialog allowed 16..8192 and rounded 2.5, core took any whole number >= 1."""
-    from qgis.core import QgsProcessingContext
-
-    from smdownscale.core.predict import parse_block_size
-    from smdownscale.processing.algorithms.predict import PredictAlgorithm
-
-    dataset, model = inputs
-    core = _core(parse_block_size, value)
-    shell = _shell(_algorithm(PredictAlgorithm), {"DATASET": dataset, "MODEL": model, "BLOCK_SIZE": value,
-                                                  "OUTPUT": "/tmp/x.tif"}, QgsProcessingContext())
-    assert core[0] == shell[0], (core, shell)
-
-
 def test_predict_shell_passes_the_dates_text_to_core_and_reports_its_record(qgis_app, inputs, tmp_path,
                                                                             monkeypatch):
     from qgis.core import QgsProcessingContext, QgsProcessingFeedback
@@ -147,38 +132,39 @@ def test_prediction_report_keeps_the_dict_keys():
         report["pixels"]
 
 
-# ------------------------------------------------------------------ explain: MAX_SAMPLES, SEED
-@pytest.mark.parametrize("value", ["1", "5", "9", "10", "2000", "0", "-3", "2.5", "abc", "1e3", "1e12"])
-def test_max_samples_checked_the_same_by_the_api_and_the_dialog(qgis_app, inputs, value):
-    """Drift fixed: the dialog refused 1..9 (minValue 10), rounded 2.5 to 3 and wrapped 1e12 to 0."""
+# ------------------------------------------------------------------ whole-number parameters
+#: (algorithm, parameter, core parser, value, accepted). Drift fixed: BLOCK_SIZE was 16..8192 in
+#: the dialog (core: >= 1), MAX_SAMPLES >= 10 (core: >= 1); the dialog rounded 2.5 and wrapped
+#: 1e12 to 0 (parameterAsInt). Bug fixed: a negative SEED passed both and failed inside numpy.
+WHOLE_NUMBER_CASES = (
+    [("predict", "BLOCK_SIZE", "parse_block_size", v, ok) for v, ok in (
+        ("1", True), ("8", True), ("512", True), ("10000", True), ("1e3", True), ("0", False),
+        ("-4", False), ("2.5", False), ("abc", False))]
+    + [("explain", "MAX_SAMPLES", "parse_max_samples", v, ok) for v, ok in (
+        ("1", True), ("9", True), ("2000", True), ("1e12", True), ("0", False), ("-3", False),
+        ("2.5", False), ("abc", False))]
+    + [("explain", "SEED", "parse_seed", v, ok) for v, ok in (
+        ("0", True), ("7", True), ("-1", False), ("2.5", False), ("abc", False))])
+
+
+@pytest.mark.parametrize("alg_id, parameter, parser, value, accepted", WHOLE_NUMBER_CASES)
+def test_whole_number_parameters_checked_the_same_by_the_api_and_the_dialog(qgis_app, inputs, alg_id, parameter,
+                                                                             parser, value, accepted):
+    import importlib
+
     from qgis.core import QgsProcessingContext
 
-    from smdownscale.core.explain import parse_max_samples
-    from smdownscale.processing.algorithms.explain import ExplainAlgorithm
-
+    core_module = importlib.import_module(f"smdownscale.core.{alg_id}")
+    shell_module = importlib.import_module(f"smdownscale.processing.algorithms.{alg_id}")
     dataset, model = inputs
-    core = _core(parse_max_samples, value)
-    shell = _shell(_algorithm(ExplainAlgorithm), {"DATASET": dataset, "MODEL": model, "MAX_SAMPLES": value,
-                                                  "OUTPUT_TABLE": "memory:"}, QgsProcessingContext())
-    assert core[0] == shell[0], (core, shell)
+    core = _core(getattr(core_module, parser), value)
+    shell = _shell(_algorithm(shell_module.ALGORITHMS[0]), {
+        "DATASET": dataset, "MODEL": model, parameter: value, "OUTPUT": "/tmp/x.tif",
+        "OUTPUT_TABLE": "memory:"}, QgsProcessingContext())
+    assert core[0] == shell[0] == ("ok" if accepted else "refused"), (core, shell)
     if value == "2.5":  # refused by core's rule, not rounded by QGIS
-        assert shell[1] == "max_samples=2.5: use a whole number of at least 1."
-
-
-@pytest.mark.parametrize("value", ["0", "7", "-1", "2.5", "abc"])
-def test_seed_checked_the_same_by_the_api_and_the_dialog(qgis_app, inputs, value):
-    """Bug fixed: a negative seed passed both and then failed inside numpy (a traceback)."""
-    from qgis.core import QgsProcessingContext
-
-    from smdownscale.core.explain import parse_seed
-    from smdownscale.processing.algorithms.explain import ExplainAlgorithm
-
-    dataset, model = inputs
-    core = _core(parse_seed, value)
-    shell = _shell(_algorithm(ExplainAlgorithm), {"DATASET": dataset, "MODEL": model, "SEED": value,
-                                                  "OUTPUT_TABLE": "memory:"}, QgsProcessingContext())
-    assert core[0] == shell[0], (core, shell)
-    assert (core[0] == "ok") == (value in ("0", "7"))
+        minimum = 0 if parameter == "SEED" else 1
+        assert shell[1] == f"{parameter.lower()}=2.5: use a whole number of at least {minimum}."
 
 
 def test_explain_table_columns_are_core_fields():
