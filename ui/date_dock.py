@@ -176,8 +176,8 @@ class DateDock(QDockWidget):
             self.layer_label.setText(tr("Select a soil-moisture series layer (bands named by date)."))
             self.date_label.setText("-")
             return False
-        self.layer_label.setText(series_layer_name(layer.name(), []) + "\n" + tr("{} dates, {} to {}").format(
-            len(self.dates), self.dates[0], self.dates[-1]))
+        self.layer_label.setText(tr("<b>{}</b><br>{} dates, {} to {}").format(
+            layer.name(), len(self.dates), self.dates[0], self.dates[-1]))
         band = current_band(layer) or 1
         self.show_index(min(max(band - 1, 0), len(self.dates) - 1))
         return True
