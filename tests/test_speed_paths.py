@@ -153,3 +153,59 @@ def test_a_cache_folder_writable_by_others_is_not_used(cache, lightgbm_model, mo
     predictor = compiled.LightGBMPredictor(booster, member)
     assert np.max(np.abs(predictor.predict(X, 1) - _native(booster, X))) <= 1e-6
     assert predictor.path == "compiled" and os.listdir(cache) == []   # compiled, not cached
+
+
+# -- preprocess: each input read once for many dates, copied when it lies on the fine grid -----
+
+def _series(path, values, transform, crs="EPSG:32631", nodata=-9999.0, dtype="float32"):
+    import rasterio
+
+    profile = dict(driver="GTiff", width=values.shape[2], height=values.shape[1], count=values.shape[0],
+                   dtype=dtype, crs=crs, transform=transform, nodata=nodata, tiled=True,
+                   blockxsize=64, blockysize=64, compress="deflate", interleave="pixel")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values.astype(dtype))
+    return path
+
+
+@pytest.mark.parametrize("case", ["on_grid", "on_grid_offset_int16", "coarser", "reprojected"])
+def test_series_warper_equals_per_band_warp_bit_for_bit(tmp_path, case):
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+
+    from smdownscale.core.fastread import SeriesWarper
+    from smdownscale.core.grids import Grid
+    from smdownscale.core.preprocess import _warp
+
+    rng = np.random.default_rng(7)
+    grid = Grid("EPSG:32631", from_origin(500000, 5000000, 1000, 1000), 70, 50)
+    dtype, nodata, resampling = "float32", -9999.0, Resampling.average
+    if case == "on_grid":
+        transform, shape = grid.transform, (50, 70)
+    elif case == "on_grid_offset_int16":
+        transform, shape, dtype, nodata = from_origin(497000, 5004000, 1000, 1000), (60, 80), "int16", -1
+        resampling = Resampling.mode
+    elif case == "coarser":
+        transform, shape = from_origin(499000, 5001000, 2500, 2500), (24, 32)
+    else:
+        transform, shape = from_origin(499000, 5001000, 500, 500), (110, 150)
+    values = rng.uniform(0, 300, size=(9,) + shape)
+    values[rng.random(values.shape) < 0.1] = nodata
+    crs = "EPSG:32631" if case != "reprojected" else "EPSG:32632"
+    if case == "reprojected":
+        from rasterio.warp import transform as transform_xy
+
+        xs, ys = transform_xy("EPSG:32631", "EPSG:32632", [499000], [5001000])
+        transform = from_origin(xs[0], ys[0], 500, 500)
+    path = _series(str(tmp_path / "series.tif"), values, transform, crs=crs, nodata=nodata, dtype=dtype)
+    with rasterio.open(path) as src:
+        order = [3, 1, 2, 4, 5, 6, 7, 8, 9]
+        warper = SeriesWarper(src, src.nodata, grid, resampling, order, budget_bytes=400_000)
+        assert warper.copies == case.startswith("on_grid")
+        for band in order:
+            expected = _warp(rasterio.band(src, band), src.nodata, grid, resampling)
+            got = warper.get(band)
+            assert got.dtype == np.float32 and got.shape == grid.shape
+            assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), (case, band)
+        assert warper.reads < len(order)
