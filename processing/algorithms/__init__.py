@@ -34,6 +34,11 @@ def _explain():
     return [ExplainAlgorithm]
 
 
+def _summarize():
+    from .summarize import SummarizeAlgorithm
+    return [SummarizeAlgorithm]
+
+
 def _generatekeys():
     from .generatekeys import GenerateKeysAlgorithm
     return [GenerateKeysAlgorithm]
@@ -82,7 +87,7 @@ def _reclassifylc():
 #: (module name, loader), in Toolbox order: downscaling, validation, data preparation
 LOADERS = (
     ("preprocess", _preprocess), ("train", _train), ("predict", _predict), ("explain", _explain),
-    ("generatekeys", _generatekeys), ("signmodel", _signmodel),
+    ("summarize", _summarize), ("generatekeys", _generatekeys), ("signmodel", _signmodel),
     ("validate", _validate),
     ("importsmapl4", _importsmapl4), ("importismn", _importismn),
     ("spectralindices", _spectralindices), ("gapfill", _gapfill), ("s1composite", _s1composite),
