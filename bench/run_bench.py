@@ -12,8 +12,16 @@ naive_train  sklearn StackingRegressor(XGB, LGBM, CatBoost; LinearRegression(pos
              prediction of PREDICT_DATES dates held in memory at once
 predict      core.predict.predict over all 214 dates (block-wise, end to end incl. I/O)
 raw          the same three boosters of the trained model called directly on the same pixels
-             (PREDICT_DATES dates, features already in memory): the boosters' own throughput
+             (PREDICT_DATES dates, features already in memory): the boosters' own throughput,
+             each learner and the stack, native and with LightGBM compiled by lleaves (compile
+             time from a cold cache reported apart, and the stack figure including it)
+prep_ref     preprocess reference: each input raster warped once with GDAL (all its bands in one
+             gdal.Warp) onto the fine grid; and reading the inputs band by band (today) against
+             core.fastread.SeriesWarper (every date of an input per read)
 big          one date of a 10,000 x 10,000 fine grid, block-wise; peak RSS
+
+Compiled prediction (``SMDOWNSCALE_COMPILED``) is timed from a cold per-user cache: every phase
+that compiles gets a fresh ``SMDOWNSCALE_CACHE_DIR`` inside the work folder.
 """
 import argparse
 import json
@@ -21,6 +29,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -159,28 +168,47 @@ def phase_naive(work):
             "peak_rss_mb": round(peak_rss_mb())}
 
 
-def phase_predict(work):
+def phase_predict(work, compiled_mode="off"):
+    """core.predict.predict end to end; ``compiled_mode`` = SMDOWNSCALE_COMPILED (cold cache)."""
+    os.environ["SMDOWNSCALE_COMPILED"] = compiled_mode
+    if compiled_mode != "off":
+        os.environ["SMDOWNSCALE_CACHE_DIR"] = tempfile.mkdtemp(prefix="cold-cache-", dir=work)
     from smdownscale.core.predict import predict
 
     p = paths(work)
+    output = p["prediction"] if compiled_mode == "off" else p["prediction"].replace(".tif", "_compiled.tif")
     started = time.time()
-    info = predict(p["dataset"], p["model"], p["prediction"])
+    info = predict(p["dataset"], p["model"], output)
     wall = time.time() - started
     from smdownscale.core.dataset import Dataset
 
     dataset = Dataset.open(p["dataset"])
     pixels = dataset.fine_grid.width * dataset.fine_grid.height * len(dataset.dates)
-    return {"predict_s": round(wall, 1), "grid_pixels": pixels, "pixels_per_s": round(pixels / wall),
-            "valid_pixels_predicted": info.pixels_predicted,
-            "valid_pixels_per_s": round(info.pixels_predicted / wall),
-            "peak_rss_mb": round(peak_rss_mb())}
+    result = {"predict_s": round(wall, 1), "grid_pixels": pixels, "pixels_per_s": round(pixels / wall),
+              "valid_pixels_predicted": info.get("pixels_predicted"),
+              "valid_pixels_per_s": round(info.get("pixels_predicted", 0) / wall),
+              "peak_rss_mb": round(peak_rss_mb()), "compiled_mode": compiled_mode}
+    if compiled_mode != "off" and os.path.exists(p["prediction"]):
+        import rasterio
+
+        worst = 0.0
+        with rasterio.open(p["prediction"]) as a, rasterio.open(output) as b:
+            for band in range(1, a.count + 1):
+                x, y = a.read(band), b.read(band)
+                if np.isfinite(x).any():
+                    worst = max(worst, float(np.nanmax(np.abs(x - y))))
+        result["max_abs_diff_vs_native_m3m3"] = worst
+    return result
 
 
-def phase_raw(work):
-    """The trained boosters called directly (native predict) on the same pixels."""
+def phase_predict_compiled(work):
+    return phase_predict(work, compiled_mode="auto")
+
+
+def _raw_features(work):
+    from smdownscale.core.dataset import Dataset
     from smdownscale.core.modelfile import load_model
     from smdownscale.core.partitions import Partitions, partition_index_on_grid
-    from smdownscale.core.dataset import Dataset
     from smdownscale.core.stack import encode
 
     p = paths(work)
@@ -193,15 +221,109 @@ def phase_raw(work):
     valid = np.isfinite(features).all(axis=1) & (which >= 0)
     encoder = next(iter(model.models.values())).encoder_
     encoded = encode(features[valid], encoder)
-    which = which[valid]
-    started = time.time()
-    for index, name in enumerate(partitions.names):
-        rows = encoded[which == index]
-        model.models[name].base_predict(rows, encoded=True)
-    wall = time.time() - started
-    all_pixels = features.shape[0]
-    return {"pixels": int(all_pixels), "valid_pixels": int(valid.sum()), "boosters_s": round(wall, 2),
-            "pixels_per_s": round(all_pixels / wall), "valid_pixels_per_s": round(valid.sum() / wall)}
+    return model, partitions, encoded, which[valid], features.shape[0]
+
+
+def phase_raw(work):
+    """The trained boosters called directly on the same pixels: native, then LightGBM compiled."""
+    from smdownscale.core import compiled
+    from smdownscale.core.stack import _predict_booster
+
+    model, partitions, encoded, which, all_pixels = _raw_features(work)
+    rows = {name: encoded[which == index] for index, name in enumerate(partitions.names)}
+    n_valid = int(encoded.shape[0])
+    threads = os.cpu_count()
+
+    def timed(function):
+        started = time.perf_counter()
+        function()
+        return time.perf_counter() - started
+
+    per_learner = {}
+    for learner in ("xgboost", "lightgbm", "catboost"):
+        per_learner[learner] = timed(lambda: [
+            _predict_booster(learner, model.models[name].boosters_[learner], X, threads)
+            for name, X in rows.items() if learner in model.models[name].boosters_])
+    stack_native = timed(lambda: [model.models[name].base_predict(X, encoded=True) for name, X in rows.items()])
+
+    out = {"pixels": int(all_pixels), "valid_pixels": n_valid, "boosters_s": round(stack_native, 2),
+           "pixels_per_s": round(all_pixels / stack_native), "valid_pixels_per_s": round(n_valid / stack_native),
+           "native_rows_per_s": {k: round(n_valid / v) for k, v in per_learner.items()}}
+    ok, why = compiled.available()
+    if not ok:
+        out["compiled"] = {"error": why}
+        return out
+    # compiled LightGBM from a cold cache
+    os.environ["SMDOWNSCALE_CACHE_DIR"] = tempfile.mkdtemp(prefix="cold-cache-", dir=work)
+    os.environ[compiled.ENV_MODE] = "always"
+    members = compiled.lightgbm_members(paths(work)["model"])
+    compile_s, lgb_compiled_s, checks = 0.0, 0.0, []
+    for name, X in rows.items():
+        booster = model.models[name].boosters_["lightgbm"]
+        started = time.perf_counter()
+        predictor, _ = compiled.load_or_compile(members[name])
+        compile_s += time.perf_counter() - started
+        lgb_compiled_s += timed(lambda: predictor.predict(X.astype(np.float64), n_jobs=threads))
+        sample = X[:20000]
+        checks.append(float(np.max(np.abs(predictor.predict(sample.astype(np.float64), n_jobs=threads)
+                                          - _predict_booster("lightgbm", booster, sample, threads)))))
+    others = per_learner["xgboost"] + per_learner["catboost"]
+    stack_compiled = others + lgb_compiled_s + (stack_native - sum(per_learner.values()))
+    out["compiled"] = {
+        "accelerator": why, "models": len(rows), "compile_s_cold": round(compile_s, 1),
+        "lightgbm_rows_per_s": round(n_valid / lgb_compiled_s),
+        "lightgbm_speedup": round(per_learner["lightgbm"] / lgb_compiled_s, 2),
+        "max_abs_diff_vs_native": max(checks) if checks else None,
+        "stack_pixels_per_s": round(all_pixels / stack_compiled),
+        "stack_pixels_per_s_incl_cold_compile": round(all_pixels / (stack_compiled + compile_s)),
+        "stack_speedup_vs_native": round(stack_native / stack_compiled, 2)}
+    return out
+
+
+def phase_prep_ref(work):
+    """Preprocess reference: each input warped once with GDAL; per-band reading vs SeriesWarper."""
+    import rasterio
+    from osgeo import gdal
+    from rasterio.enums import Resampling
+
+    from smdownscale.core.dataset import Dataset
+    from smdownscale.core.fastread import SeriesWarper
+    from smdownscale.core.preprocess import _warp
+
+    p = paths(work)
+    grid = Dataset.open(p["dataset"]).fine_grid
+    folder = os.path.join(p["scenario"], "predictors")
+    inputs = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".tif"))
+    scratch = tempfile.mkdtemp(prefix="prep-ref-", dir=work)
+    gdal.UseExceptions()
+    started = time.perf_counter()
+    for path in inputs:
+        categorical = os.path.basename(path).startswith("lc")
+        gdal.Warp(os.path.join(scratch, os.path.basename(path)), path, format="GTiff",
+                  outputBounds=grid.bounds, width=grid.width, height=grid.height, dstSRS=grid.crs.to_wkt(),
+                  resampleAlg="mode" if categorical else "average", dstNodata=float("nan"),
+                  outputType=gdal.GDT_Float32, creationOptions=["TILED=YES", "COMPRESS=DEFLATE"])
+    reference = time.perf_counter() - started
+    per_band = series = 0.0
+    bands = 0
+    with rasterio.Env():
+        for path in inputs:
+            with rasterio.open(path) as src:
+                nodata = src.nodata if src.nodata is not None else float("nan")
+                order = list(range(1, src.count + 1))
+                bands += len(order)
+                started = time.perf_counter()
+                for band in order:
+                    _warp(rasterio.band(src, band), nodata, grid, Resampling.average)
+                per_band += time.perf_counter() - started
+                started = time.perf_counter()
+                warper = SeriesWarper(src, nodata, grid, Resampling.average, order)
+                for band in order:
+                    warper.get(band)
+                series += time.perf_counter() - started
+    return {"inputs": len(inputs), "bands": bands, "gdal_single_pass_s": round(reference, 2),
+            "fine_warps_per_band_s": round(per_band, 2), "fine_warps_series_s": round(series, 2),
+            "series_speedup": round(per_band / series, 2)}
 
 
 def phase_big(work):
@@ -268,7 +390,7 @@ def make_big_dataset(source_folder, folder, size):
 
 
 PHASES = {"data": phase_data, "train": phase_train, "naive": phase_naive, "predict": phase_predict,
-          "raw": phase_raw, "big": phase_big}
+          "predict_compiled": phase_predict_compiled, "raw": phase_raw, "prep_ref": phase_prep_ref, "big": phase_big}
 
 
 def run_phase(name, work):
@@ -303,20 +425,33 @@ def main():
         with open(previous_path) as handle:
             previous = json.load(handle)
         results.update({name: previous[name] for name in args.skip if name in previous})
-    for name in ("data", "train", "naive", "predict", "raw", "big"):
+    for name in ("data", "prep_ref", "train", "naive", "predict", "predict_compiled", "raw", "big"):
         if name in args.skip:
             continue
         print(f"phase {name} ...", file=sys.stderr, flush=True)
         results[name] = run_phase(name, args.work)
         print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     train, naive, pred, raw = (results.get(k, {}) for k in ("train", "naive", "predict", "raw"))
+    fast, data, ref = (results.get(k, {}) for k in ("predict_compiled", "data", "prep_ref"))
+    ratios = results["ratios"] = {}
+    for key, compute in (
+            ("prediction_compiled_vs_naive", lambda: fast["pixels_per_s"] / naive["predict_pixels_per_s"]),
+            ("prediction_compiled_vs_native", lambda: fast["pixels_per_s"] / pred["pixels_per_s"]),
+            ("raw_stack_compiled_vs_native", lambda: raw["compiled"]["stack_speedup_vs_native"]),
+            ("preprocess_vs_gdal_single_pass", lambda: data["preprocess_s"] / ref["gdal_single_pass_s"]),
+            ("training_es_speedup_vs_naive", lambda: naive["train_s"] / train["train_es_s"]),
+            ("test_rmse_es_minus_naive", lambda: train["test_rmse_stack_es"] - naive["test_rmse_stack"])):
+        try:
+            ratios[key] = round(compute(), 5 if "rmse" in key else 2)
+        except (KeyError, TypeError, ZeroDivisionError):
+            pass
     try:
-        results["ratios"] = {
+        results["ratios"].update({
             "training_speedup_vs_naive": round(naive["train_s"] / train["train_s"], 2),
             "test_rmse_ours_minus_naive": round(train["test_rmse_stack"] - naive["test_rmse_stack"], 5),
             "prediction_vs_raw_boosters": round(pred["pixels_per_s"] / raw["pixels_per_s"], 2),
             "prediction_vs_naive": round(pred["pixels_per_s"] / naive["predict_pixels_per_s"], 2),
-        }
+        })
     except (KeyError, TypeError, ZeroDivisionError):
         pass
     print(json.dumps(results, indent=1))

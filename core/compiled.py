@@ -343,3 +343,12 @@ class LightGBMPredictor:
         rows = min(CHECK_ROWS, X.shape[0])
         self._decide(per_row, X[:rows], values[:rows])
         return values
+
+
+def lightgbm_members(model_path):
+    """``{partition name (None = global model): lightgbm.txt bytes}`` of a verified model file."""
+    from .modelfile import _model_dirs, read_verified
+
+    manifest, members, _ = read_verified(model_path)
+    return {partition: members[f"{member_dir}/lightgbm.txt"] for member_dir, partition in _model_dirs(manifest)
+            if f"{member_dir}/lightgbm.txt" in members}
