@@ -115,6 +115,7 @@ def figure_density(test_samples, partitions):
         bins = int(np.clip(np.sqrt(obs.size), 20, 80))
         counts, xe, ye = np.histogram2d(obs, pred, bins=bins, range=[[low, high], [low, high]])
         counts = np.where(counts > 0, counts, np.nan)
+        ax.grid(False)
         mesh = ax.pcolormesh(xe, ye, counts.T, cmap=figures.SEQUENTIAL, norm=_log_norm(counts))
         bar = fig.colorbar(mesh, ax=ax, label="test samples per bin", shrink=0.85)
         bar.ax.yaxis.set_major_formatter(ScalarFormatter())

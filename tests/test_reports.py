@@ -1,0 +1,353 @@
+"""Reports (issue 10): the HTML pages' JSON blocks equal the algorithms' numbers, every figure is
+present as an embedded PNG, and smdownscale:summarize's period maps equal numpy on small series."""
+import datetime as dt
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+PARTITIONS = ("HB", "JH", "WX")
+
+
+def images(text):
+    """{img id: alt} of the embedded PNG figures of a page."""
+    found = {}
+    for match in re.finditer(r"<img id='([^']+)' alt='([^']*)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text):
+        assert len(match.group(3)) > 1000  # a real picture, not an empty PNG
+        found[match.group(1)] = match.group(2)
+    return found
+
+
+def read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def write_series(path, values, dates, nodata=np.nan):
+    values = np.asarray(values, dtype="float32")
+    with rasterio.open(path, "w", driver="GTiff", width=values.shape[2], height=values.shape[1],
+                       count=values.shape[0], dtype="float32", crs="EPSG:32650",
+                       transform=from_origin(500000.0, 4000000.0, 1000.0, 1000.0), nodata=nodata) as dst:
+        dst.write(values)
+        for band, date in enumerate(dates, start=1):
+            dst.set_band_description(band, date)
+    return str(path)
+
+
+# ------------------------------------------------------------------ page builder
+def test_numbers_are_shown_with_4_significant_digits_and_counts_as_integers():
+    from smdownscale.core.reports.html import format_count, format_metric
+
+    assert format_metric(0.000844039) == "0.0008440"
+    assert format_metric(0.0105123) == "0.01051"
+    assert format_metric(0.97036) == "0.9704"
+    assert format_metric(0.99996) == "1.000"
+    assert format_metric(-0.0123456) == "-0.01235"
+    assert format_metric(1.58868e-05) == "1.589e-05"
+    assert format_metric(float("nan")) == format_metric(None) == "n/a"
+    assert format_count(12345.0) == "12,345" and format_count(7) == "7"
+
+
+def test_json_block_reads_back_strict_and_cannot_close_the_script():
+    from smdownscale.core.reports.html import Page, read_report_data
+
+    page = Page("t", "training")
+    page.table([("a", "A", "metric")], [{"a": 0.5}])
+    text = page.render({"value": float("nan"), "name": "</script><b>", "numbers": np.arange(3)})
+    assert text.count("</script>") == 1
+    data = read_report_data(text)
+    assert data["value"] is None and data["name"] == "</script><b>" and data["numbers"] == [0, 1, 2]
+    assert data["kind"] == "training" and data["figures"] == []
+
+
+def test_reports_do_not_import_matplotlib_until_a_page_is_built():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, %r); import smdownscale.core.reports, smdownscale.core.summarize; "
+            "print('matplotlib' in sys.modules)" % os.path.join(os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__))), ".plugin-path"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+# ------------------------------------------------------------------ report pages from plain data
+def training_report_data(rng):
+    rows = []
+    for name in PARTITIONS + ("WP",):
+        for k, model in enumerate(("XGBoost", "LightGBM", "CatBoost", "Stacking")):
+            rows.append({"partition": name, "model": model, "n_train": 700, "n_test": 300,
+                         "r_train": 0.99, "rmse_train": 0.0011, "r_test": 0.95 + 0.01 * k,
+                         "rmse_test": 0.0016 - 0.0001 * k})
+    test = {name: {"observed": rng.random(300) * 0.4, "predicted": rng.random(300) * 0.4}
+            for name in PARTITIONS + ("WP",)}
+    return {"rows": rows, "settings": {"folds": 5, "cv_strategy": "random", "seed": 42, "test_fraction": 0.3},
+            "partitions": [{"partition": name, "n_samples": 1000, "base_models": ["xgboost", "lightgbm", "catboost"],
+                            "weights": [0.2, 0.3, 0.5], "intercept": 0.001, "status": "trained"}
+                           for name in PARTITIONS + ("WP",)],
+            "dates": ["2019-04-01", "2019-04-02"], "predictors": ["ndvi", "lc", "doy"], "n_samples": 4000,
+            "test_samples": test}
+
+
+def test_training_page_from_plain_data():
+    from smdownscale.core.reports import read_report_data, training_html
+
+    report = training_report_data(np.random.default_rng(0))
+    text = training_html(report, library_versions={"xgboost": "2.0"})
+    data = read_report_data(text)
+    assert data["rows"] == report["rows"]
+    assert set(images(text)) == {"figure-test-scores", "figure-test-density"}
+    assert data["test_samples"] == {name: {"n": 300} for name in PARTITIONS + ("WP",)}
+    # the best test score per partition in bold: the Stacking row (highest R, lowest RMSE)
+    assert "<b>0.9800</b>" in text and "<b>0.001300</b>" in text
+    assert "5 folds by random samples" in text and "xgboost 2.0" in text
+    # without test samples (an old report) the page says so and has no density figure
+    del report["test_samples"]
+    text = training_html(report)
+    assert set(images(text)) == {"figure-test-scores"} and "density scatter needs a new training run" in text
+
+
+def test_validation_page_sentence_classes_and_figures():
+    from smdownscale.core.reports import read_report_data, validation_html
+
+    rng = np.random.default_rng(1)
+    per_site, summary = [], []
+    for product, ub in (("downscaled", 0.0105), ("soil_moisture_9km", 0.0099)):
+        for s in range(9):
+            per_site.append({"product": product, "site_id": f"s{s}", "x": 100.0 + s, "y": 30.0 + s % 3, "n": 7,
+                             "r": float(rng.random()), "rmse": 0.02, "bias": float(rng.normal() * 0.01),
+                             "ubrmse": 0.01, "partition": PARTITIONS[s % 3]})
+        summary.append({"product": product, "n_sites": 9, "mean_r": 0.8, "mean_ubrmse": ub, "r_high": 6,
+                        "r_moderate": 2, "r_low": 1, "ubrmse_meets": 9})
+    dates = ["2019-04-01", "2019-04-11", "2019-04-21"]
+    series = {f"s{s}": {"dates": dates, "observed": [0.2, 0.25, 0.3], "partition": PARTITIONS[s % 3],
+                        "products": {"downscaled": [0.21, 0.24, 0.31], "soil_moisture_9km": [0.2, 0.2, 0.2]},
+                        "precipitation": [0.0, 5.0, 1.0]} for s in range(9)}
+    outlines = [(name, [[(99 + 3 * k, 29), (102 + 3 * k, 29), (102 + 3 * k, 33), (99 + 3 * k, 29)]])
+                for k, name in enumerate(PARTITIONS)]
+    text = validation_html(summary, per_site, [], outlines=outlines, timeseries=series)
+    data = read_report_data(text)
+    assert data["summary"] == summary and data["per_site"] == per_site
+    assert data["sentences"][0].startswith("downscaled: mean ubRMSE 0.01050 vs 0.009900 for soil_moisture_9km (+6%")
+    assert set(images(text)) == {"figure-boxplots", "figure-site-map", "figure-r-ubrmse", "figure-timeseries"}
+    assert "partition outlines" in images(text)["figure-site-map"]
+    assert len(data["timeseries_sites"]) == 9 and data["outlines"] == list(PARTITIONS)
+    assert "R &gt; 0.6" in text and "ubRMSE 0.04-0.06" in text
+
+
+def test_timeseries_sites_are_spread_over_partitions():
+    from smdownscale.core.reports.validation import select_sites
+
+    rows = [{"product": "d", "site_id": f"{p}{i}", "n": i, "partition": p} for p in "ABC" for i in range(10)]
+    chosen = select_sites(rows, "d", 6)
+    assert sorted(chosen) == ["A8", "A9", "B8", "B9", "C8", "C9"]
+    assert len(select_sites(rows, "d")) == 12
+
+
+def test_explanation_page_beeswarm_per_partition_and_dependence_pair():
+    from smdownscale.core.reports import explanation_html, read_report_data
+    from smdownscale.core.reports.explanation import default_dependence_pair
+
+    rng = np.random.default_rng(2)
+    names = ["dem", "sand", "ndvi", "lst", "lc"]
+    rows, samples = [], {}
+    for name in PARTITIONS:
+        shap = rng.normal(size=(200, 5)) * np.array([0.02, 0.001, 0.01, 0.005, 0.002])
+        samples[name] = {"names": names, "shap": shap, "values": rng.random((200, 5))}
+        importance = np.abs(shap).mean(axis=0)
+        rows += [{"partition": name, "predictor": names[j], "mean_abs_shap": float(importance[j]), "n_samples": 200}
+                 for j in np.argsort(-importance)]
+    assert default_dependence_pair(rows, dynamic={"ndvi", "lst"}) == ("dem", "ndvi")
+    text = explanation_html(rows, samples, dynamic={"ndvi", "lst"})
+    data = read_report_data(text)
+    assert data["rows"] == rows and data["dependence"] == ["dem", "ndvi"]
+    assert set(images(text)) == {"figure-beeswarm-hb", "figure-beeswarm-jh", "figure-beeswarm-wx",
+                                 "figure-importance", "figure-dependence"}
+    text = explanation_html(rows, samples, dependence=("lst", "sand"))
+    assert read_report_data(text)["dependence"] == ["lst", "sand"]
+
+
+# ------------------------------------------------------------------ summarize (core)
+DATES = ["2019-04-01", "2019-04-02", "2019-04-03", "2019-04-04"]
+
+
+@pytest.fixture()
+def small_series(tmp_path):
+    # 1 x 3 pixels, 4 dates: [0.1, 0.2, nan, 0.3]; all nodata; a single valid 0.25 (fill -9999)
+    values = np.array([[[0.1, -9999, np.nan]], [[0.2, np.nan, 0.25]], [[np.nan, np.nan, -9999]],
+                       [[0.3, -9999, -9999]]], dtype="float32")
+    return write_series(tmp_path / "sm.tif", values, DATES, nodata=-9999)
+
+
+def read_band(path):
+    with rasterio.open(path) as src:
+        return src.read(1), src.descriptions[0], src.tags()
+
+
+def test_summarize_hand_computed_mean_std_count(small_series, tmp_path):
+    from smdownscale.core.summarize import summarize
+
+    out = {key: str(tmp_path / f"{key}.tif") for key in ("mean", "std", "count")}
+    result = summarize(small_series, mean_path=out["mean"], std_path=out["std"], count_path=out["count"])
+    mean, description, tags = read_band(out["mean"])
+    np.testing.assert_allclose(mean[0], [0.2, np.nan, 0.25], rtol=1e-6)
+    std, _, _ = read_band(out["std"])
+    np.testing.assert_allclose(std[0], [math.sqrt(0.02 / 3), np.nan, 0.0], rtol=1e-5, atol=1e-7)
+    count, _, count_tags = read_band(out["count"])
+    assert count[0].tolist() == [3, 0, 1]
+    assert description == "mean 2019-04-01/2019-04-04" and tags["SMDOWNSCALE_N_DATES"] == "4"
+    assert tags["UNITS"] == "m3/m3" and count_tags["SMDOWNSCALE_STATISTIC"] == "count"
+    assert result["dates"] == DATES and result["pixels_valid"] == 2 and result["pixels"] == 3
+    assert result["max_of_count"] == 3 and result["mean_of_mean"] == pytest.approx(0.225, rel=1e-6)
+
+
+def test_summarize_date_range(small_series, tmp_path):
+    from smdownscale.core.common import SmdError
+    from smdownscale.core.summarize import summarize
+
+    mean_path = str(tmp_path / "mean.tif")
+    result = summarize(small_series, mean_path=mean_path, start_date="2019-04-02", end_date="2019-04-04")
+    assert result["dates"] == DATES[1:]
+    np.testing.assert_allclose(read_band(mean_path)[0][0], [0.25, np.nan, 0.25], rtol=1e-6)
+    assert read_band(mean_path)[1] == "mean 2019-04-02/2019-04-04"
+    with pytest.raises(SmdError, match="No date .* lies in 2019-05-01..the end; the series covers 2019-04-01..2019-04-04"):
+        summarize(small_series, mean_path=str(tmp_path / "m2.tif"), start_date="2019-05-01")
+    with pytest.raises(SmdError, match="end date 2019-04-01 is before the start date 2019-04-03"):
+        summarize(small_series, mean_path=str(tmp_path / "m3.tif"), start_date="2019-04-03", end_date="2019-04-01")
+    with pytest.raises(SmdError, match="not a date"):
+        summarize(small_series, mean_path=str(tmp_path / "m4.tif"), start_date="April")
+    with pytest.raises(SmdError, match="at least one output"):
+        summarize(small_series)
+    with pytest.raises(SmdError, match="also an input"):
+        summarize(small_series, mean_path=small_series)
+    assert sorted(os.listdir(tmp_path)) == ["mean.tif", "sm.tif"]
+
+
+def test_summarize_refuses_percent_and_undated_rasters(tmp_path):
+    from smdownscale.core.common import SmdError
+    from smdownscale.core.summarize import summarize
+
+    percent = write_series(tmp_path / "percent.tif", np.full((2, 2, 2), 25.0), DATES[:2])
+    with pytest.raises(SmdError, match="divide them by 100"):
+        summarize(percent, mean_path=str(tmp_path / "m.tif"))
+    with rasterio.open(tmp_path / "static.tif", "w", driver="GTiff", width=2, height=2, count=1, dtype="float32",
+                       crs="EPSG:32650", transform=from_origin(0, 10, 1, 1)) as dst:
+        dst.write(np.full((1, 2, 2), 0.2, dtype="float32"))
+    with pytest.raises(SmdError, match="not a soil-moisture series"):
+        summarize(str(tmp_path / "static.tif"), mean_path=str(tmp_path / "m.tif"))
+    assert not os.path.exists(tmp_path / "m.tif")
+
+
+def test_summarize_block_wise_equals_numpy_and_stays_memory_flat(tmp_path, monkeypatch):
+    import tracemalloc
+    import warnings
+
+    from smdownscale.core import summarize as module
+
+    rng = np.random.default_rng(3)
+    values = (rng.random((30, 180, 170)) * 0.45).astype("float32")
+    values[rng.random(values.shape) < 0.25] = np.nan
+    path = write_series(tmp_path / "big.tif", values, [(dt.date(2019, 4, 1) + dt.timedelta(days=i)).isoformat()
+                                                        for i in range(30)])
+    seen = []
+    original = module._windows
+
+    def recording(width, height, block_size):
+        for window in original(width, height, block_size):
+            seen.append((int(window.width), int(window.height)))
+            yield window
+
+    monkeypatch.setattr(module, "_windows", recording)
+    tracemalloc.start()
+    module.summarize(path, mean_path=str(tmp_path / "m16.tif"), std_path=str(tmp_path / "s16.tif"),
+                     count_path=str(tmp_path / "c16.tif"), block_size=16)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert max(max(w, h) for w, h in seen) == 16 and len(seen) == 12 * 11
+    # the whole series as float64 would be 7.3 MB: a 16-pixel block run holds a few blocks only
+    assert peak < 1.5e6, peak
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = {"m": np.nanmean(values, 0), "s": np.nanstd(values, 0), "c": np.isfinite(values).sum(0)}
+    for key in ("m", "s", "c"):
+        got = read_band(str(tmp_path / f"{key}16.tif"))[0]
+        np.testing.assert_allclose(got, expected[key], rtol=2e-6, atol=2e-7, equal_nan=True)
+    with pytest.raises(module.SmdError, match="at least 16"):
+        module.summarize(path, mean_path=str(tmp_path / "x.tif"), block_size=8)
+
+
+def test_summarize_report_numbers_equal_the_outputs(small_series, tmp_path):
+    from smdownscale.core.reports import read_report_data
+    from smdownscale.core.summarize import summarize
+
+    report = str(tmp_path / "period.html")
+    result = summarize(small_series, mean_path=str(tmp_path / "mean.tif"), report_path=report)
+    text = read(report)
+    data = read_report_data(text)
+    assert data["kind"] == "period" and set(images(text)) == {"figure-period-maps"}
+    assert data["stats"]["mean_of_mean"] == pytest.approx(result["mean_of_mean"])
+    assert data["stats"]["dates"] == DATES and data["stats"]["pixels_valid"] == 2
+    from smdownscale.core.common import SmdError
+
+    with pytest.raises(SmdError, match="use a .html"):
+        summarize(small_series, mean_path=str(tmp_path / "m2.tif"), report_path=str(tmp_path / "p.pdf"))
+
+
+# ------------------------------------------------------------------ summarize through Processing
+@pytest.fixture()
+def provider(qgis_processing):
+    from smdownscale.processing.provider import SmDownscaleProvider
+
+    provider = SmDownscaleProvider()
+    provider.refreshAlgorithms()
+    yield provider
+
+
+def test_summarize_through_processing_run(provider, small_series, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingOutputHtml
+
+    algorithm = provider.algorithm("summarize")
+    names = [d.name() for d in algorithm.parameterDefinitions()]
+    for name in ("INPUT", "START_DATE", "END_DATE", "OUTPUT_MEAN", "OUTPUT_STD", "OUTPUT_COUNT", "OUTPUT_REPORT"):
+        assert name in names
+    assert algorithm.group() == "Downscaling" and all(d.help() for d in algorithm.parameterDefinitions())
+    assert isinstance(algorithm.outputDefinition("OUTPUT_REPORT"), QgsProcessingOutputHtml)
+    result = processing.run(algorithm, {
+        "INPUT": small_series, "START_DATE": "2019-04-02", "OUTPUT_MEAN": str(tmp_path / "mean.tif"),
+        "OUTPUT_STD": str(tmp_path / "std.tif"), "OUTPUT_COUNT": str(tmp_path / "count.tif"),
+        "OUTPUT_REPORT": str(tmp_path / "period.html"), "BLOCK_SIZE": 16})
+    assert result["N_DATES"] == 3 and result["OUTPUT_REPORT"] == str(tmp_path / "period.html")
+    assert read_band(result["OUTPUT_COUNT"])[0][0].tolist() == [2, 0, 1]
+    np.testing.assert_allclose(read_band(result["OUTPUT_MEAN"])[0][0], [0.25, np.nan, 0.25], rtol=1e-6)
+    assert result["MEAN_OF_MEAN"] == pytest.approx(0.25)
+    with pytest.raises(QgsProcessingException, match="before the start date"):
+        processing.run(algorithm, {"INPUT": small_series, "START_DATE": "2019-04-03", "END_DATE": "2019-04-01",
+                                   "OUTPUT_MEAN": str(tmp_path / "m2.tif")})
+    with pytest.raises(QgsProcessingException, match="also an input"):
+        processing.run(algorithm, {"INPUT": small_series, "OUTPUT_MEAN": small_series})
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/qgis_process.bin"), reason="qgis_process.bin not installed")
+def test_summarize_through_qgis_process(small_series, tmp_path):
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, SMDOWNSCALE_QGIS_PROFILE=str(tmp_path / "profile"), QT_QPA_PLATFORM="offscreen")
+    report = str(tmp_path / "period.html")
+    done = subprocess.run([os.path.join(root, "scripts", "qgis-process"), "run", "smdownscale:summarize", "--json",
+                           "--", f"INPUT={small_series}", "END_DATE=2019-04-03",
+                           f"OUTPUT_MEAN={tmp_path / 'mean.tif'}", f"OUTPUT_COUNT={tmp_path / 'count.tif'}",
+                           f"OUTPUT_REPORT={report}"], capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(done.stdout)["results"]
+    assert results["N_DATES"] == 3 and results["OUTPUT_REPORT"] == report
+    assert read_band(str(tmp_path / "count.tif"))[0][0].tolist() == [2, 0, 1]
+    from smdownscale.core.reports import read_report_data
+
+    assert read_report_data(report)["stats"]["dates"] == DATES[:3]
