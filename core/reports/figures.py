@@ -29,14 +29,17 @@ def colour(index):
     return PALETTE[index % len(PALETTE)]
 
 
-def new_figure(width, height):
-    """A matplotlib Figure of ``width`` x ``height`` inches on an Agg canvas, in the report style."""
+def new_figure(width, height, *, layout="constrained"):
+    """A matplotlib Figure of ``width`` x ``height`` inches on an Agg canvas, in the report style.
+
+    ``layout=None`` for many-panel figures with twin axes (constrained layout is slow there);
+    place them with ``subplots_adjust``."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     with matplotlib.rc_context(_RC):
-        figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+        figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
         FigureCanvasAgg(figure)
     return figure
 
@@ -69,8 +72,7 @@ def styled(function):
 
 def png_bytes(figure):
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    figure.clear()
+    figure.savefig(buffer, format="png", dpi=DPI)  # no figure.clear(): it costs as much as drawing
     return buffer.getvalue()
 
 

@@ -170,8 +170,12 @@ def figure_r_vs_ubrmse(per_site, product):
 def figure_timeseries(series, sites, products):
     n = len(sites)
     ncols = min(n, 3)
-    fig = figures.new_figure(12.4, 2.6 * math.ceil(n / ncols) + 0.3)
+    nrows = math.ceil(n / ncols)
+    height = 2.6 * nrows + 0.6
+    fig = figures.new_figure(12.4, height, layout=None)
     axes = figures.axes_grid(fig, n, ncols)
+    fig.subplots_adjust(left=0.06, right=0.95, top=1 - 0.75 / height, bottom=0.3 / height, wspace=0.5,
+                        hspace=0.45 * 2.6 / 2.2)
     import datetime as dt
 
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
@@ -205,8 +209,9 @@ def figure_timeseries(series, sites, products):
         locator = AutoDateLocator(minticks=3, maxticks=5)
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    if handles and axes:
-        axes[0].legend(list(handles.values()), list(handles), loc="best", ncols=min(len(handles), 3))
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 1.0),
+                   ncols=min(len(handles), 6), frameon=False)
     return figures.png_bytes(fig)
 
 
