@@ -7,7 +7,9 @@ Graphical Modeler, so it is reproducible and reviewable. Run from the repository
 
 Model parameters keep the algorithms' names (PREDICTORS, COARSE_SM, PARTITIONS, ...). Outputs are
 named ``<child>:<OUTPUT>`` by QGIS: ``preprocess:DATASET``, ``train:MODEL``, ``train:REPORT``,
-``predict:DOWNSCALED``, ``validate:VALIDATION``, ``validate:VALIDATION_REPORT``.
+``predict:DOWNSCALED``, ``validate:VALIDATION``, ``validate:VALIDATION_REPORT``,
+``summarize:PERIOD_REPORT`` (the period maps' mean raster stays a temporary file). The reports are HTML outputs (listed in
+the Results Viewer) when given an .html name.
 """
 import os
 import sys
@@ -153,6 +155,9 @@ def build():
         "VALUE_FIELD": Source.fromStaticValue("sm"),
     }, [output("validate", "OUTPUT", "VALIDATION", "Validation points"),
         output("validate", "OUTPUT_REPORT", "VALIDATION_REPORT", "Validation report")])
+    child("smdownscale:summarize", "summarize", "Period maps of the downscaled series", 720, 480, {
+        "INPUT": Source.fromChildOutput("predict", "OUTPUT"),
+    }, [output("summarize", "OUTPUT_REPORT", "PERIOD_REPORT", "Period-map report")])
     return model
 
 

@@ -58,7 +58,7 @@ class SummarizeAlgorithm(SmdAlgorithm):
             defaultValue=DEFAULT_BLOCK_SIZE, minValue=16)
         self.add_parameter(param, tr("Edge of the pixel blocks processed at once; smaller uses less memory."),
                            advanced=True)
-        param = QgsProcessingParameterRasterDestination(self.OUTPUT_MEAN, tr("Temporal mean"), optional=True)
+        param = QgsProcessingParameterRasterDestination(self.OUTPUT_MEAN, tr("Temporal mean"))
         self.add_parameter(param, tr("Mean soil moisture over the valid dates of each pixel (m3/m3)."))
         param = QgsProcessingParameterRasterDestination(self.OUTPUT_STD, tr("Temporal standard deviation"),
                                                         optional=True)
