@@ -43,10 +43,9 @@ def test_status_reports_missing_and_wrong_versions(qgis_app, monkeypatch):
 def test_install_command_names_qgis_python_target_and_numpy_pin(qgis_app, tmp_path):
     import numpy
 
-    from smdownscale.core.common import python_interpreter
-    from smdownscale.resources import REQUIREMENTS_FILE, install_arguments, install_command
+    from smdownscale.resources import REQUIREMENTS_FILE, install_arguments, install_command, qgis_python
 
-    python = python_interpreter()
+    python = qgis_python()
     assert os.path.basename(python).startswith("python") and "shims" not in python
     args = install_arguments(python, str(tmp_path / "deps"))
     assert args[:4] == [python, "-m", "pip", "install"]
@@ -55,6 +54,20 @@ def test_install_command_names_qgis_python_target_and_numpy_pin(qgis_app, tmp_pa
     assert f"numpy=={numpy.__version__}" in args          # what QGIS already imports
     assert "--user" not in args
     assert install_command(python, str(tmp_path / "my deps")).count("'") >= 2   # quoted path
+
+
+def test_qgis_python_is_never_a_shim_from_path(qgis_app, tmp_path, monkeypatch):
+    import smdownscale.core.common as common
+    from smdownscale.resources import qgis_python
+
+    monkeypatch.delenv("SMDOWNSCALE_PYTHON", raising=False)
+    shim = tmp_path / ".pyenv" / "shims" / "python3"
+    shim.parent.mkdir(parents=True)
+    shim.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(common, "python_interpreter", lambda: str(shim))
+    found = qgis_python()
+    assert found != str(shim) and os.path.isfile(found)
+    assert os.path.realpath(os.path.dirname(os.path.dirname(found))) == os.path.realpath(sys.exec_prefix)
 
 
 def test_deps_folder_is_appended_to_sys_path(qgis_app, tmp_path, monkeypatch):

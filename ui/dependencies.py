@@ -17,9 +17,8 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, Q
                                  QLabel, QLineEdit, QPlainTextEdit, QPushButton, QTableWidget,
                                  QTableWidgetItem, QVBoxLayout)
 
-from ..core.common import python_interpreter
 from ..resources import (REQUIREMENTS_FILE, add_deps_folder_to_sys_path, deps_folder, install_arguments,
-                         install_command, learner_status, missing_learners, tr)
+                         install_command, learner_status, missing_learners, qgis_python, tr)
 
 #: a QgsApplication property so the "learners missing" notice is shown once per QGIS session
 _NOTICE_PROPERTY = "smdownscale_dependency_notice_shown"
@@ -60,7 +59,7 @@ class DependencyDialog(QDialog):
         self.setObjectName("smdownscale_dependencies")
         self.setWindowTitle(tr("Soil moisture downscaling - dependencies"))
         self.resize(820, 560)
-        self.python = python or python_interpreter()
+        self.python = python or qgis_python()
         self.target = target or deps_folder()
         self.requirements = requirements or REQUIREMENTS_FILE
         self.import_names = import_names
