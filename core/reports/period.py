@@ -25,8 +25,10 @@ def figure_period_maps(previews, extent, product, period):
         image = ax.imshow(values, cmap=cmap, extent=extent, vmin=limits[0] if limits else None,
                           vmax=limits[1] if limits else None, interpolation="nearest")
         fig.colorbar(image, ax=ax, label=label, shrink=0.8, orientation="horizontal")
-        ax.set_title(f"{product}: {key}, {period}")
+        ax.set_title(f"{product}: " + {"mean": "temporal mean", "std": "standard deviation",
+                                        "count": "valid dates"}[key] + f"\n{period}")
         ax.grid(False)
+        ax.ticklabel_format(style="plain", useOffset=False)
         ax.tick_params(labelsize=7)
     return figures.png_bytes(fig)
 
