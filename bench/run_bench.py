@@ -185,8 +185,8 @@ def phase_predict(work, compiled_mode="off"):
     dataset = Dataset.open(p["dataset"])
     pixels = dataset.fine_grid.width * dataset.fine_grid.height * len(dataset.dates)
     result = {"predict_s": round(wall, 1), "grid_pixels": pixels, "pixels_per_s": round(pixels / wall),
-              "valid_pixels_predicted": info.get("pixels_predicted"),
-              "valid_pixels_per_s": round(info.get("pixels_predicted", 0) / wall),
+              "valid_pixels_predicted": info["pixels_predicted"],
+              "valid_pixels_per_s": round(info["pixels_predicted"] / wall),
               "peak_rss_mb": round(peak_rss_mb()), "compiled_mode": compiled_mode}
     if compiled_mode != "off" and os.path.exists(p["prediction"]):
         import rasterio
