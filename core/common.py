@@ -270,6 +270,18 @@ def atomic_output(path, **kwargs):
     return atomic(path, **kwargs)
 
 
+def is_number(value):
+    """A finite real number (int, float, numpy scalar), not a bool and not text."""
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def is_integer(value):
+    """:func:`is_number` with no fractional part (3 and 3.0, not 3.5)."""
+    return is_number(value) and float(value).is_integer()
+
+
 def whole_number(value, name, *, minimum, advice=None):
     """``value`` as an int when it is a whole number >= ``minimum`` (int, float or text of one).
 

@@ -14,9 +14,9 @@ DEFAULT_EARLY_STOPPING_ROUNDS = 0
 
 def check_early_stopping_rounds(value):
     from .common import SmdError
-    from .stack import _is_integer
+    from .common import is_integer
 
-    if not _is_integer(value) or value < 0:
+    if not is_integer(value) or value < 0:
         raise SmdError(f"early_stopping_rounds={value!r}: use a whole number of rounds, 0 = off.")
     return int(value)
 

@@ -52,7 +52,7 @@ def explain(model_path, dataset_folder, *, max_samples=DEFAULT_MAX_SAMPLES, seed
     from .dataset import Dataset
     from .modelfile import load_model
     from .partitions import Partitions
-    from .train import GLOBAL_LABEL, build_samples, split_train_test
+    from .train import GLOBAL_LABEL, TrainingSettings, build_samples, split_train_test
 
     progress = Progress.wrap(progress)
     max_samples = parse_max_samples(max_samples)
@@ -64,11 +64,11 @@ def explain(model_path, dataset_folder, *, max_samples=DEFAULT_MAX_SAMPLES, seed
                        f"{loaded.predictor_names}; use the dataset the model was trained on.")
     partitions = Partitions.from_json(loaded.partitions_json) if loaded.partitions_json else None
     samples = build_samples(dataset, partitions, progress=progress.sub(0.0, 0.2))
-    settings = loaded.manifest.get("params") or {}
-    split = dict(test_fraction=float(settings.get("test_fraction", 0.3)),
-                 cv_strategy=settings.get("cv_strategy", "random"),
-                 spatial_block_cells=int(settings.get("spatial_block_cells", 4)),
-                 seed=int(settings.get("seed", 42)))
+    # the split the model was trained with (its manifest's settings; defaults are core.train's)
+    trained = loaded.manifest.get("params") or {}
+    defaults = TrainingSettings()
+    split = {name: trained.get(name, getattr(defaults, name))
+             for name in ("test_fraction", "cv_strategy", "spatial_block_cells", "seed")}
 
     jobs = []
     for name, model in loaded.models.items():

@@ -38,12 +38,11 @@ signature by a trusted key (:mod:`.signing`) shows that the content is what its 
 import datetime as _dt
 import hashlib
 import json
-import math
 import re
 import stat
 import zipfile
 
-from .common import SmdError, atomic_output
+from .common import SmdError, atomic_output, is_number
 from .stack import BASE_MODELS, MODEL_FILES, StackEnsemble, make_encoder
 
 FORMAT = "smdownscale-model"
@@ -364,10 +363,6 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _need(condition, text):
     if not condition:
         raise _Bad(text)
@@ -390,7 +385,7 @@ def _check_grid(grid, what):
           f"{what} must have exactly crs, transform, width, height")
     _need(isinstance(grid["crs"], str) and grid["crs"], f"{what}.crs must be a CRS text")
     _need(isinstance(grid["transform"], list) and len(grid["transform"]) == 6
-          and all(_is_number(v) for v in grid["transform"]), f"{what}.transform must be 6 numbers")
+          and all(is_number(v) for v in grid["transform"]), f"{what}.transform must be 6 numbers")
     _need(_is_int(grid["width"]) and _is_int(grid["height"]) and grid["width"] > 0 and grid["height"] > 0,
           f"{what} width/height must be positive whole numbers")
 
@@ -410,7 +405,7 @@ def _check_predictors(manifest):
             _need(isinstance(predictor.get(flag, False), bool), f"{what}: {flag} must be true or false")
         if "categories" in predictor and predictor["categories"] is not None:
             categories = predictor["categories"]
-            _need(isinstance(categories, list) and all(_is_number(c) for c in categories)
+            _need(isinstance(categories, list) and all(is_number(c) for c in categories)
                   and len(set(float(c) for c in categories)) == len(categories),
                   f"{what}: categories must be distinct numbers")
         names.append(predictor["name"])
@@ -498,7 +493,7 @@ def _check_metrics(metrics):
             elif kind is int:
                 _need(_is_int(value) and value >= 0, f"metrics row {index + 1}: {key} must be a count")
             elif kind is float:
-                _need(value is None or _is_number(value), f"metrics row {index + 1}: {key} must be a number")
+                _need(value is None or is_number(value), f"metrics row {index + 1}: {key} must be a number")
     summaries = metrics.get("partitions", [])
     _need(isinstance(summaries, list) and all(isinstance(s, dict) for s in summaries),
           "metrics.partitions must be a list of objects")
@@ -572,10 +567,10 @@ def _check_meta(meta, manifest, member_dir, files, label):
         _need(isinstance(names, list) and names and all(n in BASE_MODELS for n in names)
               and len(set(names)) == len(names), f"base_models must be distinct names among {list(BASE_MODELS)}")
         weights = meta["weights"]
-        _need(isinstance(weights, list) and len(weights) == len(names) and all(_is_number(w) and w >= 0
+        _need(isinstance(weights, list) and len(weights) == len(names) and all(is_number(w) and w >= 0
                                                                                for w in weights),
               f"weights must be {len(names)} non-negative numbers, one per base model")
-        _need(_is_number(meta["intercept"]), "intercept must be a number")
+        _need(is_number(meta["intercept"]), "intercept must be a number")
         for key in ("n_features", "n_folds", "seed"):
             _need(key not in meta or _is_int(meta[key]), f"{key} must be a whole number")
         _need(meta.get("params") is None or isinstance(meta["params"], dict), "params must be an object")
@@ -594,7 +589,7 @@ def _check_meta(meta, manifest, member_dir, files, label):
         _need(sorted(categorical) == expected,
               f"its categorical predictors {sorted(categorical)} are not the manifest's {expected}")
         for name, values in categorical.items():
-            _need(isinstance(values, list) and values and all(_is_number(v) for v in values)
+            _need(isinstance(values, list) and values and all(is_number(v) for v in values)
                   and len(set(values)) == len(values), f"the categories of {name!r} must be distinct numbers")
             declared = kinds[name].get("categories")
             if declared is not None:

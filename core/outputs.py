@@ -73,7 +73,8 @@ def source_path(text):
     return text.split("|", 1)[0]
 
 
-def _real(path):
+def real_path(path):
+    """The resolved absolute path of a file or GDAL source (symlinks followed, suffix dropped)."""
     return os.path.realpath(os.path.abspath(os.path.expanduser(source_path(path))))
 
 
@@ -138,14 +139,14 @@ def check_outputs(outputs, inputs=()):
     SmdError
         Naming the output path and what to do.
     """
-    input_paths = [_real(path) for path in inputs if path]
+    input_paths = [real_path(path) for path in inputs if path]
     seen = {}
     for path, kind in outputs:
         if not path:
             continue
         if kind not in FILE_KINDS and kind not in FOLDER_KINDS:
             raise ValueError(f"unknown output kind {kind!r}")
-        real = _real(path)
+        real = real_path(path)
         label = f"Output {source_path(path)}"
         if real in seen:
             raise SmdError(f"{label} is given for two outputs of this run; give each output its "

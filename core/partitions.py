@@ -95,6 +95,19 @@ class Partitions:
             raise SmdError("Invalid partitions description: needs names, geometries, crs.") from err
 
     @classmethod
+    def from_features(cls, names, geometries, crs, *, feature_ids=None, source_path=None,
+                      label="The partition layer"):
+        """Partitions from features (one name and GeoJSON polygon each), the way every reader
+        builds them: features sharing a name are merged into one partition; empty names and
+        geometries that are not valid polygons are refused naming the feature."""
+        names, geometries = list(names), list(geometries)
+        feature_ids = list(feature_ids) if feature_ids is not None else list(range(1, len(names) + 1))
+        if not names:
+            raise SmdError(f"{label} has no polygons.")
+        names, geometries, feature_ids = _merge_same_names(names, geometries, feature_ids, label)
+        return cls(names, geometries, crs, feature_ids=feature_ids, source_path=source_path)
+
+    @classmethod
     def from_file(cls, path, field, layer=None):
         """Read partitions from any OGR vector file (GeoPackage, Shapefile, GeoJSON, ...).
 
@@ -127,29 +140,40 @@ class Partitions:
             fields = [definition.GetFieldDefn(i).GetName() for i in range(definition.GetFieldCount())]
             reference = vector.GetSpatialRef()
             check_partition_layer(os.path.basename(path), fields, field, has_crs=reference is not None)
-            merged = {}
+            names, geometries, numbers = [], [], []
             for number, feature in enumerate(vector, start=1):
                 geometry = feature.GetGeometryRef()
                 if geometry is None or geometry.IsEmpty():
                     continue
-                value = feature.GetField(field)
-                if value is None or str(value).strip() == "":
-                    raise SmdError(f"{os.path.basename(path)}: feature {number} has no value in "
-                                   f"field {field!r}; every partition polygon needs a name.")
-                name = str(value)
-                _check_geometry(name, number, json.loads(geometry.ExportToJson()))
-                if name in merged:
-                    merged[name] = merged[name].Union(geometry)
-                else:
-                    merged[name] = geometry.Clone()
-            if not merged:
+                names.append(feature.GetField(field))
+                geometries.append(json.loads(geometry.ExportToJson()))
+                numbers.append(number)
+            if not names:
                 raise SmdError(f"{os.path.basename(path)} has no features with a geometry; the "
                                "partition layer is empty.")
-            names = list(merged)
-            geometries = [json.loads(merged[n].ExportToJson()) for n in names]
-            return cls(names, geometries, reference.ExportToWkt(), source_path=path)
+            return cls.from_features(names, geometries, reference.ExportToWkt(), feature_ids=numbers,
+                                     source_path=path, label=os.path.basename(path))
         finally:
             source = None  # closes the OGR data source
+
+
+def _merge_same_names(names, geometries, feature_ids, label):
+    """Features sharing a name become one partition (OGR union); names checked first."""
+    from osgeo import ogr
+
+    merged, first_ids = {}, {}
+    for name, geometry, number in zip(names, geometries, feature_ids):
+        if name is None or str(name).strip() in ("", "NULL"):
+            raise SmdError(f"{label}: feature {number} has no partition name; every partition "
+                           "polygon needs a name in the partition name field.")
+        name = str(name)
+        _check_geometry(name, number, geometry)
+        shape = ogr.CreateGeometryFromJson(json.dumps(geometry))
+        merged[name] = merged[name].Union(shape) if name in merged else shape
+        first_ids.setdefault(name, number)
+    ordered = list(merged)
+    return (ordered, [json.loads(merged[n].ExportToJson()) for n in ordered],
+            [first_ids[n] for n in ordered])
 
 
 def check_partition_layer(label, fields, field, *, has_crs):

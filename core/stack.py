@@ -13,13 +13,12 @@ Heavy libraries are imported inside the methods that need them.
 """
 import json
 import math
-import numbers
 import os
 import tempfile
 
 import numpy as np
 
-from .common import Progress, SmdError
+from .common import Progress, SmdError, is_integer, is_number
 
 # XGBoost and LightGBM use OpenMP, whose idle threads spin by default. When anything else wants
 # the CPU (QGIS rendering, a second run, a busy laptop) the spinning threads starve the working
@@ -53,15 +52,6 @@ DEFAULT_PARAMS = {
     "catboost": {"n_estimators": DEFAULT_N_ESTIMATORS, "learning_rate": DEFAULT_LEARNING_RATE, "depth": 6,
                  "l2_leaf_reg": 3.0, "border_count": 254},
 }
-
-
-def _is_number(value):
-    """A finite real number (not a bool, not text)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
-def _is_integer(value):
-    return _is_number(value) and float(value).is_integer()
 
 
 def check_base_models(base_models):
@@ -110,13 +100,13 @@ def learner_params(base_models, *, n_estimators=DEFAULT_N_ESTIMATORS, learning_r
     dict model name -> dict, for ``params`` of :class:`StackEnsemble` / ``train_model``.
     """
     names = check_base_models(base_models)
-    if not _is_integer(n_estimators) or n_estimators < MIN_N_ESTIMATORS:
+    if not is_integer(n_estimators) or n_estimators < MIN_N_ESTIMATORS:
         raise SmdError(f"n_estimators={n_estimators!r}: use an integer of at least {MIN_N_ESTIMATORS} "
                        "(trees per base model).")
-    if not _is_number(learning_rate) or not float(learning_rate) > 0:
+    if not is_number(learning_rate) or not float(learning_rate) > 0:
         raise SmdError(f"learning_rate={learning_rate!r}: use a number above 0 (the default is "
                        f"{DEFAULT_LEARNING_RATE}).")
-    if not _is_integer(max_depth) or not 0 <= max_depth <= MAX_TREE_DEPTH:
+    if not is_integer(max_depth) or not 0 <= max_depth <= MAX_TREE_DEPTH:
         raise SmdError(f"max_depth={max_depth!r}: use an integer from 0 (each library's default) to "
                        f"{MAX_TREE_DEPTH}.")
     params = {}

@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, soil_moisture_units_hint
-from .outputs import atomic_output, check_outputs, write_text_output
-from .stack import BASE_MODEL_LABELS, BASE_MODELS, _is_integer, _is_number, check_base_models, check_params
+from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, is_integer, is_number, soil_moisture_units_hint
+from .outputs import FILE_KINDS, atomic_output, check_outputs, write_text_output
+from .stack import BASE_MODEL_LABELS, BASE_MODELS, check_base_models, check_params
 
 #: Partition label of the global (unpartitioned) model in the report rows: the paper's "WP".
 GLOBAL_LABEL = "WP"
@@ -41,7 +41,7 @@ ROW_COLUMNS = (("partition", "Partition"), ("model", "Model"), ("n_train", "Trai
                ("r_test", "R (test)"), ("rmse_test", "RMSE (test)"))
 ROW_FIELDS = tuple(field for field, _ in ROW_COLUMNS)
 ROW_HEADERS = tuple(header for _, header in ROW_COLUMNS)
-REPORT_EXTENSIONS = (".json", ".csv", ".html", ".htm")
+REPORT_EXTENSIONS = FILE_KINDS["report"]  # .html .htm .csv .json: the one list (core.outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +109,13 @@ class TrainingSettings:
             raise SmdError(f"cv_strategy={self.cv_strategy!r}: use one of {', '.join(CV_STRATEGIES)}.")
         for name, (minimum, use) in self.MINIMUMS.items():
             value = getattr(self, name)
-            if not (value is None and name == "n_threads") and (not _is_integer(value) or value < minimum):
+            if not (value is None and name == "n_threads") and (not is_integer(value) or value < minimum):
                 raise SmdError(f"{name}={value!r}: use {use}.")
         low, high = self.TEST_FRACTION_BOUNDS
-        if not _is_number(self.test_fraction) or not low < float(self.test_fraction) < high:
+        if not is_number(self.test_fraction) or not low < float(self.test_fraction) < high:
             raise SmdError(f"test_fraction={self.test_fraction!r}: use a fraction between {low:g} and "
                            f"{high:g} (the paper uses 0.3).")
-        if not _is_integer(self.seed):
+        if not is_integer(self.seed):
             raise SmdError(f"seed={self.seed!r}: use an integer.")
         put("params", check_params(self.params))
         for name in ("folds", "spatial_block_cells", "min_samples", "seed"):
@@ -324,7 +324,7 @@ def stacking_test_scores(rows):
     """
     stack = [row for row in rows if row.get("model") == MODEL_LABELS[STACK_MODEL]]
     chosen = [row for row in stack if row.get("partition") != GLOBAL_LABEL] or stack
-    chosen = [row for row in chosen if _is_number(row.get("r_test")) and _is_number(row.get("rmse_test"))]
+    chosen = [row for row in chosen if is_number(row.get("r_test")) and is_number(row.get("rmse_test"))]
     total = sum(row["n_test"] for row in chosen)
     if not chosen or total == 0:
         return float("nan"), float("nan")

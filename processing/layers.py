@@ -70,40 +70,27 @@ def raster_path(layer, what):
     return source
 
 
-def partitions_from_source(source, field):
-    """A core ``Partitions`` from a polygon feature source and its name field."""
-    from ..core.partitions import Partitions
+def partitions_from_source(source, field, source_path=None):
+    """A core ``Partitions`` from a polygon feature source and its name field (the rules -
+    field, CRS, names, merging features of one name, polygon validity - are core's)."""
+    from ..core.partitions import Partitions, check_partition_layer
+    from .algorithms.base import core_errors
 
-    if not source.sourceCrs().isValid():
-        raise QgsProcessingException(
-            tr("The partition layer has no coordinate reference system; assign one first."))
-    if source.fields().lookupField(field) < 0:
-        raise QgsProcessingException(
-            tr("The partition layer has no field {!r}. Fields: {}.").format(
-                field, ", ".join(source.fields().names())))
-    from ..core.common import SmdError
-
+    label = tr("The partition layer")
     names, geometries, feature_ids = [], [], []
-    for feature in source.getFeatures():
-        geometry = feature.geometry()
-        if geometry.isNull() or geometry.isEmpty():
-            continue
-        if QgsWkbTypes.geometryType(geometry.wkbType()) != QgsWkbTypes.PolygonGeometry:
-            raise QgsProcessingException(tr("The partition layer must hold polygons."))
-        value = feature[field]
-        if value is None or str(value).strip() == "" or str(value) == "NULL":
-            raise QgsProcessingException(
-                tr("Partition feature {} has an empty {!r}; give every polygon a name.").format(
-                    feature.id(), field))
-        names.append(str(value))
-        geometries.append(json.loads(geometry.asJson(17)))
-        feature_ids.append(feature.id())
-    if not names:
-        raise QgsProcessingException(tr("The partition layer has no polygons."))
-    try:
-        return Partitions(names, geometries, crs_wkt(source.sourceCrs()), feature_ids=feature_ids)
-    except SmdError as err:  # repeated names, invalid geometries: a message, not a traceback
-        raise QgsProcessingException(str(err)) from err
+    with core_errors():
+        check_partition_layer(label, source.fields().names(), field,
+                              has_crs=source.sourceCrs().isValid())
+        for feature in source.getFeatures():
+            geometry = feature.geometry()
+            if geometry.isNull() or geometry.isEmpty():
+                continue
+            value = feature[field]
+            names.append(None if value is None or str(value) == "NULL" else value)
+            geometries.append(json.loads(geometry.asJson(17)))
+            feature_ids.append(feature.id())
+        return Partitions.from_features(names, geometries, crs_wkt(source.sourceCrs()),
+                                        feature_ids=feature_ids, source_path=source_path, label=label)
 
 
 def date_text(value):
@@ -251,10 +238,12 @@ def source_file(text):
 
 def same_file(first, second):
     """True when two layer sources / destinations name the same file (real paths compared)."""
+    from ..core.outputs import real_path
+
     first, second = source_file(first), source_file(second)
     if not first or not second:
         return False
-    return os.path.realpath(first) == os.path.realpath(second)
+    return real_path(first) == real_path(second)
 
 
 def _ogr_feature_count(path, layer_name):

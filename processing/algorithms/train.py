@@ -203,10 +203,10 @@ class TrainAlgorithm(SmdAlgorithm):
         source = self.parameterAsSource(parameters, self.PARTITIONS, context)
         partitions = None
         if source is not None:
-            partitions = partitions_from_source(
-                source, self.parameterAsString(parameters, self.PARTITION_FIELD, context))
             layer = self.parameterAsVectorLayer(parameters, self.PARTITIONS, context)
-            partitions.source_path = layer.source() if layer is not None else None
+            partitions = partitions_from_source(
+                source, self.parameterAsString(parameters, self.PARTITION_FIELD, context),
+                source_path=layer.source() if layer is not None else None)
             feedback.pushInfo(tr("Partitions: {}").format(", ".join(partitions.names)))
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)

@@ -422,8 +422,14 @@ def test_explain_table_in_a_missing_folder_fails(processing_module, model, datas
     assert os.listdir(tmp_path) == []
 
 
-def test_train_duplicate_partition_names_give_a_message(processing_module, dataset, tmp_path):
+def test_features_sharing_a_partition_name_are_merged_alike_by_the_api_and_the_dialog(qgis_app, tmp_path):
+    """Issue 9 drift: the dialog refused repeated names while Partitions.from_file merged them;
+    both now merge (core's rule), so the same layer gives the same partitions."""
     from osgeo import ogr, osr
+    from qgis.core import QgsProcessingFeatureSource, QgsProcessingContext, QgsVectorLayer
+
+    from smdownscale.core.partitions import Partitions
+    from smdownscale.processing.layers import partitions_from_source
 
     path = str(tmp_path / "parts.gpkg")
     srs = osr.SpatialReference()
@@ -431,16 +437,22 @@ def test_train_duplicate_partition_names_give_a_message(processing_module, datas
     source = ogr.GetDriverByName("GPKG").CreateDataSource(path)
     layer = source.CreateLayer("parts", srs, ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
-    for name, box in (("a", _box(0, 3)), ("a", _box(3, 6))):
+    for name, box in (("a", _box(0, 3)), ("a", _box(3, 6)), ("b", _box(6, 9))):
         feature = ogr.Feature(layer.GetLayerDefn())
         feature.SetField("name", name)
         feature.SetGeometry(ogr.CreateGeometryFromJson(json.dumps(box)))
         layer.CreateFeature(feature)
     source = None
-    _raises(processing_module, "smdownscale:train", {
-        "DATASET": dataset, "PARTITIONS": path, "PARTITION_FIELD": "name", "BASE_MODELS": [1],
-        "OUTPUT_MODEL": str(tmp_path / "m.smdmodel.zip")}, "Partition names must be unique; repeated: 'a'")
-    assert os.listdir(tmp_path) == ["parts.gpkg"]
+    from_api = Partitions.from_file(path, "name")
+    vector = QgsVectorLayer(path, "parts", "ogr")
+    from_dialog = partitions_from_source(QgsProcessingFeatureSource(vector, QgsProcessingContext()), "name")
+    assert from_api.names == from_dialog.names == ["a", "b"]
+    for api, dialog in zip(from_api.geometries, from_dialog.geometries):
+        area = [ogr.CreateGeometryFromJson(json.dumps(g)).GetArea() for g in (api, dialog)]
+        assert area[0] == pytest.approx(area[1])
+    assert ogr.CreateGeometryFromJson(json.dumps(from_api.geometries[0])).GetArea() == pytest.approx(
+        2 * ogr.CreateGeometryFromJson(json.dumps(from_api.geometries[1])).GetArea())
+    del vector
 
 
 # ------------------------------------------------------------------ qgis_process: exit code, no traceback
