@@ -31,6 +31,24 @@ class ShippedModel(QgsProcessingModelAlgorithm):
     def groupId(self):  # noqa: N802 - the .model3 stores only the group text, not our group id
         return "downscaling"
 
+    def helpUrl(self):  # noqa: N802
+        from ..resources import help_url
+
+        return help_url(self.name())
+
+    def createInstance(self):  # noqa: N802 - the dialog runs a copy: keep its class and input order
+        copy = ShippedModel()
+        copy.loadVariant(self.toVariant())
+        copy.order_inputs()
+        return copy
+
+    def order_inputs(self):
+        """Inputs in workflow order (QGIS 3.22 reads model inputs in name order)."""
+        if self.name() == "downscaling_chain":
+            from .models.chain_layout import order_model_inputs
+
+            order_model_inputs(self)
+
 
 class SmDownscaleProvider(QgsProcessingProvider):
     """Algorithms of :mod:`.algorithms` plus the Graphical Modeler models in ``models/``."""
@@ -91,3 +109,4 @@ class SmDownscaleProvider(QgsProcessingProvider):
             for child_id in model.childAlgorithms():
                 model.childAlgorithm(child_id).reattach()
             model.updateDestinationParameters()
+            model.order_inputs()

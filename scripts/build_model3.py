@@ -5,10 +5,10 @@ Graphical Modeler, so it is reproducible and reviewable. Run from the repository
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/build_model3.py
 
-Model parameters keep the algorithms' names (PREDICTORS, COARSE_SM, PARTITIONS, ...). Outputs are
-named ``<child>:<OUTPUT>`` by QGIS: ``preprocess:DATASET``, ``train:MODEL``, ``train:REPORT``,
-``predict:DOWNSCALED``, ``validate:VALIDATION``, ``validate:VALIDATION_REPORT``,
-``summarize:PERIOD_REPORT`` (the period maps' mean raster stays a temporary file). The reports are HTML outputs (listed in
+Model parameters keep the algorithms' names (PREDICTORS, COARSE_SM, PARTITIONS, ...), in workflow
+order (processing/models/chain_layout.py: INPUT_ORDER). Outputs carry readable names, which QGIS
+uses for the layers it loads (``<child>:<name>``: ``predict:Downscaled soil moisture``,
+``validate:Validation points``, ...; OUTPUT_NAMES); the period maps' mean raster stays temporary. The reports are HTML outputs (listed in
 the Results Viewer) when given an .html name.
 """
 import os
@@ -16,6 +16,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_PATH = os.path.join(ROOT, "processing", "models", "downscaling_chain.model3")
+sys.path.insert(0, os.path.join(ROOT, "processing", "models"))
+from chain_layout import INPUT_ORDER, OUTPUT_NAMES  # noqa: E402 - the one list, shared with the provider
 
 HELP = (
     "The whole downscaling chain of the paper in one run: <b>Prepare downscaling dataset</b> "
@@ -62,45 +64,55 @@ def build():
         component.setPosition(QPointF(x, y))
         model.addModelParameter(definition, component)
 
-    add_input(QgsProcessingParameterMultipleLayers("PREDICTORS", "Predictor rasters",
-                                                   QgsProcessing.TypeRaster), 120, 60,
-              "One GeoTIFF per predictor, named after it; time series with one band per date.")
-    add_input(QgsProcessingParameterRasterLayer("COARSE_SM", "Coarse soil moisture series"), 120, 120,
-              "Soil moisture (m3/m3) on the coarse grid, one band per date described YYYY-MM-DD.")
-    add_input(QgsProcessingParameterString("CATEGORICAL", "Categorical predictors",
-                                           defaultValue="lc", optional=True), 120, 180,
-              "Comma-separated predictor names aggregated by majority.")
-    add_input(QgsProcessingParameterString("MASK_CLASSES", "Classes to mask (e.g. lc:0)",
-                                           optional=True), 120, 240,
-              "name:class,class - pixels of these classes are excluded.")
-    add_input(QgsProcessingParameterFeatureSource("PARTITIONS", "Terrain partitions",
-                                                  [QgsProcessing.TypeVectorPolygon], optional=True),
-              120, 300, "Polygons of terrain regions; empty = one global model.")
-    add_input(QgsProcessingParameterField("PARTITION_FIELD", "Partition name field",
-                                          parentLayerParameterName="PARTITIONS", optional=True),
-              120, 360, "Field holding the region names.")
-    add_input(QgsProcessingParameterFeatureSource("STATIONS", "Station observations",
-                                                  [QgsProcessing.TypeVectorPoint]), 120, 420,
-              "Points, one per site and date, with site_id, date and sm fields.")
-    add_input(QgsProcessingParameterBoolean("RESIDUAL_CORRECTION", "Residual correction",
-                                            defaultValue=False), 120, 480,
-              "Shift fine pixels so they average to the coarse value.")
-    add_input(QgsProcessingParameterNumber("N_ESTIMATORS", "Trees per base model",
-                                           QgsProcessingParameterNumber.Integer, defaultValue=300,
-                                           minValue=1), 120, 540, "Boosting rounds of each learner.",
-              advanced)
-    add_input(QgsProcessingParameterNumber("FOLDS", "Cross-validation folds",
-                                           QgsProcessingParameterNumber.Integer, defaultValue=5,
-                                           minValue=2, maxValue=20), 120, 600,
-              "Folds of the out-of-fold predictions.", advanced)
-    add_input(QgsProcessingParameterNumber("MIN_SAMPLES", "Minimum samples per partition",
-                                           QgsProcessingParameterNumber.Integer, defaultValue=50,
-                                           minValue=2), 120, 660,
-              "A partition with fewer coarse samples is an error.", advanced)
-    add_input(QgsProcessingParameterNumber("THREADS", "Threads per learner (0 = all cores)",
-                                           QgsProcessingParameterNumber.Integer, defaultValue=0,
-                                           minValue=0), 120, 720, "CPU threads each learner uses.",
-              advanced)
+    # inputs in the order an analyst fills them (positions = that order on the canvas and in the
+    # dialog; the provider re-applies INPUT_ORDER, QGIS 3.22 reads model inputs in name order)
+    inputs = [
+        (QgsProcessingParameterMultipleLayers("PREDICTORS", "Predictor rasters", QgsProcessing.TypeRaster),
+         "One GeoTIFF per predictor, named after it; time series with one band per date.", 0),
+        (QgsProcessingParameterString("CATEGORICAL", "Categorical predictors", defaultValue="lc", optional=True),
+         "Comma-separated predictor names aggregated by majority (land cover).", 0),
+        (QgsProcessingParameterString("MASK_CLASSES", "Classes to mask (e.g. lc:0 = water)", defaultValue="lc:0",
+                                      optional=True),
+         "name:class,class - pixels of these classes are excluded (the paper masks water, lc:0).", 0),
+        (QgsProcessingParameterRasterLayer("COARSE_SM", "Coarse soil moisture series"),
+         "Soil moisture (m3/m3) on the coarse grid, one band per date described YYYY-MM-DD.", 0),
+        (QgsProcessingParameterFeatureSource("PARTITIONS", "Terrain partitions", [QgsProcessing.TypeVectorPolygon],
+                                             optional=True),
+         "Polygons of terrain regions; empty = one global model.", 0),
+        (QgsProcessingParameterField("PARTITION_FIELD", "Partition name field", defaultValue="name",
+                                     parentLayerParameterName="PARTITIONS", optional=True),
+         "Field holding the region names.", 0),
+        (QgsProcessingParameterFeatureSource("STATIONS", "Station observations", [QgsProcessing.TypeVectorPoint]),
+         "Points, one per site and date (long format).", 0),
+        (QgsProcessingParameterField("SITE_FIELD", "Station site id field", defaultValue="site_id",
+                                     parentLayerParameterName="STATIONS"),
+         "Field identifying the site of each reading.", 0),
+        (QgsProcessingParameterField("DATE_FIELD", "Station date field", defaultValue="date",
+                                     parentLayerParameterName="STATIONS"),
+         "Field with the date (YYYY-MM-DD text or a date).", 0),
+        (QgsProcessingParameterField("VALUE_FIELD", "Station soil moisture field (m3/m3)", defaultValue="sm",
+                                     parentLayerParameterName="STATIONS", type=QgsProcessingParameterField.Numeric),
+         "Field with the measured soil moisture in m3/m3.", 0),
+        (QgsProcessingParameterNumber("FINE_RESOLUTION", "Fine resolution (target CRS units)",
+                                      QgsProcessingParameterNumber.Double, defaultValue=1000.0, minValue=0.0),
+         "Pixel size of the downscaled product, in units of the first predictor's CRS.", 0),
+        (QgsProcessingParameterBoolean("RESIDUAL_CORRECTION", "Residual correction", defaultValue=False),
+         "Shift fine pixels so they average to the coarse value.", 0),
+        (QgsProcessingParameterNumber("N_ESTIMATORS", "Trees per base model", QgsProcessingParameterNumber.Integer,
+                                      defaultValue=300, minValue=1), "Boosting rounds of each learner.", advanced),
+        (QgsProcessingParameterNumber("FOLDS", "Cross-validation folds", QgsProcessingParameterNumber.Integer,
+                                      defaultValue=5, minValue=2, maxValue=20),
+         "Folds of the out-of-fold predictions.", advanced),
+        (QgsProcessingParameterNumber("MIN_SAMPLES", "Minimum samples per partition",
+                                      QgsProcessingParameterNumber.Integer, defaultValue=50, minValue=2),
+         "A partition with fewer coarse samples is an error.", advanced),
+        (QgsProcessingParameterNumber("THREADS", "Threads per learner (0 = all cores)",
+                                      QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
+         "CPU threads each learner uses.", advanced),
+    ]
+    assert [definition.name() for definition, _h, _f in inputs] == list(INPUT_ORDER)
+    for row, (definition, help_text, flags) in enumerate(inputs):
+        add_input(definition, 120, 60 + 60 * row, help_text, flags)
 
     def output(child_id, child_output, name, description):
         out = QgsProcessingModelOutput(name, description)
@@ -131,33 +143,33 @@ def build():
     child("smdownscale:preprocess", "preprocess", "Prepare downscaling dataset", 420, 120, {
         "PREDICTORS": param("PREDICTORS"), "COARSE_SM": param("COARSE_SM"),
         "CATEGORICAL": param("CATEGORICAL"), "MASK_CLASSES": param("MASK_CLASSES"),
-        "FINE_RESOLUTION": Source.fromStaticValue(1000.0),
+        "FINE_RESOLUTION": param("FINE_RESOLUTION"),
         "MIN_VALID_FRACTION": Source.fromStaticValue(0.5),
-    }, [output("preprocess", "OUTPUT", "DATASET", "Prepared dataset folder")])
+    }, [output("preprocess", "OUTPUT", OUTPUT_NAMES["dataset"], "Prepared dataset folder")])
     child("smdownscale:train", "train", "Train downscaling model", 420, 300, {
         "DATASET": Source.fromChildOutput("preprocess", "OUTPUT"),
         "PARTITIONS": param("PARTITIONS"), "PARTITION_FIELD": param("PARTITION_FIELD"),
         "N_ESTIMATORS": param("N_ESTIMATORS"), "FOLDS": param("FOLDS"),
         "MIN_SAMPLES": param("MIN_SAMPLES"), "THREADS": param("THREADS"),
-    }, [output("train", "OUTPUT_MODEL", "MODEL", "Model file"),
-        output("train", "OUTPUT_REPORT", "REPORT", "Training report")])
+    }, [output("train", "OUTPUT_MODEL", OUTPUT_NAMES["model"], "Model file"),
+        output("train", "OUTPUT_REPORT", OUTPUT_NAMES["report"], "Training report (Table 3)")])
     child("smdownscale:predict", "predict", "Predict fine soil moisture", 420, 480, {
         "DATASET": Source.fromChildOutput("preprocess", "OUTPUT"),
         "MODEL": Source.fromChildOutput("train", "OUTPUT_MODEL"),
         "RESIDUAL_CORRECTION": param("RESIDUAL_CORRECTION"),
-    }, [output("predict", "OUTPUT", "DOWNSCALED", "Fine soil moisture")])
+    }, [output("predict", "OUTPUT", OUTPUT_NAMES["downscaled"], "Downscaled soil moisture")])
     child("smdownscale:validate", "validate", "Validate against stations", 420, 660, {
         "DOWNSCALED": Source.fromChildOutput("predict", "OUTPUT"),
         "OTHER_PRODUCTS": [param("COARSE_SM")],
         "STATIONS": param("STATIONS"),
-        "SITE_FIELD": Source.fromStaticValue("site_id"),
-        "DATE_FIELD": Source.fromStaticValue("date"),
-        "VALUE_FIELD": Source.fromStaticValue("sm"),
-    }, [output("validate", "OUTPUT", "VALIDATION", "Validation points"),
-        output("validate", "OUTPUT_REPORT", "VALIDATION_REPORT", "Validation report")])
+        "SITE_FIELD": param("SITE_FIELD"),
+        "DATE_FIELD": param("DATE_FIELD"),
+        "VALUE_FIELD": param("VALUE_FIELD"),
+    }, [output("validate", "OUTPUT", OUTPUT_NAMES["validation"], "Validation points"),
+        output("validate", "OUTPUT_REPORT", OUTPUT_NAMES["validation_report"], "Validation report")])
     child("smdownscale:summarize", "summarize", "Period maps of the downscaled series", 720, 480, {
         "INPUT": Source.fromChildOutput("predict", "OUTPUT"),
-    }, [output("summarize", "OUTPUT_REPORT", "PERIOD_REPORT", "Period-map report")])
+    }, [output("summarize", "OUTPUT_REPORT", OUTPUT_NAMES["period_report"], "Period-map report")])
     return model
 
 

@@ -202,13 +202,30 @@ def test_shipped_model_chains_the_four_steps(provider):
     assert chain.displayName() == "Downscaling chain (prepare, train, predict, validate)"
     children = chain.childAlgorithms()
     assert {c.algorithmId() for c in children.values()} == {
-        "smdownscale:preprocess", "smdownscale:train", "smdownscale:predict", "smdownscale:validate"}
-    assert chain.dependentChildAlgorithms("preprocess") == {"train", "predict", "validate"}
+        "smdownscale:preprocess", "smdownscale:train", "smdownscale:predict", "smdownscale:validate",
+        "smdownscale:summarize"}
+    assert chain.dependentChildAlgorithms("preprocess") == {"train", "predict", "validate", "summarize"}
     names = [p.name() for p in chain.parameterDefinitions()]
-    assert {"PREDICTORS", "COARSE_SM", "PARTITIONS", "PARTITION_FIELD", "STATIONS", "predict:DOWNSCALED",
-            "train:MODEL", "validate:VALIDATION"} <= set(names)
+    inputs = [p.name() for p in chain.parameterDefinitions() if not p.isDestination()]
+    # workflow order: predictors, categorical, mask, coarse SM, partitions + field, stations + fields, options
+    assert inputs == ["PREDICTORS", "CATEGORICAL", "MASK_CLASSES", "COARSE_SM", "PARTITIONS", "PARTITION_FIELD",
+                      "STATIONS", "SITE_FIELD", "DATE_FIELD", "VALUE_FIELD", "FINE_RESOLUTION",
+                      "RESIDUAL_CORRECTION", "N_ESTIMATORS", "FOLDS", "MIN_SAMPLES", "THREADS"]
+    assert {"predict:Downscaled soil moisture", "train:Model file", "validate:Validation points",
+            "validate:Validation report", "preprocess:Prepared dataset"} <= set(names)
+    assert chain.parameterDefinition("MASK_CLASSES").defaultValue() == "lc:0"
+    assert [chain.parameterDefinition(f).defaultValue() for f in ("SITE_FIELD", "DATE_FIELD", "VALUE_FIELD")] == \
+        ["site_id", "date", "sm"]
+    assert chain.parameterDefinition("SITE_FIELD").parentLayerParameterName() == "STATIONS"
     ok, errors = chain.validate()
     assert ok, errors
+    # the dialog runs a copy (createInstance): same class, display name and order
+    from qgis.core import QgsApplication
+
+    copy = QgsApplication.processingRegistry().createAlgorithmById("smdownscale:downscaling_chain")
+    assert copy.displayName() == chain.displayName()
+    assert [p.name() for p in copy.parameterDefinitions() if not p.isDestination()] == inputs
+    assert copy.helpUrl().endswith("README.md#downscaling")
 
 
 def test_loading_plugin_and_provider_does_not_import_learners():
