@@ -14,7 +14,6 @@ also split the test set and the folds by blocks of coarse cells ("spatial") or b
 import contextlib
 import csv
 import dataclasses
-import html
 import io
 import json
 import math
@@ -296,13 +295,16 @@ def _metric_rows(label, model, X_train, y_train, X_test, y_test):
         return np.column_stack([base, model.intercept_ + base @ model.weights_])
 
     train_pred, test_pred = preds(X_train), preds(X_test)
+    # the stack's test predictions, kept for the report's observed-vs-predicted density scatter
+    test_samples = {"observed": np.asarray(y_test, dtype="float32"),
+                    "predicted": np.asarray(test_pred[:, -1], dtype="float32")}
     rows = []
     for k, name in enumerate(list(model.base_model_names_) + [STACK_MODEL]):
         rows.append({"partition": label, "model": MODEL_LABELS[name], "n_train": int(len(y_train)),
                      "n_test": int(len(y_test)),
                      "r_train": r(train_pred[:, k], y_train), "rmse_train": rmse(train_pred[:, k], y_train),
                      "r_test": r(test_pred[:, k], y_test), "rmse_test": rmse(test_pred[:, k], y_test)})
-    return rows
+    return rows, test_samples
 
 
 def format_value(value):
@@ -334,7 +336,10 @@ def stacking_test_scores(rows):
 
 
 class TrainingReport(dict):
-    """Training summary (dict): settings, per-partition results, Table-3 rows, warnings."""
+    """Training summary (dict): settings, per-partition results, Table-3 rows, warnings,
+    ``library_versions`` and ``test_samples`` (partition -> ``{"observed", "predicted"}``: the
+    test samples' coarse soil moisture and the stack's predictions, float32 arrays, for the HTML
+    report's density scatter; left out of the .json report)."""
 
     def rows(self):
         """Table-3 rows: partition, model, n_train, n_test, r_train, rmse_train, r_test, rmse_test."""
@@ -385,12 +390,13 @@ def _fit_one(samples, index, label, settings, categorical, progress):
                           seed=settings.seed, n_threads=settings.n_threads,
                           feature_names=samples.predictor_names, categorical=categorical)
     model.fit(samples.X[train], samples.y[train], groups=groups, cv=cv, progress=progress)
-    rows = _metric_rows(label, model, samples.X[train], samples.y[train], samples.X[test], samples.y[test])
+    rows, test_samples = _metric_rows(label, model, samples.X[train], samples.y[train], samples.X[test],
+                                      samples.y[test])
     summary = {"partition": label, "n_samples": int(len(index)), "n_train": int(len(train)),
                "n_test": int(len(test)), "base_models": list(model.base_model_names_),
                "weights": [float(v) for v in model.weights_], "intercept": float(model.intercept_),
                "status": "trained"}
-    return model, rows, summary
+    return model, rows, summary, test_samples
 
 
 def train_model(dataset_folder, model_path, *, partitions=None, settings=None, report_path=None, progress=None,
@@ -469,13 +475,16 @@ def train_model(dataset_folder, model_path, *, partitions=None, settings=None, r
             raise SmdError(f"The dataset has only {len(samples)} samples (minimum {min_samples}).")
         jobs.append((GLOBAL_LABEL, np.arange(len(samples)), True))
 
-    models, global_model, rows, summaries = {}, None, [], []
+    from .modelfile import library_versions
+
+    models, global_model, rows, summaries, test_samples = {}, None, [], [], {}
     total = sum(len(index) for _, index, _ in jobs)
     done = 0
     for label, index, is_global in jobs:
         sub = progress.sub(0.05 + 0.9 * done / total, 0.05 + 0.9 * (done + len(index)) / total)
         progress.update(0.05 + 0.9 * done / total, f"training {label} ({len(index)} samples)")
-        model, model_rows, summary = _fit_one(samples, index, label, settings, categorical, sub)
+        model, model_rows, summary, test_samples[label] = _fit_one(samples, index, label, settings, categorical,
+                                                                   sub)
         done += len(index)
         rows += model_rows
         summaries.append(summary)
@@ -492,7 +501,8 @@ def train_model(dataset_folder, model_path, *, partitions=None, settings=None, r
         model_path=os.path.abspath(model_path), settings=settings_json, dates=list(dataset.dates),
         predictors=dataset.predictor_names, n_samples=len(samples),
         partitions=summaries, rows=rows, warnings=warnings, fallback=fallback,
-        train_seconds=round(time.perf_counter() - started, 3))
+        train_seconds=round(time.perf_counter() - started, 3), library_versions=library_versions(),
+        test_samples=test_samples)
     progress.update(0.96, "writing the model file")
     model_kwargs = dict(models=models, global_model=global_model,
                         predictors=[p.to_json() for p in dataset.predictors],
@@ -624,25 +634,22 @@ def write_training_report(report, path, *, _final_path=None):
     """
     ext = _report_extension(_final_path or path)
     rows = report.rows() if hasattr(report, "rows") else list(report.get("rows", []))
-    if ext == ".json":
-        text = json.dumps(_json_safe(dict(report)), indent=1, allow_nan=False)
+    if ext == ".json":  # the test samples' arrays stay in the report object (for the HTML page) only
+        text = json.dumps(_json_safe({k: v for k, v in dict(report).items() if k != "test_samples"}), indent=1,
+                          allow_nan=False)
     elif ext == ".csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, extrasaction="ignore", lineterminator="\r\n")
         writer.writeheader()
         writer.writerows(rows)
         text = buffer.getvalue()
-    else:
-        def cell(v):
-            return html.escape(format_value(v))
-        lines = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Training report</title></head>",
-                 "<body><h1>Stacking models: samples and performance (cf. paper Table 3)</h1>",
-                 "<table border='1'><tr>" + "".join(f"<th>{f}</th>" for f in ROW_FIELDS) + "</tr>"]
-        lines += ["<tr>" + "".join(f"<td>{cell(row.get(f))}</td>" for f in ROW_FIELDS) + "</tr>" for row in rows]
-        lines.append("</table>")
-        lines += [f"<p>Warning: {html.escape(w)}</p>" for w in report.get("warnings", [])]
-        lines.append("</body></html>")
-        text = "\n".join(lines)
+    else:  # the page of core.reports.training: Table 3, Figure 4, test density, weights, settings
+        from .reports import training_html
+
+        started = time.perf_counter()
+        text = training_html(report)
+        if isinstance(report, dict):
+            report["report_seconds"] = round(time.perf_counter() - started, 3)
     if _final_path is None:
         write_text_output(path, text)
     else:  # ``path`` is already the caller's temporary: write it, name the final file on errors
