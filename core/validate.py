@@ -16,7 +16,6 @@ refused with a message instead of giving an RMSE of 23. A product that no site c
 with (stations outside it, no shared date, only nodata) is refused with the reasons.
 """
 import csv
-import html
 import io
 import json
 import math
@@ -26,7 +25,8 @@ from collections import OrderedDict
 import numpy as np
 
 from . import metrics
-from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, is_nodata, parse_date, read_band_dates, soil_moisture_units_hint
+from .common import (SOIL_MOISTURE_RANGE, Progress, SmdError, is_nodata, parse_date, read_band_dates,
+                     soil_moisture_units_hint, whole_number)
 from .train import REPORT_EXTENSIONS, _write_temporary_text, write_together
 
 PER_SITE_FIELDS = ("product", "site_id", "x", "y", "n") + metrics.METRIC_NAMES
@@ -54,12 +54,20 @@ class ValidationResult:
         ``ubrmse_undefined``.
     unmatched : list of dict
         ``product, site_id, x, y, reason`` for every site that could not be compared.
+
+    With ``partitions``, per-site and unmatched rows carry ``partition`` (None outside every
+    partition), the product rows ``partition`` = :data:`ALL_SITES`, and one summary row per
+    product and partition follows the product rows (same keys).
     """
 
-    def __init__(self, per_site, summary, unmatched):
+    def __init__(self, per_site, summary, unmatched, *, outlines=None, timeseries=None):
         self.per_site = per_site
         self.summary = summary
         self.unmatched = unmatched
+        #: partition outlines in the stations' CRS, ``[(name, [ring, ...])]`` (HTML report), or None
+        self.outlines = outlines
+        #: site id -> time series of the HTML report's Figure 8 (``timeseries_sites`` > 0), or None
+        self.timeseries = timeseries
 
     def summary_for(self, product):
         """The summary row of one product."""
@@ -224,7 +232,12 @@ def _summary_row(name, rows, unmatched):
     return row
 
 
-def validate(products, stations, *, stations_crs="EPSG:4326", progress=None):
+#: ``partition`` of the summary rows over all sites when partitions are given
+ALL_SITES = "all sites"
+
+
+def validate(products, stations, *, stations_crs="EPSG:4326", partitions=None, precipitation=None,
+             timeseries_sites=0, progress=None):
     """Compare raster products with in-situ readings, per site and summarised per product.
 
     Parameters
@@ -237,6 +250,13 @@ def validate(products, stations, *, stations_crs="EPSG:4326", progress=None):
         order), long format. Readings of one site on one date are averaged.
     stations_crs : str or CRS
         CRS of the station coordinates (default longitude/latitude, EPSG:4326).
+    partitions : Partitions, optional
+        Adds each site's partition and per-partition summary rows (and outlines for the report).
+    precipitation : str, optional
+        A precipitation series (one band per date) drawn as bars in the report's time series.
+    timeseries_sites : int
+        Sites whose time series the HTML report draws (0: none gathered; the report asks for
+        12). Chosen spread over the partitions, most pairs first.
     progress : Progress or None
 
     Returns
@@ -257,6 +277,11 @@ def validate(products, stations, *, stations_crs="EPSG:4326", progress=None):
     progress = Progress.wrap(progress)
     if not products:
         raise SmdError("No product to validate: give at least one raster series.")
+    timeseries_sites = whole_number(timeseries_sites, "timeseries_sites", minimum=0)
+    if precipitation:
+        from .reports.data import check_precipitation
+
+        check_precipitation(precipitation)
     sites = _group_stations(stations)
     try:
         source_crs = CRS.from_user_input(stations_crs)
@@ -322,7 +347,33 @@ def validate(products, stations, *, stations_crs="EPSG:4326", progress=None):
                      "Use a soil-moisture raster in m3/m3 (e.g. the output of Predict fine soil "
                      "moisture), or rescale it first.")
         summary.append(_summary_row(name, product_rows, product_unmatched))
-    return ValidationResult(per_site, summary, unmatched)
+    outlines = timeseries = None
+    if partitions is not None:
+        from .reports.data import partition_outlines, site_partitions
+
+        site_partition = dict(zip(site_ids, site_partitions(partitions, xs, ys, stations_crs)))
+        for row in per_site + unmatched:
+            row["partition"] = site_partition[row["site_id"]]
+        for row in summary:
+            row["partition"] = ALL_SITES
+        for name in products:
+            for partition in partitions.names:
+                rows = [r for r in per_site if r["product"] == name and r["partition"] == partition]
+                missed = [r for r in unmatched if r["product"] == name and r["partition"] == partition]
+                if rows or missed:
+                    summary.append({**_summary_row(name, rows, missed), "partition": partition})
+        outlines = partition_outlines(partitions, stations_crs)
+    if timeseries_sites:
+        from .reports.data import site_timeseries
+        from .reports.validation import select_sites
+        from .stations import Observation
+
+        chosen = select_sites(per_site, next(iter(products)), timeseries_sites)
+        observations = [Observation(s, d, v, sites[s]["x"], sites[s]["y"])
+                        for s in chosen for d, v in sites[s]["values"].items()]
+        timeseries = site_timeseries(products, observations, chosen, stations_crs, precipitation=precipitation,
+                                     site_partition={r["site_id"]: r.get("partition") for r in per_site})
+    return ValidationResult(per_site, summary, unmatched, outlines=outlines, timeseries=timeseries)
 
 
 # ---------------------------------------------------------------- reports
@@ -336,13 +387,6 @@ def _cell(value):
     if isinstance(value, float):
         return "" if not math.isfinite(value) else f"{value:.6g}"
     return str(value)
-
-
-def _html_table(title, fields, rows):
-    head = "".join(f"<th>{html.escape(f)}</th>" for f in fields)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(f, '')))}</td>" for f in fields)
-                   + "</tr>\n" for r in rows)
-    return f"<h2>{html.escape(title)}</h2>\n<table>\n<tr>{head}</tr>\n{body}</table>\n"
 
 
 def check_report_path(path):
@@ -364,7 +408,9 @@ def write_validation_report(result, path):
     - ``.csv``: one row per (product, site): the per-site metrics, then the unmatched sites with
       empty metrics and their reason in ``status`` (``ok`` for compared sites). The per-product
       summary goes to ``<stem>_summary.csv`` beside it.
-    - ``.html``: a self-contained page with the three tables.
+    - ``.html``: a self-contained page (core.reports.validation): one sentence per other
+      product, summary and class tables, boxplots, site maps, R vs ubRMSE per partition, time
+      series at ``result.timeseries``' sites, every site's metrics; numbers in its JSON block.
 
     Returns
     -------
@@ -396,19 +442,12 @@ def write_validation_report(result, path):
             writer.writerow({f: _cell(v) for f, v in row.items()})
         texts = [(path, buffer.getvalue()),
                  (os.path.splitext(path)[0] + "_summary.csv", summary_buffer.getvalue())]
-    else:
-        summary_fields = list(result.summary[0]) if result.summary else ["product"]
-        page = ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Soil-moisture validation</title>"
-                "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}</style>"
-                "</head><body>\n<h1>Soil-moisture validation against in-situ stations</h1>\n"
-                "<p>R: Pearson correlation; RMSE, bias (product - station) and ubRMSE in m3/m3 "
-                "(paper Eq. 5-8). Classes: R high &gt; 0.6, moderate 0.4-0.6, low &lt; 0.4; "
-                "ubRMSE meets &lt; 0.04, acceptable 0.04-0.06, poor &gt; 0.06. R needs at least "
-                "3 shared dates per site.</p>\n"
-                + _html_table("Summary per product", summary_fields, result.summary)
-                + _html_table("Per site", PER_SITE_FIELDS, result.per_site)
-                + _html_table("Sites not compared", UNMATCHED_FIELDS, result.unmatched)
-                + "</body></html>\n")
+    else:  # the page of core.reports.validation: sentences, classes, Figures 5-8, every site
+        from .reports import validation_html
+
+        page = validation_html(result.summary, result.per_site, result.unmatched,
+                               outlines=getattr(result, "outlines", None),
+                               timeseries=getattr(result, "timeseries", None))
         texts = [(path, page)]
     # the CSV report and its summary are written together: both or neither
     write_together([(final, (lambda tmp, text=text, final=final: _write_temporary_text(tmp, text, final)))

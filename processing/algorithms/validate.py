@@ -1,5 +1,6 @@
 """smdownscale:validate - compare soil-moisture rasters with in-situ stations."""
 import math
+import time
 
 from qgis.core import (
     QgsFeature,
@@ -15,16 +16,18 @@ from qgis.core import (
     QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ...core.common import whole_number
 from ...core.outputs import check_outputs
 from ...core.stations import DEFAULT_DATE_FIELD, DEFAULT_SITE_FIELD, DEFAULT_VALUE_FIELD, station_fields
-from ...core.validate import PER_SITE_FIELDS, check_report_path
-from ..layers import (CheckedSink, UbrmseStyle, crs_wkt, observations_from_source, raster_path, source_file,
-                      style_on_load)
+from ...core.validate import ALL_SITES, PER_SITE_FIELDS, check_report_path
+from ..layers import (CheckedSink, UbrmseStyle, crs_wkt, observations_from_source, partitions_from_source,
+                      raster_path, source_file, style_on_load)
 from .base import SmdAlgorithm, core_error, core_errors, tr
 
 #: attributes of a validation point: core's per-site fields without the coordinates (the geometry)
@@ -72,6 +75,10 @@ class ValidateAlgorithm(SmdAlgorithm):
     SITE_FIELD = "SITE_FIELD"
     DATE_FIELD = "DATE_FIELD"
     VALUE_FIELD = "VALUE_FIELD"
+    PARTITIONS = "PARTITIONS"
+    PARTITION_FIELD = "PARTITION_FIELD"
+    PRECIPITATION = "PRECIPITATION"
+    N_TIMESERIES_SITES = "N_TIMESERIES_SITES"
     OUTPUT = "OUTPUT"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     MEAN_R = "MEAN_R"
@@ -93,11 +100,16 @@ class ValidateAlgorithm(SmdAlgorithm):
         "<b>Stations</b>: a point layer in long format, one feature per site and date, with a "
         "site id field, a date field (date or text YYYY-MM-DD) and a soil-moisture value field "
         "(m3/m3). Any CRS: points are reprojected onto each raster. The pixel under each station "
-        "is compared on the dates both have values."
+        "is compared on the dates both have values.<br>"
+        "<b>Partitions</b> (optional): polygons with a name field; adds each site's partition and "
+        "per-partition summary rows. <b>Precipitation</b> (optional, advanced): a series drawn as "
+        "bars in the HTML report's time series."
         "<h3>Outputs</h3><b>Validation points</b>: one feature per site and product with n, r, "
         "rmse, bias and ubrmse, styled by ubRMSE (meets < 0.04, acceptable 0.04 - 0.06, poor). "
         "<b>Report</b> (.html, .csv or .json) with per-site rows, the summary per product and "
-        "the sites that could not be matched. <b>MEAN_R, MEDIAN_R, MEAN_UBRMSE, MEAN_BIAS</b>: "
+        "the sites that could not be matched; the .html page (Results Viewer) adds one sentence per "
+        "product comparison, the paper's classes, boxplots, site maps, R against ubRMSE per partition "
+        "and time series at selected sites (cf. the paper's Figures 5-8). <b>MEAN_R, MEDIAN_R, MEAN_UBRMSE, MEAN_BIAS</b>: "
         "the summary of the downscaled product over the sites.")
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -125,6 +137,22 @@ class ValidateAlgorithm(SmdAlgorithm):
                                                 parentLayerParameterName=self.STATIONS, type=kind,
                                                 optional=True)
             self.add_parameter(param, tr(help_text))
+        param = QgsProcessingParameterFeatureSource(
+            self.PARTITIONS, tr("Terrain partitions (optional)"), [QgsProcessing.TypeVectorPolygon], optional=True)
+        self.add_parameter(param, tr("Polygons with a name field: adds each site's partition, per-partition "
+                                     "summary rows and the partition panels and outlines of the report."))
+        param = QgsProcessingParameterField(self.PARTITION_FIELD, tr("Partition name field"),
+                                            parentLayerParameterName=self.PARTITIONS, optional=True)
+        self.add_parameter(param, tr("Field holding the partition names."))
+        param = QgsProcessingParameterRasterLayer(self.PRECIPITATION, tr("Precipitation series (optional)"),
+                                                  optional=True)
+        self.add_parameter(param, tr("One band per date described YYYY-MM-DD; drawn as bars in the HTML "
+                                     "report's time series."), advanced=True)
+        param = QgsProcessingParameterNumber(
+            self.N_TIMESERIES_SITES, tr("Sites with a time series in the HTML report"),
+            QgsProcessingParameterNumber.Integer, defaultValue=12, minValue=0)
+        self.add_parameter(param, tr("Chosen spread over the partitions, most station days first; 0 = none."),
+                           advanced=True)
         param = QgsProcessingParameterFeatureSink(
             self.OUTPUT, tr("Validation points"), QgsProcessing.TypeVectorPoint)
         self.add_parameter(param, tr("One point per site and product with n, r, rmse, bias, ubrmse."))
@@ -156,8 +184,13 @@ class ValidateAlgorithm(SmdAlgorithm):
         if not source.sourceCrs().isValid():
             return tr("The station layer has no coordinate reference system; assign one first.")
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
+        partitions = self.parameterAsSource(parameters, self.PARTITIONS, context)
+        if partitions is not None and not self.parameterAsString(parameters, self.PARTITION_FIELD, context):
+            return tr("Choose the partition name field of the partition layer.")
         return (core_error(self.station_fields, parameters, context, source)
-                or (core_error(check_report_path, report_path) if report_path else None))
+                or (core_error(check_report_path, report_path) if report_path else None)
+                or core_error(whole_number, self.parameterAsDouble(parameters, self.N_TIMESERIES_SITES, context),
+                              "N_TIMESERIES_SITES", minimum=0))
 
     def station_source_path(self, parameters, context):
         """The station layer's source (file path, maybe with |layername=), or None."""
@@ -178,6 +211,19 @@ class ValidateAlgorithm(SmdAlgorithm):
         output = CheckedSink(self, parameters, self.OUTPUT, context, tr("validation points"))
         protected = [(tr("station layer"), self.station_source_path(parameters, context))]
         protected += [(tr("raster {!r}").format(name), path) for name, path in products.items()]
+        partitions = None
+        partition_source = self.parameterAsSource(parameters, self.PARTITIONS, context)
+        if partition_source is not None:
+            layer = self.parameterAsVectorLayer(parameters, self.PARTITIONS, context)
+            partitions = partitions_from_source(
+                partition_source, self.parameterAsString(parameters, self.PARTITION_FIELD, context),
+                source_path=layer.source() if layer is not None else None)
+            protected.append((tr("partition layer"), partitions.source_path))
+        precipitation = None
+        rain_layer = self.parameterAsRasterLayer(parameters, self.PRECIPITATION, context)
+        if rain_layer is not None:
+            precipitation = raster_path(rain_layer, tr("Precipitation series"))
+            protected.append((tr("precipitation series"), precipitation))
         output.resolve(protected)
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         with core_errors():
@@ -195,8 +241,12 @@ class ValidateAlgorithm(SmdAlgorithm):
                                             "a date and a value."))
         feedback.pushInfo(tr("{} readings, products: {}").format(len(observations), ", ".join(names)))
         with core_errors():
+            # the time series are gathered only for an HTML report (nothing extra otherwise)
+            html_report = bool(report_path) and report_path.lower().endswith((".html", ".htm"))
+            n_series = self.parameterAsDouble(parameters, self.N_TIMESERIES_SITES, context) if html_report else 0
             result = validate(products, observations, stations_crs=crs_wkt(source.sourceCrs()),
-                              progress=self.progress(feedback))
+                              partitions=partitions, precipitation=precipitation if html_report else None,
+                              timeseries_sites=n_series, progress=self.progress(feedback))
         for row in result.unmatched:
             feedback.pushWarning(tr("{} site {}: {}").format(row["product"], row["site_id"], row["reason"]))
 
@@ -211,8 +261,11 @@ class ValidateAlgorithm(SmdAlgorithm):
             sink_id = output.finish()
             results = {self.OUTPUT: sink_id}
             if report_path:
+                started = time.perf_counter()
                 with core_errors():
                     write_validation_report(result, report_path)
+                feedback.pushInfo(tr("report written in {:.1f} s: {}").format(time.perf_counter() - started,
+                                                                            report_path))
                 results[self.OUTPUT_REPORT] = report_path
         except BaseException:
             output.discard()  # a failed run leaves no validation layer it created
@@ -225,7 +278,9 @@ class ValidateAlgorithm(SmdAlgorithm):
             feedback.pushInfo(tr("{product}: {n_sites} sites compared ({n_pairs} station-days, R defined at "
                                  "{n_sites_with_r}), {n_unmatched} not compared ({n_outside} outside the "
                                  "raster, {n_no_shared_dates} without a shared date, {n_only_nodata} on "
-                                 "nodata)").format(**row))
+                                 "nodata)").format(**{**row, "product": row["product"] + (
+                                     f" (partition {row['partition']})" if row.get("partition") not in (
+                                         None, ALL_SITES) else "")}))
             feedback.pushInfo(", ".join(
                 f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
                 for key, value in row.items()))
