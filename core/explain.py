@@ -25,7 +25,7 @@ DEFAULT_SEED = 0
 
 
 def explain(model_path, dataset_folder, *, max_samples=DEFAULT_MAX_SAMPLES, seed=DEFAULT_SEED,
-            progress=None):
+            progress=None, samples_out=None):
     """Mean |SHAP| per predictor for every partition model (and the global "WP" model).
 
     Parameters
@@ -41,6 +41,10 @@ def explain(model_path, dataset_folder, *, max_samples=DEFAULT_MAX_SAMPLES, seed
     seed : int
         Seed of that subset; checked by :func:`parse_seed`.
     progress : Progress, optional
+    samples_out : dict, optional
+        Filled with ``partition -> {"names", "shap", "values"}``: the explained samples' SHAP
+        values (land cover summed into one column) and predictor values, float32 (n, p), for the
+        report's beeswarm and dependence plots (:func:`write_explanation_report`).
 
     Returns
     -------
@@ -94,6 +98,9 @@ def explain(model_path, dataset_folder, *, max_samples=DEFAULT_MAX_SAMPLES, seed
         if not np.all(np.isfinite(importance)):
             raise SmdError(f"The SHAP values of partition {label!r} are not finite; the model file or the "
                            "dataset is damaged - train the model again.")
+        if samples_out is not None:
+            samples_out[label] = {"names": list(model.feature_names_), "shap": np.asarray(values, dtype="float32"),
+                                  "values": np.asarray(samples.X[chosen], dtype="float32")}
         for j in np.argsort(-importance, kind="stable"):
             rows.append({"partition": label, "predictor": model.feature_names_[j],
                          "mean_abs_shap": float(importance[j]), "n_samples": int(chosen.size)})
@@ -127,4 +134,54 @@ def write_explain_table(rows, path):
                 writer.writerows(rows)
         except OSError as err:  # named with the final path, not the temporary
             raise write_error(os.path.abspath(path), describe_os_error(err)) from err
+    return path
+
+
+def parse_dependence(text, predictor_names=None):
+    """DEPENDENCE: ``"first,second"`` (the predictor on the x axis, the one colouring the points)
+    or empty for the default (the most important static and dynamic predictors) -> tuple or None."""
+    if text is None or not str(text).strip():
+        return None
+    names = [name.strip() for name in str(text).replace(";", ",").split(",") if name.strip()]
+    if len(names) != 2:
+        raise SmdError(f"dependence={text!r}: give two predictor names separated by a comma, e.g. 'dem,ndvi' "
+                       "(the first on the x axis, the second colouring the points), or leave it empty.")
+    if predictor_names is not None:
+        unknown = [name for name in names if name not in predictor_names]
+        if unknown:
+            raise SmdError(f"dependence: {', '.join(unknown)} is not a predictor of the model; predictors are "
+                           f"{', '.join(predictor_names)}.")
+    return tuple(names)
+
+
+def check_report_path(path):
+    """SmdError unless the explanation report ``path`` ends in .html/.htm."""
+    if os.path.splitext(os.fspath(path))[1].lower() not in (".html", ".htm"):
+        raise SmdError(f"Explanation report {os.fspath(path)!r}: the report is a web page; use a .html file name.")
+    return path
+
+
+def write_explanation_report(rows, samples, path, *, dependence=None, predictors=None, model_path=None):
+    """Write the explanation report (core.reports.explanation) atomically: beeswarm per partition,
+    importance bars, dependence plot of ``dependence`` (default: the most important static and
+    the most important dynamic predictor of ``predictors`` - the model manifest's predictor
+    records - derived ones such as the day of year left out)."""
+    from .outputs import write_text_output
+    from .reports import explanation_html
+
+    check_report_path(path)
+    if dependence is not None:
+        names = {row["predictor"] for row in rows}
+        unknown = [name for name in dependence if name not in names]
+        if unknown:
+            raise SmdError(f"dependence: {', '.join(unknown)} is not a predictor of the model; predictors are "
+                           f"{', '.join(sorted(names))}.")
+    static = dynamic = None
+    if predictors:
+        chosen = [p for p in predictors if not p.get("derived")]
+        static = {p["name"] for p in chosen if not p.get("dynamic")}
+        dynamic = {p["name"] for p in chosen if p.get("dynamic")}
+    text = explanation_html(rows, samples, dependence=dependence, dynamic=dynamic, static=static,
+                            model_path=model_path)
+    write_text_output(path, text)
     return path

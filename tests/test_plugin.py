@@ -17,7 +17,8 @@ EXPECTED_PARAMETERS = {
               ("BASE_MODELS", "enum"), ("FOLDS", "number"), ("TEST_FRACTION", "number"),
               ("CV_STRATEGY", "enum"), ("SEED", "number"), ("N_ESTIMATORS", "number"),
               ("LEARNING_RATE", "number"), ("MAX_DEPTH", "number"), ("SPATIAL_BLOCK_CELLS", "number"),
-              ("MIN_SAMPLES", "number"), ("THREADS", "number"), ("TRAIN_GLOBAL", "boolean"),
+              ("MIN_SAMPLES", "number"), ("THREADS", "number"), ("EARLY_STOPPING_ROUNDS", "number"),
+              ("TRAIN_GLOBAL", "boolean"),
               ("FALLBACK_TO_GLOBAL", "boolean"), ("OUTPUT_MODEL", "fileDestination"),
               ("OUTPUT_REPORT", "fileDestination")],
     "predict": [("DATASET", "file"), ("MODEL", "file"), ("DATES", "string"),
@@ -26,21 +27,27 @@ EXPECTED_PARAMETERS = {
                 ("OUTPUT", "rasterDestination")],
     "validate": [("DOWNSCALED", "raster"), ("OTHER_PRODUCTS", "multilayer"), ("STATIONS", "source"),
                  ("SITE_FIELD", "field"), ("DATE_FIELD", "field"), ("VALUE_FIELD", "field"),
-                 ("OUTPUT", "sink"), ("OUTPUT_REPORT", "fileDestination")],
+                 ("PARTITIONS", "source"), ("PARTITION_FIELD", "field"), ("PRECIPITATION", "raster"),
+                 ("N_TIMESERIES_SITES", "number"), ("OUTPUT", "sink"), ("OUTPUT_REPORT", "fileDestination")],
     "explain": [("MODEL", "file"), ("DATASET", "file"), ("MAX_SAMPLES", "number"), ("SEED", "number"),
-                ("OUTPUT_TABLE", "sink")],
+                ("DEPENDENCE", "string"), ("OUTPUT_TABLE", "sink"), ("OUTPUT_REPORT", "fileDestination")],
+    "summarize": [("INPUT", "raster"), ("START_DATE", "string"), ("END_DATE", "string"), ("BLOCK_SIZE", "number"),
+                  ("OUTPUT_MEAN", "rasterDestination"), ("OUTPUT_STD", "rasterDestination"),
+                  ("OUTPUT_COUNT", "rasterDestination"), ("OUTPUT_REPORT", "fileDestination")],
 }
 ADVANCED = {"train": {"N_ESTIMATORS", "LEARNING_RATE", "MAX_DEPTH", "SPATIAL_BLOCK_CELLS", "MIN_SAMPLES",
-                      "THREADS", "TRAIN_GLOBAL", "FALLBACK_TO_GLOBAL"},
+                      "THREADS", "EARLY_STOPPING_ROUNDS", "TRAIN_GLOBAL", "FALLBACK_TO_GLOBAL"},
             "predict": {"USE_GLOBAL", "GLOBAL_ONLY", "BLOCK_SIZE", "REQUIRE_SIGNED", "TRUSTED_KEYS"},
-            "preprocess": {"MIN_VALID_FRACTION"}, "validate": set(), "explain": {"MAX_SAMPLES", "SEED"}}
+            "preprocess": {"MIN_VALID_FRACTION"}, "validate": {"PRECIPITATION", "N_TIMESERIES_SITES"},
+            "explain": {"MAX_SAMPLES", "SEED", "DEPENDENCE"}, "summarize": {"BLOCK_SIZE"}}
 DEFAULTS = {("preprocess", "CATEGORICAL"): "lc", ("preprocess", "FINE_RESOLUTION"): 1000.0,
             ("preprocess", "MIN_VALID_FRACTION"): 0.5, ("train", "FOLDS"): 5, ("train", "TEST_FRACTION"): 0.3,
             ("train", "BASE_MODELS"): [0, 1, 2], ("train", "SEED"): 42,
             ("predict", "RESIDUAL_CORRECTION"): False, ("validate", "SITE_FIELD"): "site_id",
             ("validate", "DATE_FIELD"): "date", ("validate", "VALUE_FIELD"): "sm"}
 OUTPUT_NUMBERS = {"validate": {"MEAN_R", "MEDIAN_R", "MEAN_UBRMSE", "MEAN_BIAS"},
-                  "train": {"R_TEST", "RMSE_TEST"}, "predict": {"N_DATES", "N_PIXELS"}}
+                  "train": {"R_TEST", "RMSE_TEST"}, "predict": {"N_DATES", "N_PIXELS"},
+                  "summarize": {"N_DATES", "MEAN_OF_MEAN"}}
 
 
 _KEEP = []

@@ -351,3 +351,149 @@ def test_summarize_through_qgis_process(small_series, tmp_path):
     from smdownscale.core.reports import read_report_data
 
     assert read_report_data(report)["stats"]["dates"] == DATES[:3]
+
+
+# ------------------------------------------------------------------ train / validate / explain reports
+FAST_TRAIN = {"BASE_MODELS": [0, 1], "FOLDS": 2, "N_ESTIMATORS": 20, "MIN_SAMPLES": 10, "THREADS": 2, "SEED": 7}
+
+
+@pytest.fixture(scope="module")
+def chain(qgis_processing, tmp_path_factory):
+    """The small scenario prepared, trained (two partitions' worth of learners kept fast) and predicted."""
+    from qgis.core import QgsApplication
+
+    import processing
+    from smdownscale.demo.scenario import make_scenario
+    from smdownscale.processing.provider import SmDownscaleProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("smdownscale") is None:
+        _KEEP.append(SmDownscaleProvider())
+        registry.addProvider(_KEEP[-1])
+    out = tmp_path_factory.mktemp("reports")
+    scenario = make_scenario(str(out / "scenario"), size="small", n_dates=21)
+    dataset = processing.run("smdownscale:preprocess", {
+        "PREDICTORS": scenario["predictors"], "COARSE_SM": scenario["soil_moisture"], "CATEGORICAL": "lc",
+        "MASK_CLASSES": "lc:0", "OUTPUT": str(out / "dataset")})["OUTPUT"]
+    train = processing.run("smdownscale:train", {
+        "DATASET": dataset, "PARTITIONS": scenario["partitions"], "PARTITION_FIELD": "name", **FAST_TRAIN,
+        "OUTPUT_MODEL": str(out / "model.smdmodel.zip"), "OUTPUT_REPORT": str(out / "training.html")})
+    downscaled = processing.run("smdownscale:predict", {"DATASET": dataset, "MODEL": train["OUTPUT_MODEL"],
+                                                        "USE_GLOBAL": True, "OUTPUT": str(out / "sm_1km.tif")})["OUTPUT"]
+    return {"out": out, "scenario": scenario, "dataset": dataset, "train": train, "downscaled": downscaled}
+
+
+_KEEP = []
+
+
+def test_training_report_html_numbers_equal_the_training_report(chain):
+    from smdownscale.core.modelfile import read_manifest
+    from smdownscale.core.reports import read_report_data
+
+    text = read(chain["train"]["OUTPUT_REPORT"])
+    data = read_report_data(text)
+    manifest = read_manifest(chain["train"]["OUTPUT_MODEL"])
+    rows = manifest["metrics"]["rows"]
+    assert [{k: row[k] for k in ("partition", "model", "n_train", "n_test")} for row in data["rows"]] == \
+        [{k: row[k] for k in ("partition", "model", "n_train", "n_test")} for row in rows]
+    for got, expected in zip(data["rows"], rows):
+        for key in ("r_train", "rmse_train", "r_test", "rmse_test"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15)
+    assert set(images(text)) == {"figure-test-scores", "figure-test-density"}
+    partitions = {row["partition"] for row in rows}
+    assert set(data["test_samples"]) == partitions
+    assert all(data["test_samples"][p]["n"] == next(r["n_test"] for r in rows if r["partition"] == p)
+               for p in partitions)
+    assert data["settings"]["folds"] == 2 and data["settings"]["seed"] == 7 and data["library_versions"]
+    assert {p["partition"] for p in data["partitions"]} == partitions
+
+
+def test_training_test_samples_in_the_core_report(chain, tmp_path):
+    from smdownscale.core.metrics import r, rmse
+    from smdownscale.core.train import train_model
+
+    report = train_model(chain["dataset"], str(tmp_path / "m.smdmodel.zip"), base_models=("xgboost",), folds=2,
+                         params={"xgboost": {"n_estimators": 10}}, min_samples=10, n_threads=2,
+                         report_path=str(tmp_path / "r.json"))
+    stack = next(row for row in report.rows() if row["model"] == "Stacking")
+    sample = report["test_samples"][stack["partition"]]
+    assert len(sample["observed"]) == stack["n_test"]
+    assert r(sample["predicted"], sample["observed"]) == pytest.approx(stack["r_test"], rel=1e-6)
+    assert rmse(sample["predicted"], sample["observed"]) == pytest.approx(stack["rmse_test"], rel=1e-6)
+    import json
+
+    with open(tmp_path / "r.json", encoding="utf-8") as handle:
+        assert "test_samples" not in json.load(handle)  # arrays stay out of the JSON report
+
+
+def test_validation_report_with_partitions_precipitation_and_time_series(chain, tmp_path):
+    import processing
+    from smdownscale.core.reports import read_report_data
+
+    scenario = chain["scenario"]
+    precipitation = write_series(tmp_path / "rain.tif", np.random.default_rng(0).random((21, 5, 6)) * 10,
+                                 scenario["dates"])
+    with rasterio.open(scenario["soil_moisture"]) as src:  # on the soil-moisture grid
+        with rasterio.open(precipitation, "r+") as dst:
+            dst.crs, dst.transform = src.crs, src.transform
+    result = processing.run("smdownscale:validate", {
+        "DOWNSCALED": chain["downscaled"], "OTHER_PRODUCTS": [scenario["soil_moisture"]],
+        "STATIONS": scenario["stations"], "SITE_FIELD": "site_id", "DATE_FIELD": "date", "VALUE_FIELD": "sm",
+        "PARTITIONS": scenario["partitions"], "PARTITION_FIELD": "name", "PRECIPITATION": precipitation,
+        "N_TIMESERIES_SITES": 4, "OUTPUT": str(tmp_path / "v.gpkg"), "OUTPUT_REPORT": str(tmp_path / "v.html")})
+    text = read(result["OUTPUT_REPORT"])
+    data = read_report_data(text)
+    overall = [row for row in data["summary"] if row.get("partition") in (None, "all sites")]
+    downscaled = next(row for row in overall if row["product"] == "sm_1km")
+    assert downscaled["mean_r"] == pytest.approx(result["MEAN_R"]) and \
+        downscaled["mean_ubrmse"] == pytest.approx(result["MEAN_UBRMSE"])
+    per_partition = [row for row in data["summary"] if row.get("partition") not in (None, "all sites")]
+    assert {row["partition"] for row in per_partition} <= {"HB", "JH", "WX", "YJ", "WN"} and per_partition
+    for product in ("sm_1km", "soil_moisture_9km"):
+        assert sum(row["n_sites"] for row in per_partition if row["product"] == product) <= \
+            next(row["n_sites"] for row in overall if row["product"] == product)
+    assert all(row["partition"] for row in data["per_site"] if row["product"] == "sm_1km")
+    assert data["sentences"][0].startswith("sm_1km: mean ubRMSE ")
+    assert set(images(text)) == {"figure-boxplots", "figure-site-map", "figure-r-ubrmse", "figure-timeseries"}
+    assert len(data["timeseries_sites"]) == 4 and data["outlines"]
+    assert "bars: precipitation" in text
+    # the same result without partitions: no per-partition rows
+    result = processing.run("smdownscale:validate", {
+        "DOWNSCALED": chain["downscaled"], "STATIONS": scenario["stations"], "SITE_FIELD": "site_id",
+        "DATE_FIELD": "date", "VALUE_FIELD": "sm", "OUTPUT": str(tmp_path / "v2.gpkg"),
+        "OUTPUT_REPORT": str(tmp_path / "v2.json")})
+    import json
+
+    with open(result["OUTPUT_REPORT"], encoding="utf-8") as handle:
+        assert [row["product"] for row in json.load(handle)["summary"]] == ["sm_1km"]
+
+
+def test_explanation_report_importance_equals_the_table(chain, tmp_path):
+    import csv
+
+    import processing
+    from smdownscale.core.reports import read_report_data
+
+    result = processing.run("smdownscale:explain", {
+        "MODEL": chain["train"]["OUTPUT_MODEL"], "DATASET": chain["dataset"], "MAX_SAMPLES": 150,
+        "OUTPUT_TABLE": str(tmp_path / "shap.csv"), "OUTPUT_REPORT": str(tmp_path / "explain.html")})
+    text = read(result["OUTPUT_REPORT"])
+    data = read_report_data(text)
+    with open(tmp_path / "shap.csv", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert [(row["partition"], row["predictor"]) for row in data["rows"]] == \
+        [(row["partition"], row["predictor"]) for row in table]
+    for got, row in zip(data["rows"], table):
+        assert got["mean_abs_shap"] == pytest.approx(float(row["mean_abs_shap"]), rel=1e-6)
+    partitions = {row["partition"] for row in table}
+    from smdownscale.core.reports.html import slug
+
+    assert set(images(text)) == {f"figure-beeswarm-{slug(p)}" for p in partitions} | {
+        "figure-importance", "figure-dependence"}
+    first, second = data["dependence"]
+    assert first != "doy" or second != "doy"
+    result = processing.run("smdownscale:explain", {
+        "MODEL": chain["train"]["OUTPUT_MODEL"], "DATASET": chain["dataset"], "MAX_SAMPLES": 50,
+        "DEPENDENCE": "dem,ndvi", "OUTPUT_TABLE": str(tmp_path / "shap2.csv"),
+        "OUTPUT_REPORT": str(tmp_path / "explain2.html")})
+    assert read_report_data(result["OUTPUT_REPORT"])["dependence"] == ["dem", "ndvi"]

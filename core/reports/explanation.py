@@ -32,17 +32,18 @@ def overall_importance(rows):
     return dict(sorted(ranking.items(), key=lambda item: -item[1]))
 
 
-def default_dependence_pair(rows, dynamic=None):
+def default_dependence_pair(rows, dynamic=None, static=None):
     """The most important static and the most important dynamic predictor (paper Figure 11).
 
-    ``dynamic``: names of the dynamic predictors; without it, the two most important ones.
+    ``dynamic`` / ``static``: names of the dynamic / static predictors (``static`` default: all
+    others); without them, or when one kind is missing, the two most important predictors.
     """
     ranking = list(overall_importance(rows))
     if not ranking:
         return None
     if dynamic is not None:
         dynamic = set(dynamic)
-        static_names = [n for n in ranking if n not in dynamic]
+        static_names = [n for n in ranking if n not in dynamic and (static is None or n in static)]
         dynamic_names = [n for n in ranking if n in dynamic]
         if static_names and dynamic_names:
             return static_names[0], dynamic_names[0]
@@ -149,7 +150,8 @@ def figure_dependence(samples, pair):
     return figures.png_bytes(fig)
 
 
-def explanation_html(rows, samples=None, *, dependence=None, dynamic=None, with_figures=True, model_path=None):
+def explanation_html(rows, samples=None, *, dependence=None, dynamic=None, static=None, with_figures=True,
+                     model_path=None):
     """The explanation report page (str).
 
     Parameters
@@ -160,13 +162,13 @@ def explanation_html(rows, samples=None, *, dependence=None, dynamic=None, with_
         ``partition -> {"names", "shap", "values"}`` of the explained samples.
     dependence : (str, str), optional
         Predictor pair of the dependence plot; default :func:`default_dependence_pair`.
-    dynamic : iterable of str, optional
-        Names of the dynamic predictors (for the default pair).
+    dynamic, static : iterable of str, optional
+        Names of the dynamic / static predictors (for the default pair).
     """
     rows = [dict(row) for row in rows]
     samples = samples or {}
     partitions = _ordered(row["partition"] for row in rows)
-    pair = tuple(dependence) if dependence else default_dependence_pair(rows, dynamic)
+    pair = tuple(dependence) if dependence else default_dependence_pair(rows, dynamic, static)
     ranking = overall_importance(rows)
     page = Page("Explanation report: SHAP importance of the predictors", "explanation",
                 subtitle=(f"model {model_path} - " if model_path else "")
