@@ -16,11 +16,18 @@ def _save(widget, name):
     widget.grab().save(os.path.join(ARTIFACTS, name))
 
 
-def test_requirements_pin_xgboost_cpu_and_pip_names(qgis_app):
+def test_requirements_pins_and_pip_names(qgis_app, tmp_path, monkeypatch):
+    import smdownscale.resources as resources
     from smdownscale.resources import learner_requirement, pip_requirement
 
+    assert learner_requirement("xgboost") == "xgboost==2.1.3"
+    assert pip_requirement("xgboost") == "xgboost==2.1.3"
+    # whichever xgboost distribution requirements.txt pins is the one named
+    pinned = tmp_path / "requirements.txt"
+    pinned.write_text("xgboost-cpu==2.1.3  # CPU build\nlleaves==1.3.0; sys_platform != 'win32'\n")
+    monkeypatch.setattr(resources, "REQUIREMENTS_FILE", str(pinned))
     assert learner_requirement("xgboost") == "xgboost-cpu==2.1.3"
-    assert pip_requirement("xgboost") == "xgboost-cpu==2.1.3"
+    monkeypatch.undo()
     assert pip_requirement("sklearn") == "scikit-learn==1.5.2"
     assert learner_requirement("sklearn") == "scikit-learn==1.5.2"
 

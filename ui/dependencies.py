@@ -7,6 +7,12 @@ in a ``QProcess`` (asynchronous: the main thread only receives pip's output as i
 streams that output into the dialog. ``--target`` works on PEP 668 systems (Debian 12, Ubuntu
 24.04) where ``--user`` is refused, and needs no admin rights; the plugin appends that folder to
 ``sys.path`` when it loads (``__init__.py``). The equivalent command is shown to copy.
+
+xgboost is pinned as ``xgboost`` (with its 469 MB ``nvidia-nccl-cu12`` GPU runtime on Linux), not
+as PyPI's CPU-only ``xgboost-cpu``: ``xgboost-cpu==2.1.3`` installs and imports as ``xgboost`` and
+works in a plain Python, but inside the QGIS 3.22 desktop its ``QuantileDMatrix`` aborts the whole
+process (``munmap_chunk(): invalid pointer``, reproduced with the same deps folder where the
+``xgboost`` wheel works).
 """
 import os
 
