@@ -23,6 +23,7 @@ from .common import (Progress, SmdError, available_memory_bytes, check_soil_mois
 from .dataset import (CATEGORICAL, CONTINUOUS, DOY, TARGET, VALID_FRACTION, Dataset, Predictor,
                       coarse_path, fine_path, write_manifest)
 from .outputs import CheckedRasterWriter, atomic_output, check_outputs
+from .fastread import SeriesWarper
 from .rasters import open_raster, reading
 from .grids import (Grid, coarse_grid_for, fine_grid_for, padded_grid, parse_crs,
                     positive_resolution, transform_bounds_safe)
@@ -36,6 +37,8 @@ MIN_VALID_FRACTION_RANGE = (0.0, 1.0)
 #: (the coverage is an average of 0/1 pixels in float32)
 VALID_FRACTION_TOLERANCE = 1e-6
 RESERVED_NAMES = (DOY, TARGET, VALID_FRACTION)
+#: bytes all dynamic inputs' chunks of dates may hold together while preprocess reads them
+READ_BUDGET_BYTES = 256 * 1024 * 1024
 
 
 def predictor_name(path):
@@ -372,16 +375,29 @@ class _Aggregator:
         # The validity mask is padded with zeros so coarse cells reaching beyond the fine grid
         # count that area as invalid (GDAL's average would only average the covered part).
         self.padded_grid, (self.pad_top, self.pad_left) = padded_grid(fine_grid, coarse_grid)
-        # Most predictors share one validity mask per date: remember the last few fractions.
-        self._recent = []
+        # Most predictors share one validity mask per date: remember the last few fractions
+        # (by a digest of the mask, compared in full on a match).
+        self._recent = {}
+        self._keep = 3
+
+    def remember(self, count):
+        """Keep the fractions of the last ``count`` distinct masks (at least 3)."""
+        self._keep = max(3, int(count))
 
     def valid_fraction(self, valid):
         """Fraction of each coarse cell's area covered by True fine pixels."""
-        for mask, fraction in self._recent:
-            if np.array_equal(mask, valid):
-                return fraction
+        import hashlib
+
+        valid = np.asarray(valid, dtype=bool)
+        key = hashlib.blake2b(np.packbits(valid).tobytes(), digest_size=16).digest()
+        found = self._recent.get(key)
+        if found is not None and np.array_equal(found[0], valid):
+            self._recent[key] = self._recent.pop(key)   # most recent last
+            return found[1]
         fraction = self._valid_fraction(valid)
-        self._recent = [(np.array(valid, dtype=bool), fraction)] + self._recent[:2]
+        self._recent[key] = (valid.copy(), fraction)
+        while len(self._recent) > self._keep:
+            self._recent.pop(next(iter(self._recent)))
         return fraction
 
     def _valid_fraction(self, valid):
@@ -403,6 +419,30 @@ class _Aggregator:
                        self.fine_grid.crs)
         coarse[too_sparse(self.valid_fraction(np.isfinite(fine)), min_valid_fraction)] = np.nan
         return coarse
+
+    def aggregate_many(self, fine, categorical, min_valid_fraction):
+        """:meth:`aggregate` of every date of ``fine`` (dates, rows, cols) in one GDAL warp
+        (each date's nodata on its own: the same bits as one warp per date)."""
+        from rasterio.enums import Resampling
+        from rasterio.warp import reproject
+
+        if fine.shape[0] == 1:
+            return self.aggregate(fine[0], categorical, min_valid_fraction)[None]
+        coarse = np.full((fine.shape[0],) + self.coarse_grid.shape, np.nan, dtype="float32")
+        reproject(source=fine, destination=coarse, src_transform=self.fine_grid.transform,
+                  src_crs=self.fine_grid.crs, src_nodata=np.nan, dst_transform=self.coarse_grid.transform,
+                  dst_crs=self.coarse_grid.crs, dst_nodata=np.nan,
+                  resampling=Resampling.mode if categorical else Resampling.average, UNIFIED_SRC_NODATA="NO")
+        for k in range(fine.shape[0]):
+            coarse[k][too_sparse(self.valid_fraction(np.isfinite(fine[k])), min_valid_fraction)] = np.nan
+        return coarse
+
+
+def _dates_per_chunk(fine_grid, n_dates):
+    """Dates preprocess holds at once (fine arrays and masks of one chunk: ~9 B per pixel-date),
+    at most 16, at least 1, within :data:`READ_BUDGET_BYTES`."""
+    per_date = 9 * fine_grid.width * fine_grid.height
+    return max(1, min(16, n_dates, READ_BUDGET_BYTES // max(1, per_date)))
 
 
 def _categories(values):
@@ -479,9 +519,17 @@ def _write(plan, progress, Resampling):
                   f"({fine_grid.crs.to_string()}); coarse grid {coarse_grid.width} x "
                   f"{coarse_grid.height} cells; {len(dates)} dates.")
 
-    def warp_input(item, band):
+    # Every input is read many dates per call and warped all together, or copied when it already
+    # lies on the fine grid (core.fastread; the same bits as a warp of each band on its own).
+    budget = max(1, READ_BUDGET_BYTES // max(1, len(dynamics)))
+
+    def series_warper(item, bands):
         resampling = Resampling.mode if item.name in categorical else Resampling.average
-        return _warp(rasterio.band(item.src, band), item.nodata, fine_grid, resampling)
+        return SeriesWarper(item.src, item.nodata, fine_grid, resampling, bands, budget_bytes=budget,
+                            reading=reading)
+
+    def warp_input(item, band):
+        return series_warper(item, [band]).get(band)
 
     valid_pixels = {item.name: 0 for item in inputs}
 
@@ -529,28 +577,38 @@ def _write(plan, progress, Resampling):
             fraction_out = _open_series(coarse_path(tmp, VALID_FRACTION), coarse_grid, dates)
             outputs["fraction"] = fraction_out
 
-            for index, date in enumerate(dates):
-                progress.update(index / len(dates), f"Preparing {date}")
-                valid = static_valid.copy()
+            warpers = {item.name: series_warper(item, [item.band_of_date[date] for date in dates])
+                       for item in dynamics}
+            # dates in chunks: each predictor's dates of a chunk are aggregated in one warp
+            chunk = _dates_per_chunk(fine_grid, len(dates))
+            aggregator.remember(4 * chunk)
+            for first in range(0, len(dates), chunk):
+                chunk_dates = dates[first:first + chunk]
+                progress.update(first / len(dates), f"Preparing {chunk_dates[0]}")
+                valid = np.repeat(static_valid[None], len(chunk_dates), axis=0)
                 for item in dynamics:
-                    values = warp_input(item, item.band_of_date[date])
-                    values[excluded] = np.nan
-                    record_categories(item, values)
+                    values = np.stack([warpers[item.name].get(item.band_of_date[date]) for date in chunk_dates])
+                    values[:, excluded] = np.nan
+                    for k in range(len(chunk_dates)):
+                        record_categories(item, values[k])
+                        outputs[("fine", item.name)].write(values[k], first + k + 1)
                     valid &= np.isfinite(values)
-                    outputs[("fine", item.name)].write(values, index + 1)
-                    coarse = aggregator.aggregate(values, item.name in categorical, min_fraction)
-                    outputs[("coarse", item.name)].write(coarse, index + 1)
+                    coarse = aggregator.aggregate_many(values, item.name in categorical, min_fraction)
+                    for k in range(len(chunk_dates)):
+                        outputs[("coarse", item.name)].write(coarse[k], first + k + 1)
                     progress.check()
-                fraction = aggregator.valid_fraction(valid)
-                fraction_out.write(fraction.astype("float32"), index + 1)
+                for k, date in enumerate(chunk_dates):
+                    index = first + k
+                    fraction = aggregator.valid_fraction(valid[k])
+                    fraction_out.write(fraction.astype("float32"), index + 1)
 
-                with reading(target.path, "soil-moisture raster"):
-                    soil_moisture = target.src.read(target.band_of_date[date],
-                                                    window=plan.target_window).astype("float32")
-                soil_moisture[is_nodata(soil_moisture, target.nodata)] = np.nan
-                soil_moisture[too_sparse(fraction, min_fraction)] = np.nan
-                usable_cells += int(np.isfinite(soil_moisture).sum())
-                target_out.write(soil_moisture, index + 1)
+                    with reading(target.path, "soil-moisture raster"):
+                        soil_moisture = target.src.read(target.band_of_date[date],
+                                                        window=plan.target_window).astype("float32")
+                    soil_moisture[is_nodata(soil_moisture, target.nodata)] = np.nan
+                    soil_moisture[too_sparse(fraction, min_fraction)] = np.nan
+                    usable_cells += int(np.isfinite(soil_moisture).sum())
+                    target_out.write(soil_moisture, index + 1)
         except BaseException:
             for handle in outputs.values():
                 handle.abort()

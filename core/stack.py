@@ -18,6 +18,7 @@ import tempfile
 
 import numpy as np
 
+from . import early_stopping
 from .common import Progress, SmdError, is_integer, is_number
 
 # XGBoost and LightGBM use OpenMP, whose idle threads spin by default. When anything else wants
@@ -372,6 +373,11 @@ class StackEnsemble:
     categorical : dict name -> list of categories, or list of names, optional
         Categorical predictors, one-hot encoded before the boosters. Given as names only, the
         categories are the sorted distinct finite values seen by :meth:`fit`.
+    early_stopping_rounds : int
+        0 = off (every booster fits its ``n_estimators`` rounds). Otherwise each fold's booster
+        stops when its own held-out fold's RMSE has not improved for that many rounds, and the
+        refit on all training rows uses the folds' mean best iteration count
+        (:mod:`.early_stopping`).
 
     Attributes
     ----------
@@ -380,11 +386,13 @@ class StackEnsemble:
     oof_ : ndarray (n_train, n_base) out-of-fold predictions the meta-learner was fitted on
     folds_ : list of (train_index, test_index)
     encoder_ : dict, JSON description of the one-hot encoding (:func:`make_encoder`)
+    trees_ : dict name -> {"folds": [trees per fold], "refit": trees of the refitted booster}
     """
 
     def __init__(self, *, base_models=BASE_MODELS, n_folds=5, params=None, seed=42, n_threads=None,
-                 feature_names=None, categorical=None):
+                 feature_names=None, categorical=None, early_stopping_rounds=0):
         self.base_models = base_models
+        self.early_stopping_rounds = early_stopping_rounds
         self.n_folds = n_folds
         self.params = params
         self.seed = seed
@@ -472,6 +480,8 @@ class StackEnsemble:
         threads = self._threads()
         oof = np.zeros((len(y), len(names)), dtype=np.float64)
         self.boosters_ = {}
+        self.trees_ = {}
+        stopping = early_stopping.check_early_stopping_rounds(self.early_stopping_rounds or 0)
         steps = len(names) * (len(folds) + 1)
         done = 0
         for k, name in enumerate(names):
@@ -484,13 +494,20 @@ class StackEnsemble:
                                            1 if threads > 1 else threads)
             try:
                 binned = _Binned(name, Xe, y, native)
-                jobs = [binned.subset(train) for train, _ in folds] + [binned.subset(None)]
-                boosters = self._fit_side_by_side(name, jobs, native, rounds, threads, progress,
-                                                  done, steps)
-                done += len(jobs)
+                if stopping:
+                    boosters, trees = self._fit_stopping(name, binned, folds, native, rounds, stopping,
+                                                         threads, progress, done, steps)
+                    done += len(folds) + 1
+                else:
+                    jobs = [binned.subset(train) for train, _ in folds] + [binned.subset(None)]
+                    boosters = self._fit_side_by_side(name, jobs, native, rounds, threads, progress,
+                                                      done, steps)
+                    done += len(jobs)
+                    trees = {"folds": [rounds] * len(folds), "refit": rounds}
                 for fold, (_, test) in enumerate(folds):
                     oof[test, k] = _predict_booster(name, boosters[fold], Xe[test], threads)
                 self.boosters_[name] = boosters[-1]
+                self.trees_[name] = trees
             except SmdError:
                 raise
             except Exception as err:  # bad native parameter, etc.
@@ -504,21 +521,51 @@ class StackEnsemble:
         progress.update(1.0, "stack fitted")
         return self
 
+    def _fit_stopping(self, name, binned, folds, native, rounds, stopping, threads, progress, done, steps):
+        """Folds side by side, each stopping on its held-out fold; then the refit with the folds'
+        mean best iteration count. Returns (fold boosters + refit, trees record)."""
+        fold_data = [binned.subset(train) for train, _ in folds]
+        valid = [early_stopping.validation_set(binned, data, test) for data, (_, test) in zip(fold_data, folds)]
+        results = self._fit_side_by_side(name, fold_data, native, rounds, threads, progress, done, steps,
+                                         valid=valid, stopping=stopping)
+        boosters = [booster for booster, _ in results]
+        best = [count for _, count in results]
+        refit_rounds = early_stopping.refit_rounds(best)
+        refit_native, _ = _split_params(name, (self.params or {}).get(name), self.seed, threads)
+        if name == "catboost":  # CatBoost takes its rounds from the parameters
+            refit_native["iterations"] = refit_rounds
+        refit = self._fit_side_by_side(name, [binned.subset(None)], refit_native, refit_rounds, 1, progress,
+                                       done + len(folds), steps, final=True)[0]
+        return boosters + [refit], {"folds": best, "refit": early_stopping.n_trees(name, refit)}
+
     @staticmethod
-    def _fit_side_by_side(name, datasets, native, rounds, workers, progress, done, steps):
-        """Train one booster per dataset with ``workers`` threads; results in input order."""
+    def _fit_side_by_side(name, datasets, native, rounds, workers, progress, done, steps, *, valid=None,
+                          stopping=0, final=False):
+        """Train one booster per dataset with ``workers`` threads; results in input order.
+
+        With ``valid`` (one validation set per dataset) and ``stopping`` > 0 each result is
+        ``(booster, best iteration count)``."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        def job(index, data):
+            if valid is not None:
+                return early_stopping.train_stopping(name, data, valid[index], native, rounds, stopping)
+            return _train_booster(name, data, native, rounds)
 
         boosters = [None] * len(datasets)
         with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-            futures = {pool.submit(_train_booster, name, data, native, rounds): index
-                       for index, data in enumerate(datasets)}
+            futures = {pool.submit(job, index, data): index for index, data in enumerate(datasets)}
             try:
                 for future in as_completed(futures):
                     boosters[futures[future]] = future.result()
                     done += 1
-                    label = "refit on all training samples" if futures[future] == len(datasets) - 1 \
-                        else f"fold {futures[future] + 1}/{len(datasets) - 1}"
+                    if final:
+                        label = "refit on all training samples"
+                    elif valid is not None:
+                        label = f"fold {futures[future] + 1}/{len(datasets)}"
+                    else:
+                        label = "refit on all training samples" if futures[future] == len(datasets) - 1 \
+                            else f"fold {futures[future] + 1}/{len(datasets) - 1}"
                     progress.update(done / steps, f"{name}: {label}")
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -547,9 +594,28 @@ class StackEnsemble:
         if Xe.shape[0] == 0:
             return out
         threads = self._threads()
+        accelerated = getattr(self, "accelerated_", {})
         for k, name in enumerate(self.base_model_names_):
-            out[:, k] = _predict_booster(name, self.boosters_[name], Xe, threads)
+            if name in accelerated:
+                out[:, k] = accelerated[name].predict(Xe, threads)
+            else:
+                out[:, k] = _predict_booster(name, self.boosters_[name], Xe, threads)
         return out
+
+    def accelerate(self, expected_rows, *, log=None, label=""):
+        """Predict LightGBM through :class:`.compiled.LightGBMPredictor` (compiled where it pays,
+        same numbers) for a job of about ``expected_rows`` rows; needs the native member bytes
+        (a model loaded by :meth:`from_members`). Returns self."""
+        from .compiled import LightGBMPredictor
+
+        self._check_fitted()
+        members = getattr(self, "native_members_", {})
+        self.accelerated_ = {}
+        if "lightgbm" in self.base_model_names_ and "lightgbm" in members:
+            self.accelerated_["lightgbm"] = LightGBMPredictor(
+                self.boosters_["lightgbm"], members["lightgbm"], expected_rows=expected_rows, log=log,
+                label=label)
+        return self
 
     def predict(self, X, *, encoded=False):
         """Stack prediction ``intercept_ + base_predict(X) @ weights_``, (n_samples,) float64."""
@@ -644,10 +710,13 @@ class StackEnsemble:
                     seed=meta.get("seed", 42), n_threads=n_threads, feature_names=feature_names,
                     categorical=encoder.get("categorical"))
         model.boosters_ = {}
+        model.native_members_ = {}
         for name in names:
             if MODEL_FILES[name] not in members:
                 raise SmdError(f"The model file lacks {MODEL_FILES[name]} listed in meta.json.")
             model.boosters_[name] = booster_from_bytes(name, members[MODEL_FILES[name]])
+            # the member's own bytes: what compiled inference is built from and keyed by
+            model.native_members_[name] = bytes(members[MODEL_FILES[name]])
         model.encoder_ = make_encoder(feature_names, encoder.get("categorical"))
         for name, booster in model.boosters_.items():
             inputs = _n_inputs(name, booster)

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, is_integer, is_number, soil_moisture_units_hint
+from .early_stopping import DEFAULT_EARLY_STOPPING_ROUNDS
 from .outputs import FILE_KINDS, atomic_output, check_outputs, write_text_output
 from .stack import BASE_MODEL_LABELS, BASE_MODELS, check_base_models, check_params
 
@@ -37,7 +38,7 @@ MODEL_LABELS = {**BASE_MODEL_LABELS, STACK_MODEL: "Stacking"}
 #: Table-3 columns of the report rows and their headers (CSV/HTML report, Model report dialog).
 ROW_COLUMNS = (("partition", "Partition"), ("model", "Model"), ("n_train", "Train samples"),
                ("n_test", "Test samples"), ("r_train", "R (train)"), ("rmse_train", "RMSE (train)"),
-               ("r_test", "R (test)"), ("rmse_test", "RMSE (test)"))
+               ("r_test", "R (test)"), ("rmse_test", "RMSE (test)"), ("trees", "Trees"))
 ROW_FIELDS = tuple(field for field, _ in ROW_COLUMNS)
 ROW_HEADERS = tuple(header for _, header in ROW_COLUMNS)
 REPORT_EXTENSIONS = FILE_KINDS["report"]  # .html .htm .csv .json: the one list (core.outputs)
@@ -76,6 +77,10 @@ class TrainingSettings:
     fallback_to_global : bool
     n_threads : int or None
         Threads per booster; None or 0 = all cores (stored as None).
+    early_stopping_rounds : int
+        0 = off. Otherwise each fold's booster stops when its held-out fold has not improved for
+        that many rounds and the refit uses the folds' mean best iteration count
+        (:mod:`.early_stopping`); Table 3 reports the trees each learner kept.
     """
 
     base_models: tuple = BASE_MODELS
@@ -89,13 +94,15 @@ class TrainingSettings:
     min_samples: int = 50
     fallback_to_global: bool = False
     n_threads: object = None
+    early_stopping_rounds: int = DEFAULT_EARLY_STOPPING_ROUNDS
 
     #: smallest accepted value of each integer setting (also the Processing parameters' minimum;
     #: none has a maximum) and what the message adds
     MINIMUMS = {"folds": (2, "an integer of at least 2 (the paper uses 5)"),
                 "spatial_block_cells": (1, "at least 1 coarse cell"),
                 "min_samples": (1, "at least 1"),
-                "n_threads": (0, "a number of threads, or 0 / None for all cores")}
+                "n_threads": (0, "a number of threads, or 0 / None for all cores"),
+                "early_stopping_rounds": (0, "a whole number of rounds, 0 = off")}
     #: test_fraction lies strictly between these
     TEST_FRACTION_BOUNDS = (0.0, 1.0)
 
@@ -117,7 +124,7 @@ class TrainingSettings:
         if not is_integer(self.seed):
             raise SmdError(f"seed={self.seed!r}: use an integer.")
         put("params", check_params(self.params))
-        for name in ("folds", "spatial_block_cells", "min_samples", "seed"):
+        for name in ("folds", "spatial_block_cells", "min_samples", "seed", "early_stopping_rounds"):
             put(name, int(getattr(self, name)))
         put("test_fraction", float(self.test_fraction))
         put("train_global", bool(self.train_global))
@@ -298,12 +305,18 @@ def _metric_rows(label, model, X_train, y_train, X_test, y_test):
     # the stack's test predictions, kept for the report's observed-vs-predicted density scatter
     test_samples = {"observed": np.asarray(y_test, dtype="float32"),
                     "predicted": np.asarray(test_pred[:, -1], dtype="float32")}
+    # trees each learner predicts with (the refit's; the stack: all of them)
+    trees = {name: int(record["refit"]) for name, record in getattr(model, "trees_", {}).items()}
+    if trees:
+        trees[STACK_MODEL] = sum(trees.values())
     rows = []
     for k, name in enumerate(list(model.base_model_names_) + [STACK_MODEL]):
         rows.append({"partition": label, "model": MODEL_LABELS[name], "n_train": int(len(y_train)),
                      "n_test": int(len(y_test)),
                      "r_train": r(train_pred[:, k], y_train), "rmse_train": rmse(train_pred[:, k], y_train),
                      "r_test": r(test_pred[:, k], y_test), "rmse_test": rmse(test_pred[:, k], y_test)})
+        if name in trees:
+            rows[-1]["trees"] = trees[name]
     return rows, test_samples
 
 
@@ -388,7 +401,8 @@ def _fit_one(samples, index, label, settings, categorical, progress):
         cv = GroupKFold(folds)
     model = StackEnsemble(base_models=settings.base_models, n_folds=folds, params=settings.params,
                           seed=settings.seed, n_threads=settings.n_threads,
-                          feature_names=samples.predictor_names, categorical=categorical)
+                          feature_names=samples.predictor_names, categorical=categorical,
+                          early_stopping_rounds=settings.early_stopping_rounds)
     model.fit(samples.X[train], samples.y[train], groups=groups, cv=cv, progress=progress)
     rows, test_samples = _metric_rows(label, model, samples.X[train], samples.y[train], samples.X[test],
                                       samples.y[test])

@@ -209,3 +209,168 @@ def test_series_warper_equals_per_band_warp_bit_for_bit(tmp_path, case):
             assert got.dtype == np.float32 and got.shape == grid.shape
             assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), (case, band)
         assert warper.reads < len(order)
+
+
+# -- early stopping: each fold stops on its held-out fold, the refit uses the mean best ----------
+
+@pytest.mark.parametrize("learner", ["xgboost", "lightgbm", "catboost"])
+def test_fold_stops_on_its_held_out_fold(learner):
+    from smdownscale.core import early_stopping as es
+    from smdownscale.core.stack import _Binned, _predict_booster, _split_params
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, size=(1500, 4)).astype(np.float32)
+    y = (0.2 + 0.3 * X[:, 0] + 0.02 * rng.normal(size=X.shape[0])).astype(np.float32)
+    native, rounds = _split_params(learner, {"n_estimators": 400, "learning_rate": 0.3}, 1, 1)
+    binned = _Binned(learner, X, y, native)
+    train, test = np.arange(0, 1200), np.arange(1200, 1500)
+    data = binned.subset(train)
+    booster, best = es.train_stopping(learner, data, es.validation_set(binned, data, test), native, rounds, 10)
+    assert 1 <= best < rounds                      # stopped well before 400 rounds
+    assert es.n_trees(learner, booster) == best    # the booster keeps only the best trees
+    prediction = _predict_booster(learner, booster, X[test], 1)
+    assert np.sqrt(np.mean((prediction - y[test]) ** 2)) < 0.05
+
+
+def test_refit_rounds_is_the_mean_best_iteration():
+    from smdownscale.core import early_stopping as es
+
+    assert es.refit_rounds([10, 11, 13, 20, 21]) == 15
+    assert es.refit_rounds([1, 1]) == 1 and es.refit_rounds([0]) == 1
+    assert es.check_early_stopping_rounds(0) == 0
+    with pytest.raises(ValueError):
+        es.check_early_stopping_rounds(-1)
+
+
+# -- the stack: early stopping and compiled LightGBM in its predict path -------------------------
+
+def _stack_data(n=1500, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, size=(n, 4)).astype(np.float32)
+    X[:, 3] = rng.integers(1, 4, size=n)
+    y = (0.2 + 0.3 * X[:, 0] + 0.05 * X[:, 1] + 0.02 * X[:, 3] + 0.01 * rng.normal(size=n)).astype(np.float32)
+    return X, y
+
+
+def test_early_stopping_refit_uses_the_folds_mean_best_iteration():
+    from smdownscale.core import early_stopping as es
+    from smdownscale.core.stack import StackEnsemble
+
+    X, y = _stack_data()
+    params = {name: {"n_estimators": 300, "learning_rate": 0.3} for name in ("xgboost", "lightgbm", "catboost")}
+    stack = StackEnsemble(params=params, n_folds=3, seed=1, n_threads=2, categorical=["x3"],
+                          early_stopping_rounds=10).fit(X, y)
+    for name, trees in stack.trees_.items():
+        assert len(trees["folds"]) == 3 and all(1 <= t < 300 for t in trees["folds"]), (name, trees)
+        assert trees["refit"] == es.refit_rounds(trees["folds"]), (name, trees)
+        assert es.n_trees(name, stack.boosters_[name]) == trees["refit"]
+    fixed = StackEnsemble(params=params, n_folds=3, seed=1, n_threads=2, categorical=["x3"]).fit(X, y)
+    assert all(t == {"folds": [300] * 3, "refit": 300} for t in fixed.trees_.values())
+
+
+@needs_lleaves
+def test_stack_with_compiled_lightgbm_equals_native(cache, monkeypatch):
+    from smdownscale.core.stack import StackEnsemble
+
+    X, y = _stack_data(seed=2)
+    params = {name: {"n_estimators": 60} for name in ("xgboost", "lightgbm", "catboost")}
+    fitted = StackEnsemble(params=params, n_folds=3, seed=1, n_threads=2, categorical=["x3"]).fit(X, y)
+    loaded = StackEnsemble.from_members(fitted.to_members(), n_threads=2)
+    native = loaded.predict(X)
+    monkeypatch.setenv(compiled.ENV_MODE, "always")
+    lines = []
+    loaded.accelerate(X.shape[0], log=lines.append, label="p0")
+    fast = np.concatenate([loaded.predict(X[:700]), loaded.predict(X[700:])])
+    assert loaded.accelerated_["lightgbm"].path == "compiled"
+    assert np.max(np.abs(fast - native)) <= 1e-6
+    assert len(lines) == 1 and lines[0].endswith("[p0]")
+
+
+def _all_bits(folder):
+    import glob
+
+    import rasterio
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*.tif"))):
+        with rasterio.open(path) as src:
+            out[os.path.relpath(path, folder)] = src.read()
+    return out
+
+
+class _PerBandWarper:
+    """Today's path: one GDAL warp of each band on its own, straight from the file."""
+
+    def __init__(self, src, nodata, grid, resampling, order, **_):
+        self.src, self.nodata, self.grid, self.resampling = src, nodata, grid, resampling
+
+    def get(self, band):
+        import rasterio
+
+        from smdownscale.core.preprocess import _warp
+
+        return _warp(rasterio.band(self.src, band), self.nodata, self.grid, self.resampling)
+
+
+def test_preprocess_fast_path_gives_the_same_bits(tmp_path, monkeypatch):
+    from smdownscale.core import preprocess as pre
+    from smdownscale.core.fastread import aligned_window
+    from smdownscale.demo.scenario import make_scenario
+
+    import rasterio
+
+    scenario = make_scenario(str(tmp_path / "scenario"), size="small")
+    kwargs = dict(categorical=("lc",), mask_classes={"lc": [0]}, fine_resolution=1000.0)
+    pre.preprocess(scenario["predictors"], scenario["soil_moisture"], str(tmp_path / "fast"), **kwargs)
+    fast = pre.Dataset.open(str(tmp_path / "fast"))
+    copied = 0
+    for path in scenario["predictors"]:
+        with rasterio.open(path) as src:
+            copied += aligned_window(src, fast.fine_grid) is not None
+    assert copied, "the scenario should have inputs on the fine grid (copy path)"
+    assert copied < len(scenario["predictors"]), "and inputs that need a warp"
+    # today's algorithm: date after date, one warp per band and per date
+    monkeypatch.setattr(pre, "SeriesWarper", _PerBandWarper)
+    monkeypatch.setattr(pre, "_dates_per_chunk", lambda grid, n_dates: 1)
+    pre.preprocess(scenario["predictors"], scenario["soil_moisture"], str(tmp_path / "today"), **kwargs)
+    a, b = _all_bits(str(tmp_path / "fast")), _all_bits(str(tmp_path / "today"))
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        assert np.array_equal(a[name].view(np.uint32), b[name].view(np.uint32)), name
+
+
+@needs_lleaves
+def test_predict_compiled_equals_native_and_logs_the_path(tmp_path, cache, monkeypatch):
+    import rasterio
+
+    from smdownscale.core.common import Progress
+    from smdownscale.core.predict import predict
+    from smdownscale.core.preprocess import preprocess
+    from smdownscale.core.stack import learner_params
+    from smdownscale.core.train import TrainingSettings, train_model
+    from smdownscale.demo.scenario import make_scenario
+
+    scenario = make_scenario(str(tmp_path / "scenario"), size="small")
+    dataset = str(tmp_path / "dataset")
+    preprocess(scenario["predictors"], scenario["soil_moisture"], dataset, categorical=("lc",),
+               mask_classes={"lc": [0]}, fine_resolution=1000.0)
+    model = str(tmp_path / "model.smdmodel.zip")
+    report = train_model(dataset, model, settings=TrainingSettings(
+        folds=3, params=learner_params(("xgboost", "lightgbm", "catboost"), n_estimators=40),
+        early_stopping_rounds=5))
+    assert all(isinstance(row.get("trees"), int) and row["trees"] >= 1 for row in report.rows())
+    outputs, logs = {}, {}
+    for mode in ("off", "always"):
+        monkeypatch.setenv(compiled.ENV_MODE, mode)
+        compiled.clear_process_state()
+        lines = []
+        progress = Progress()
+        monkeypatch.setattr(progress, "info", lines.append, raising=False)
+        predict(dataset, model, str(tmp_path / f"{mode}.tif"), progress=progress)
+        with rasterio.open(str(tmp_path / f"{mode}.tif")) as src:
+            outputs[mode] = src.read()
+        logs[mode] = [line for line in lines if "LightGBM" in line]
+    assert np.array_equal(np.isnan(outputs["off"]), np.isnan(outputs["always"]))
+    assert np.nanmax(np.abs(outputs["off"] - outputs["always"])) <= 1e-6
+    assert logs["off"] and all("native" in line for line in logs["off"])
+    assert logs["always"] and all("compiled prediction" in line for line in logs["always"])

@@ -46,6 +46,7 @@ class TrainAlgorithm(SmdAlgorithm):
     TRAIN_GLOBAL = "TRAIN_GLOBAL"
     FALLBACK_TO_GLOBAL = "FALLBACK_TO_GLOBAL"
     THREADS = "THREADS"
+    EARLY_STOPPING_ROUNDS = "EARLY_STOPPING_ROUNDS"
     OUTPUT_MODEL = "OUTPUT_MODEL"
     OUTPUT_REPORT = "OUTPUT_REPORT"
     R_TEST = "R_TEST"
@@ -131,7 +132,12 @@ class TrainAlgorithm(SmdAlgorithm):
                  "A partition with fewer coarse samples is an error (or uses the "
                  "global model, see below)."),
                 (self.THREADS, "Threads per learner (0 = all cores)", QgsProcessingParameterNumber.Integer,
-                 0, MINIMUMS["n_threads"], None, "CPU threads each learner uses.")):
+                 0, MINIMUMS["n_threads"], None, "CPU threads each learner uses."),
+                (self.EARLY_STOPPING_ROUNDS, "Early stopping rounds (0 = off)",
+                 QgsProcessingParameterNumber.Integer, DEFAULTS.early_stopping_rounds,
+                 MINIMUMS["early_stopping_rounds"], None,
+                 "Each fold's learner stops when its held-out fold has not improved for this many "
+                 "rounds; the final learner uses the folds' mean number of trees.")):
             param = QgsProcessingParameterNumber(name, tr(label), kind, defaultValue=default, minValue=minimum)
             if maximum is not None:
                 param.setMaximum(maximum)
@@ -175,7 +181,8 @@ class TrainAlgorithm(SmdAlgorithm):
             train_global=self.parameterAsBoolean(parameters, self.TRAIN_GLOBAL, context),
             min_samples=self.parameterAsInt(parameters, self.MIN_SAMPLES, context),
             fallback_to_global=self.parameterAsBoolean(parameters, self.FALLBACK_TO_GLOBAL, context),
-            n_threads=self.parameterAsInt(parameters, self.THREADS, context))
+            n_threads=self.parameterAsInt(parameters, self.THREADS, context),
+            early_stopping_rounds=self.parameterAsInt(parameters, self.EARLY_STOPPING_ROUNDS, context))
 
     def parameter_error(self, parameters, context):
         error = dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
@@ -217,6 +224,8 @@ class TrainAlgorithm(SmdAlgorithm):
         results = {self.OUTPUT_MODEL: model_path}
         if report_path:
             results[self.OUTPUT_REPORT] = report_path
+        if report_path and report.get("report_seconds") is not None:
+            feedback.pushInfo(tr("report written in {:.1f} s: {}").format(report["report_seconds"], report_path))
         for warning in report.get("warnings", []):
             feedback.pushWarning(warning)
         for line in report.row_lines():
