@@ -7,6 +7,7 @@ Phases
 ------
 data         synthetic scenario (500 x 450 km at 1 km, 214 daily dates, 5 partitions) + preprocess
 train        core.train.train_model, per partition, no global model
+train_es     the same with EARLY_STOPPING_ROUNDS (env SMD_BENCH_ES, default 20): time, trees, test RMSE
 naive_train  sklearn StackingRegressor(XGB, LGBM, CatBoost; LinearRegression(positive=True), cv=5)
              per partition on the same samples and the same 7:3 split; then whole-array
              prediction of PREDICT_DATES dates held in memory at once
@@ -82,23 +83,35 @@ def _samples_and_split(work):
     return dataset, partitions, samples, split_train_test
 
 
-def phase_train(work):
+def phase_train(work, early_stopping_rounds=0):
     from smdownscale.core.train import train_model
 
     p = paths(work)
     from smdownscale.core.partitions import Partitions
 
     partitions = Partitions.from_file(os.path.join(p["scenario"], "partitions.gpkg"), "name")
+    model_path = p["model"] if not early_stopping_rounds else p["model"].replace(".smdmodel", "_es.smdmodel")
     started = time.time()
-    report = train_model(p["dataset"], p["model"], partitions=partitions, train_global=False, seed=42)
+    report = train_model(p["dataset"], model_path, partitions=partitions, train_global=False, seed=42,
+                         early_stopping_rounds=early_stopping_rounds)
     wall = time.time() - started
     rows = [row for row in report.rows() if row["model"] == "Stacking"]
     n_test = sum(row["n_test"] for row in rows)
     n_train = sum(row["n_train"] for row in rows)
     # pooled test RMSE over partitions (sample-weighted mean of squared errors)
     rmse = float(np.sqrt(sum(row["rmse_test"] ** 2 * row["n_test"] for row in rows) / n_test))
-    return {"train_s": round(wall, 1), "samples": n_train + n_test, "test_rmse_stack": round(rmse, 5),
-            "per_partition": rows, "peak_rss_mb": round(peak_rss_mb())}
+    trees = {}
+    for row in report.rows():
+        trees.setdefault(row["model"], []).append(row.get("trees"))
+    suffix = "_es" if early_stopping_rounds else ""
+    return {f"train{suffix}_s": round(wall, 1), "samples": n_train + n_test,
+            f"test_rmse_stack{suffix}": round(rmse, 6), "early_stopping_rounds": early_stopping_rounds,
+            "trees_per_partition": trees, "per_partition": rows, "peak_rss_mb": round(peak_rss_mb())}
+
+
+def phase_train_es(work):
+    """train with EARLY_STOPPING_ROUNDS (SMD_BENCH_ES, default 20) into a model of its own."""
+    return phase_train(work, early_stopping_rounds=int(os.environ.get("SMD_BENCH_ES", "20")))
 
 
 def _naive_stack(seed, n_threads):
@@ -177,8 +190,13 @@ def phase_predict(work, compiled_mode="off"):
 
     p = paths(work)
     output = p["prediction"] if compiled_mode == "off" else p["prediction"].replace(".tif", "_compiled.tif")
+    from smdownscale.core.common import Progress
+
+    lines = []
+    progress = Progress()
+    progress.info = lambda message: lines.append(message) if "LightGBM" in message else None
     started = time.time()
-    info = predict(p["dataset"], p["model"], output)
+    info = predict(p["dataset"], p["model"], output, progress=progress)
     wall = time.time() - started
     from smdownscale.core.dataset import Dataset
 
@@ -187,7 +205,8 @@ def phase_predict(work, compiled_mode="off"):
     result = {"predict_s": round(wall, 1), "grid_pixels": pixels, "pixels_per_s": round(pixels / wall),
               "valid_pixels_predicted": info["pixels_predicted"],
               "valid_pixels_per_s": round(info["pixels_predicted"] / wall),
-              "peak_rss_mb": round(peak_rss_mb()), "compiled_mode": compiled_mode}
+              "peak_rss_mb": round(peak_rss_mb()), "compiled_mode": compiled_mode,
+              "lightgbm_paths": lines}
     if compiled_mode != "off" and os.path.exists(p["prediction"]):
         import rasterio
 
@@ -202,7 +221,8 @@ def phase_predict(work, compiled_mode="off"):
 
 
 def phase_predict_compiled(work):
-    return phase_predict(work, compiled_mode="auto")
+    """predict with SMDOWNSCALE_COMPILED = SMD_BENCH_COMPILED (default auto), cold cache."""
+    return phase_predict(work, compiled_mode=os.environ.get("SMD_BENCH_COMPILED", "auto"))
 
 
 def _raw_features(work):
@@ -389,7 +409,8 @@ def make_big_dataset(source_folder, folder, size):
         os.symlink(os.path.join(source_folder, "coarse"), os.path.join(folder, "coarse"))
 
 
-PHASES = {"data": phase_data, "train": phase_train, "naive": phase_naive, "predict": phase_predict,
+PHASES = {"data": phase_data, "train": phase_train, "train_es": phase_train_es,
+          "naive": phase_naive, "predict": phase_predict,
           "predict_compiled": phase_predict_compiled, "raw": phase_raw, "prep_ref": phase_prep_ref, "big": phase_big}
 
 
@@ -425,22 +446,23 @@ def main():
         with open(previous_path) as handle:
             previous = json.load(handle)
         results.update({name: previous[name] for name in args.skip if name in previous})
-    for name in ("data", "prep_ref", "train", "naive", "predict", "predict_compiled", "raw", "big"):
+    for name in ("data", "prep_ref", "train", "train_es", "naive", "predict", "predict_compiled", "raw", "big"):
         if name in args.skip:
             continue
         print(f"phase {name} ...", file=sys.stderr, flush=True)
         results[name] = run_phase(name, args.work)
         print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     train, naive, pred, raw = (results.get(k, {}) for k in ("train", "naive", "predict", "raw"))
-    fast, data, ref = (results.get(k, {}) for k in ("predict_compiled", "data", "prep_ref"))
+    fast, data, ref, es = (results.get(k, {}) for k in ("predict_compiled", "data", "prep_ref", "train_es"))
     ratios = results["ratios"] = {}
     for key, compute in (
             ("prediction_compiled_vs_naive", lambda: fast["pixels_per_s"] / naive["predict_pixels_per_s"]),
             ("prediction_compiled_vs_native", lambda: fast["pixels_per_s"] / pred["pixels_per_s"]),
             ("raw_stack_compiled_vs_native", lambda: raw["compiled"]["stack_speedup_vs_native"]),
             ("preprocess_vs_gdal_single_pass", lambda: data["preprocess_s"] / ref["gdal_single_pass_s"]),
-            ("training_es_speedup_vs_naive", lambda: naive["train_s"] / train["train_es_s"]),
-            ("test_rmse_es_minus_naive", lambda: train["test_rmse_stack_es"] - naive["test_rmse_stack"])):
+            ("training_es_speedup_vs_naive", lambda: naive["train_s"] / es["train_es_s"]),
+            ("test_rmse_es_minus_naive", lambda: es["test_rmse_stack_es"] - naive["test_rmse_stack"]),
+            ("test_rmse_es_minus_no_es", lambda: es["test_rmse_stack_es"] - train["test_rmse_stack"])):
         try:
             ratios[key] = round(compute(), 5 if "rmse" in key else 2)
         except (KeyError, TypeError, ZeroDivisionError):
