@@ -36,6 +36,9 @@ def run_algorithm(algorithm, **parameters):
     text = completed.stdout
     result = json.loads(text[text.index("{"):])
     print(f"  smdownscale:{algorithm:<12} {time.time() - started:6.1f} s")
+    for line in (result.get("log") or {}).get("info", []):
+        if line.startswith("report written in"):  # the HTML report's share of that time
+            print(f"    {line.split(':', 1)[0]}")
     return result["results"]
 
 
