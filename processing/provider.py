@@ -40,6 +40,10 @@ class ShippedModel(QgsProcessingModelAlgorithm):
         copy = ShippedModel()
         copy.loadVariant(self.toVariant())
         copy.order_inputs()
+        if copy.name() == "downscaling_chain":
+            from .models.chain_layout import apply_output_defaults
+
+            apply_output_defaults(copy)  # the remembered output folder, not temporary files
         return copy
 
     def order_inputs(self):

@@ -170,7 +170,7 @@ def test_a_run_gives_the_chain_outputs_without_blocking(dialog, scenario, qtbot,
     # outputs moved into the folder, nothing else left there
     expected = {name for role, name in OUTPUT_FILES.items()
                 if role != "period_report" or "smdownscale:summarize" in run.results}
-    assert set(os.listdir(folder)) == expected
+    assert {n for n in os.listdir(folder) if not n.endswith(("-wal", "-shm"))} == expected   # sqlite's own
     # the same as the shipped chain with the same inputs and settings
     chain = tmp_path / "chain"
     chain.mkdir()
@@ -188,7 +188,16 @@ def test_a_run_gives_the_chain_outputs_without_blocking(dialog, scenario, qtbot,
     names = [layer.name() for layer in QgsProject.instance().mapLayers().values()]
     dates = scenario["dates"]
     assert f"Downscaled soil moisture {dates[0]} to {dates[-1]} ({len(dates)} dates)" in names
-    assert "Validation points" in names
+    product_layers = sorted(n for n in names if n.startswith("Validation points: "))
+    assert product_layers[0] == "Validation points: SMAP soil moisture (coarse) " + \
+        f"{dates[0]} to {dates[-1]} ({len(dates)} dates)" and "Validation points: downscaled_soil_moisture" in names
+    assert len(product_layers) == 2                          # one layer per product
+    # the chain's dialog now defaults its outputs to the remembered folder
+    from qgis.core import QgsApplication
+
+    chain_copy = QgsApplication.processingRegistry().createAlgorithmById("smdownscale:downscaling_chain")
+    assert chain_copy.parameterDefinition("predict:Downscaled soil moisture").defaultValue() == \
+        str(folder / OUTPUT_FILES["downscaled"])
     assert dialog.report_buttons["validation_report"].isEnabled()
     from qgis.core import QgsSettings
 

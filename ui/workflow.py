@@ -28,11 +28,12 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, 
                                  QWidget)
 
 from ..processing.models.chain_layout import OUTPUT_FILES
+from ..processing.models.chain_layout import OUTPUT_FOLDER_SETTING as _CHAIN_FOLDER_SETTING
 from ..resources import tr
 from .date_dock import band_dates, series_layer_name
 
 #: QgsSettings key of the output folder the dialog remembers
-OUTPUT_FOLDER_SETTING = "smdownscale/workflow_output_folder"
+OUTPUT_FOLDER_SETTING = _CHAIN_FOLDER_SETTING  # "smdownscale/workflow_output_folder", shared with the chain
 #: (algorithm id, share of the progress bar)
 STEPS = (("smdownscale:preprocess", 0.15), ("smdownscale:train", 0.55), ("smdownscale:predict", 0.15),
          ("smdownscale:validate", 0.1), ("smdownscale:summarize", 0.05))
@@ -741,9 +742,21 @@ class WorkflowDialog(QDialog):
         if path:
             layer = QgsVectorLayer(path, tr("Validation points"), "ogr")
             if layer.isValid():
-                layer.setRenderer(ubrmse_renderer(layer.geometryType()))
-                QgsProject.instance().addMapLayer(layer)
-                added["validation"] = layer
+                # one layer per product (a subset of the same file), so their points do not overlap
+                index = layer.fields().lookupField("product")
+                products = sorted(str(v) for v in layer.uniqueValues(index)) if index >= 0 else []
+                root = QgsProject.instance().layerTreeRoot()
+                group = root.insertGroup(0, tr("Validation points")) if len(products) > 1 else None
+                for product in products or [None]:
+                    item = QgsVectorLayer(path, tr("Validation points: {}").format(product) if product
+                                          else tr("Validation points"), "ogr")
+                    if product is not None:
+                        item.setSubsetString("\"product\" = '{}'".format(product.replace("'", "''")))
+                    item.setRenderer(ubrmse_renderer(item.geometryType()))
+                    QgsProject.instance().addMapLayer(item, group is None)
+                    if group is not None:
+                        group.addLayer(item)
+                    added.setdefault("validation", []).append(item)
         return added
 
     def open_report(self, role):

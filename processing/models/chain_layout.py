@@ -47,3 +47,38 @@ def order_model_inputs(model, order=INPUT_ORDER):
         model.addModelParameter(definition, component)
     model.updateDestinationParameters()
     return [definition.name() for definition in model.parameterDefinitions()]
+
+
+#: QgsSettings key of the output folder the chain's dialog and the workflow dialog default to
+#: (the workflow dialog writes it; the same key as ui.workflow.OUTPUT_FOLDER_SETTING)
+OUTPUT_FOLDER_SETTING = "smdownscale/workflow_output_folder"
+#: model output role -> child algorithm of the chain
+OUTPUT_CHILDREN = {"dataset": "preprocess", "model": "train", "report": "train", "downscaled": "predict",
+                   "validation": "validate", "validation_report": "validate", "period_report": "summarize"}
+
+
+def output_parameter_names():
+    """role -> the chain's destination parameter name (``predict:Downscaled soil moisture``)."""
+    return {role: f"{OUTPUT_CHILDREN[role]}:{name}" for role, name in OUTPUT_NAMES.items()}
+
+
+def apply_output_defaults(model, folder=None):
+    """Default every chain output to a file in ``folder`` (default: the remembered output folder
+    of the QgsSettings), so nothing goes to a temporary location unless asked; returns
+    ``{parameter name: path}`` of the defaults set (empty when no folder is known)."""
+    import os
+
+    if folder is None:
+        from qgis.core import QgsSettings
+
+        folder = QgsSettings().value(OUTPUT_FOLDER_SETTING, "") or ""
+    if not folder or not os.path.isdir(folder):
+        return {}
+    applied = {}
+    for role, name in output_parameter_names().items():
+        definition = model.parameterDefinition(name)
+        if definition is not None:
+            path = os.path.join(folder, OUTPUT_FILES[role])
+            definition.setDefaultValue(path)
+            applied[name] = path
+    return applied
