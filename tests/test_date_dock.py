@@ -109,3 +109,20 @@ def test_dock_follows_the_current_layer(qgis_app, qgis_iface, qtbot, demo_layers
     qgis_iface.currentLayerChanged.emit(demo_layers["stations"])
     assert dock.layer is None
     dock.disconnect_signals()
+
+
+def test_load_demo_data_writes_the_scenario_and_adds_its_layers(qgis_app, qgis_iface, qgis_new_project, tmp_path,
+                                                                 monkeypatch):
+    from qgis.core import QgsProject, QgsSettings
+
+    from smdownscale.ui.demo_data import DEMO_FOLDER_SETTING, load_demo_data
+
+    pushed = []
+    monkeypatch.setattr(qgis_iface.messageBar(), "pushSuccess", lambda *a: pushed.append(a), raising=False)
+    scenario, layers = load_demo_data(qgis_iface, str(tmp_path / "demo"))
+    assert os.path.isfile(scenario["soil_moisture"]) and os.path.isfile(tmp_path / "demo" / "scenario.json")
+    assert {"soil_moisture", "partitions", "stations", "predictor:lc"} <= set(layers)
+    assert all(layer.id() in QgsProject.instance().mapLayers() for layer in layers.values())
+    assert QgsSettings().value(DEMO_FOLDER_SETTING) == str(tmp_path)
+    assert pushed and str(tmp_path / "demo") in pushed[0][1]
+    QgsProject.instance().removeAllMapLayers()
