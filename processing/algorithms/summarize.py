@@ -98,7 +98,7 @@ class SummarizeAlgorithm(SmdAlgorithm):
         feedback.pushInfo(tr("{} dates summarised ({} .. {}); {} of {} pixels have a valid date").format(
             len(result["dates"]), result["dates"][0], result["dates"][-1], result["pixels_valid"], result["pixels"]))
         if report:
-            feedback.pushInfo(tr("report written in {} s: {}").format(result.get("report_seconds"), report))
+            feedback.pushInfo(tr("report written in {:.1f} s: {}").format(result.get("report_seconds") or 0.0, report))
         if outputs[self.OUTPUT_MEAN]:
             style_on_load(context, outputs[self.OUTPUT_MEAN], SoilMoistureStyle)
         answer = {name: path for name, path in outputs.items() if path}
