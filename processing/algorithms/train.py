@@ -6,6 +6,7 @@ the outputs.
 """
 from qgis.core import (
     QgsFeatureRequest,
+    QgsWkbTypes,
     QgsProcessing,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
@@ -192,6 +193,10 @@ class TrainAlgorithm(SmdAlgorithm):
         if error:
             return error
         source = self.parameterAsSource(parameters, self.PARTITIONS, context)
+        if source is not None and QgsWkbTypes.geometryType(source.wkbType()) != QgsWkbTypes.PolygonGeometry:
+            return tr("The partition layer holds {} geometries; partitions must be polygons (one per terrain "
+                      "region with a name field). Leave it empty to train one global model.").format(
+                QgsWkbTypes.geometryDisplayString(QgsWkbTypes.geometryType(source.wkbType())).lower())
         if source is not None:
             error = core_error(check_partition_layer, PARTITION_LAYER, source.fields().names(),
                                self.parameterAsString(parameters, self.PARTITION_FIELD, context),
@@ -215,6 +220,10 @@ class TrainAlgorithm(SmdAlgorithm):
                 source, self.parameterAsString(parameters, self.PARTITION_FIELD, context),
                 source_path=layer.source() if layer is not None else None)
             feedback.pushInfo(tr("Partitions: {}").format(", ".join(partitions.names)))
+        else:
+            feedback.pushWarning(tr("No partition layer: one global model is trained for the whole area. "
+                                    "Partitions must be a polygon layer (point and line layers are not offered "
+                                    "in the partition list)."))
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         with core_errors():
