@@ -330,3 +330,43 @@ def qgis_python():
         names = [os.path.join(sys.exec_prefix, "bin", f"python{version}"),
                  os.path.join(sys.exec_prefix, "bin", "python3")]
     return next((path for path in names if os.path.isfile(path)), found)
+
+
+# --- soil-moisture series layers ---------------------------------------------------------------
+
+def band_dates(layer):
+    """The ISO date of every band of a raster layer (from its band descriptions / names), or
+    None when the layer is not a dated series (fewer than two bands, or a band without a date)."""
+    import re
+
+    from qgis.core import QgsRasterLayer
+
+    if not isinstance(layer, QgsRasterLayer) or not layer.isValid() or layer.bandCount() < 2:
+        return None
+    iso = re.compile(r"(\d{4}-\d{2}-\d{2})")
+    provider = layer.dataProvider()
+    dates = []
+    for band in range(1, layer.bandCount() + 1):
+        text = ""
+        if hasattr(provider, "bandDescription"):
+            text = provider.bandDescription(band) or ""
+        if not iso.search(text):
+            text = layer.bandName(band) or ""
+        match = iso.search(text)
+        if match is None:
+            return None
+        dates.append(match.group(1))
+    return dates
+
+
+def series_layer_name(product, dates):
+    """Layer name carrying the product and the date range: ``"Downscaled SM 2019-04-01 to
+    2019-04-30 (30 dates)"``; one date: ``"<product> 2019-04-01"``; a name that already ends with
+    the range is kept."""
+    dates = list(dates or [])
+    if not dates:
+        return product
+    suffix = dates[0] if len(dates) == 1 else tr("{} to {} ({} dates)").format(dates[0], dates[-1], len(dates))
+    if product.endswith(suffix):
+        return product
+    return f"{product} {suffix}"

@@ -185,6 +185,12 @@ class SoilMoistureStyle(QgsProcessingLayerPostProcessorInterface):
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API)
         if layer is not None and layer.isValid():
             layer.setRenderer(soil_moisture_renderer(layer))
+            # a series is named with its product and date range (the date dock steps through it)
+            from ..resources import band_dates, series_layer_name
+
+            dates = band_dates(layer)
+            if dates:
+                layer.setName(series_layer_name(layer.name(), dates))
             layer.triggerRepaint()
 
 

@@ -126,3 +126,20 @@ def test_load_demo_data_writes_the_scenario_and_adds_its_layers(qgis_app, qgis_i
     assert QgsSettings().value(DEMO_FOLDER_SETTING) == str(tmp_path)
     assert pushed and str(tmp_path / "demo") in pushed[0][1]
     QgsProject.instance().removeAllMapLayers()
+
+
+def test_loaded_series_outputs_are_named_with_their_date_range(qgis_app, scenario):
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsRasterLayer
+
+    from smdownscale.processing.layers import SoilMoistureStyle
+
+    dates = scenario["dates"]
+    layer = QgsRasterLayer(scenario["soil_moisture"], "Fine soil moisture", "gdal")
+    style = SoilMoistureStyle()
+    style.postProcessLayer(layer, QgsProcessingContext(), QgsProcessingFeedback())
+    assert layer.name() == f"Fine soil moisture {dates[0]} to {dates[-1]} ({len(dates)} dates)"
+    style.postProcessLayer(layer, QgsProcessingContext(), QgsProcessingFeedback())
+    assert layer.name().count(dates[0]) == 1                 # not appended twice
+    static = QgsRasterLayer(next(p for p in scenario["predictors"] if p.endswith("dem.tif")), "mean", "gdal")
+    style.postProcessLayer(static, QgsProcessingContext(), QgsProcessingFeedback())
+    assert static.name() == "mean"                             # one band: no dates to show

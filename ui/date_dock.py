@@ -7,49 +7,14 @@ large type; optionally the map canvas' temporal controller drives it (the band w
 latest one not after the start of the controller's current range).
 """
 import datetime as _dt
-import re
 
-from qgis.core import QgsMapLayerType, QgsProject, QgsRasterLayer
+from qgis.core import QgsMapLayerType, QgsProject
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtGui import QFont
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDockWidget, QHBoxLayout, QLabel, QPushButton, QSlider,
                                  QVBoxLayout, QWidget)
 
-from ..resources import tr
-
-_ISO_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
-
-
-def band_dates(layer):
-    """The ISO date of every band of a raster layer (from its band descriptions / names), or
-    None when the layer is not a dated series (fewer than two bands, or a band without a date)."""
-    if not isinstance(layer, QgsRasterLayer) or not layer.isValid() or layer.bandCount() < 2:
-        return None
-    provider = layer.dataProvider()
-    dates = []
-    for band in range(1, layer.bandCount() + 1):
-        text = ""
-        if hasattr(provider, "bandDescription"):
-            text = provider.bandDescription(band) or ""
-        if not _ISO_DATE.search(text):
-            text = layer.bandName(band) or ""
-        match = _ISO_DATE.search(text)
-        if match is None:
-            return None
-        dates.append(match.group(1))
-    return dates
-
-
-def series_layer_name(product, dates):
-    """Layer name carrying the product and the date range: ``"Downscaled SM 2019-04-01 to
-    2019-04-30 (30 dates)"``; one date: ``"<product> 2019-04-01"``."""
-    dates = list(dates or [])
-    if not dates:
-        return product
-    if len(dates) == 1:
-        return f"{product} {dates[0]}"
-    return tr("{} {} to {} ({} dates)").format(product, dates[0], dates[-1], len(dates))
-
+from ..resources import band_dates, series_layer_name, tr  # noqa: F401 - re-exported
 
 def current_band(layer):
     """The band the layer's renderer draws (1-based), None for renderers without one band."""
