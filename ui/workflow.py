@@ -47,6 +47,16 @@ def predictor_name(layer):
     return os.path.splitext(os.path.basename(layer.source().split("|")[0]))[0]
 
 
+def _train_options():
+    """(base model labels, CV strategy labels) in the order of train's enum parameters (its
+    indexes are what the dialog passes); the defaults when train is not registered."""
+    train = QgsApplication.processingRegistry().algorithmById("smdownscale:train")
+    if train is None:
+        return list(BASE_MODEL_NAMES), [tr(n) for n in CV_NAMES]
+    return (list(train.parameterDefinition("BASE_MODELS").options()),
+            list(train.parameterDefinition("CV_STRATEGY").options()))
+
+
 class _Feedback(QgsProcessingFeedback):
     """Processing feedback forwarding the algorithms' messages as a Qt signal (queued into the GUI)."""
 
@@ -319,7 +329,8 @@ class WorkflowDialog(QDialog):
         row = QHBoxLayout(models)
         row.setContentsMargins(0, 0, 0, 0)
         self.base_model_checks = []
-        for name in BASE_MODEL_NAMES:
+        base_models, cv_names = _train_options()
+        for name in base_models:
             check = QCheckBox(name, models)
             check.setChecked(True)
             check.toggled.connect(lambda _c: self.validate())
@@ -331,7 +342,7 @@ class WorkflowDialog(QDialog):
         self.folds_spin.setValue(5)
         form.addRow(tr("Cross-validation folds"), self.folds_spin)
         self.cv_combo = QComboBox(page)
-        self.cv_combo.addItems([tr(n) for n in CV_NAMES])
+        self.cv_combo.addItems(cv_names)
         form.addRow(tr("Cross-validation strategy"), self.cv_combo)
         self.residual_check = QCheckBox(tr("Shift fine pixels so they average to the coarse value"), page)
         form.addRow(tr("Residual correction"), self.residual_check)
