@@ -60,7 +60,7 @@ class ValidationResult:
     product and partition follows the product rows (same keys).
     """
 
-    def __init__(self, per_site, summary, unmatched, *, outlines=None, timeseries=None):
+    def __init__(self, per_site, summary, unmatched, *, outlines=None, timeseries=None, axis_labels=None):
         self.per_site = per_site
         self.summary = summary
         self.unmatched = unmatched
@@ -68,6 +68,8 @@ class ValidationResult:
         self.outlines = outlines
         #: site id -> time series of the HTML report's Figure 8 (``timeseries_sites`` > 0), or None
         self.timeseries = timeseries
+        #: axis labels of the stations' coordinates (report maps), e.g. ("longitude", "latitude")
+        self.axis_labels = axis_labels
 
     def summary_for(self, product):
         """The summary row of one product."""
@@ -373,7 +375,10 @@ def validate(products, stations, *, stations_crs="EPSG:4326", partitions=None, p
                         for s in chosen for d, v in sites[s]["values"].items()]
         timeseries = site_timeseries(products, observations, chosen, stations_crs, precipitation=precipitation,
                                      site_partition={r["site_id"]: r.get("partition") for r in per_site})
-    return ValidationResult(per_site, summary, unmatched, outlines=outlines, timeseries=timeseries)
+    labels = ("longitude (degrees)", "latitude (degrees)") if source_crs.is_geographic else (
+        f"x ({source_crs.linear_units or 'map units'})", f"y ({source_crs.linear_units or 'map units'})")
+    return ValidationResult(per_site, summary, unmatched, outlines=outlines, timeseries=timeseries,
+                            axis_labels=labels)
 
 
 # ---------------------------------------------------------------- reports
@@ -447,7 +452,8 @@ def write_validation_report(result, path):
 
         page = validation_html(result.summary, result.per_site, result.unmatched,
                                outlines=getattr(result, "outlines", None),
-                               timeseries=getattr(result, "timeseries", None))
+                               timeseries=getattr(result, "timeseries", None),
+                               axis_labels=getattr(result, "axis_labels", None))
         texts = [(path, page)]
     # the CSV report and its summary are written together: both or neither
     write_together([(final, (lambda tmp, text=text, final=final: _write_temporary_text(tmp, text, final)))

@@ -106,7 +106,7 @@ def _short(name, width=18):
 
 
 @figures.styled
-def figure_site_map(per_site, product, outlines=None):
+def figure_site_map(per_site, product, outlines=None, axis_labels=None):
     rows = [row for row in per_site if row["product"] == product]
     fig = figures.new_figure(12.4, 5.0)
     axes = figures.axes_grid(fig, 2, 2)
@@ -124,8 +124,8 @@ def figure_site_map(per_site, product, outlines=None):
                                 linewidths=0.4, zorder=2)
             fig.colorbar(points, ax=ax, label=label, shrink=0.85)
         ax.set_aspect("equal", adjustable="datalim")
-        ax.set_xlabel("x")
-        ax.set_ylabel("y")
+        ax.set_xlabel((axis_labels or ("x", "y"))[0])
+        ax.set_ylabel((axis_labels or ("x", "y"))[1])
         ax.set_title(f"{label.split(' (')[0]} per site, {product}")
     return figures.png_bytes(fig)
 
@@ -236,7 +236,7 @@ def _coordinate_columns(columns):
 
 
 def validation_html(summary, per_site, unmatched=(), *, outlines=None, timeseries=None, timeseries_sites=None,
-                    main_product=None, with_figures=True):
+                    main_product=None, axis_labels=None, with_figures=True):
     """The validation report page (str).
 
     Parameters
@@ -286,7 +286,7 @@ def validation_html(summary, per_site, unmatched=(), *, outlines=None, timeserie
                     alt="Boxplots of R, bias, RMSE and ubRMSE across sites for every product",
                     caption="Boxes: quartiles over sites; whiskers 1.5 IQR; dashed: ubRMSE 0.04 m3/m3.")
         page.heading(f"Sites coloured by R and ubRMSE, {main} (cf. paper Figure 5)")
-        page.figure(figure_site_map(per_site, main, outlines), figure_id="figure-site-map",
+        page.figure(figure_site_map(per_site, main, outlines, axis_labels), figure_id="figure-site-map",
                     alt=f"Map of the sites coloured by R and by ubRMSE for {main}"
                         + (" with partition outlines" if outlines else ""),
                     caption="Coordinates in the station layer's CRS" + ("; lines: partition outlines." if outlines else "."))
