@@ -132,7 +132,7 @@ def test_validation_page_sentence_classes_and_figures():
     text = validation_html(summary, per_site, [], outlines=outlines, timeseries=series)
     data = read_report_data(text)
     assert data["summary"] == summary and data["per_site"] == per_site
-    assert data["sentences"][0].startswith("downscaled: mean ubRMSE 0.01050 vs 0.009900 for soil_moisture_9km (+6%")
+    assert data["sentences"][0].startswith("downscaled: mean ubRMSE 0.01050 vs 0.009900 for soil_moisture_9km (+6.1%, higher, worse)")
     assert set(images(text)) == {"figure-boxplots", "figure-site-map", "figure-r-ubrmse", "figure-timeseries"}
     assert "partition outlines" in images(text)["figure-site-map"]
     assert len(data["timeseries_sites"]) == 9 and data["outlines"] == list(PARTITIONS)

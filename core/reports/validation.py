@@ -53,7 +53,8 @@ def comparison_sentences(summary, main=None):
         if _finite(a) and _finite(b) and b != 0:
             change = 100.0 * (a - b) / b
             verdict = "lower, better" if change < -0.5 else "higher, worse" if change > 0.5 else "about equal"
-            text += f" ({change:+.0f}%, {verdict})"
+            shown = f"{change:+.1f}" if abs(change) < 10 else f"{change:+.0f}"
+            text += f" ({'0' if shown in ('+0.0', '-0.0') else shown}%, {verdict})"
         ra, rb = main_row.get("mean_r"), other.get("mean_r")
         text += f"; mean R {format_metric(ra)} vs {format_metric(rb)}"
         if _finite(ra) and _finite(rb):
