@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from . import figures
-from .html import Page, format_metric, slug
+from .html import Page, format_metric
 
 TABLE3_COLUMNS = (("partition", "Partition", "text"), ("model", "Model", "text"),
                   ("n_train", "Train samples", "count"), ("n_test", "Test samples", "count"),

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import figures
-from .html import Page, format_metric, slug
+from .html import Page, format_metric
 
 #: the paper's classes (Section 4.2)
 R_CLASS_COLUMNS = (("r_high", "R > 0.6"), ("r_moderate", "R 0.4-0.6"), ("r_low", "R < 0.4"),
@@ -291,7 +291,7 @@ def validation_html(summary, per_site, unmatched=(), *, outlines=None, timeserie
                     alt=f"Map of the sites coloured by R and by ubRMSE for {main}"
                         + (" with partition outlines" if outlines else ""),
                     caption="Coordinates in the station layer's CRS" + ("; lines: partition outlines." if outlines else "."))
-        page.heading(f"R against ubRMSE per site, coloured by bias (cf. paper Figure 6)")
+        page.heading("R against ubRMSE per site, coloured by bias (cf. paper Figure 6)")
         page.figure(figure_r_vs_ubrmse(per_site, main), figure_id="figure-r-ubrmse",
                     alt=f"R against ubRMSE per site coloured by bias, one panel per partition, {main}",
                     caption="Dotted: R = 0.6 and ubRMSE = 0.04 m3/m3.")
