@@ -82,14 +82,14 @@ def test_whole_chain_through_the_model3(profile, scenario, tmp_path):
     result = run_json(profile, "smdownscale:downscaling_chain", {
         "PREDICTORS": scenario["predictors"], "COARSE_SM": scenario["soil_moisture"], "MASK_CLASSES": "lc:0",
         "STATIONS": scenario["stations"], "N_ESTIMATORS": 20, "FOLDS": 2, "MIN_SAMPLES": 10, "THREADS": 2,
-        "preprocess:DATASET": str(out / "dataset"), "train:MODEL": str(out / "model.smdmodel.zip"),
-        "train:REPORT": str(out / "training.json"), "predict:DOWNSCALED": str(out / "sm_1km.tif"),
-        "validate:VALIDATION": str(out / "validation.gpkg"),
-        "validate:VALIDATION_REPORT": str(out / "validation.json")})
+        "preprocess:Prepared dataset": str(out / "dataset"), "train:Model file": str(out / "model.smdmodel.zip"),
+        "train:Training report": str(out / "training.json"), "predict:Downscaled soil moisture": str(out / "sm_1km.tif"),
+        "validate:Validation points": str(out / "validation.gpkg"),
+        "validate:Validation report": str(out / "validation.json")})
     results = result["results"]
-    assert results["predict:DOWNSCALED"] == str(out / "sm_1km.tif")
-    assert results["train:MODEL"] == str(out / "model.smdmodel.zip")
-    assert results["validate:VALIDATION"] == str(out / "validation.gpkg")
+    assert results["predict:Downscaled soil moisture"] == str(out / "sm_1km.tif")
+    assert results["train:Model file"] == str(out / "model.smdmodel.zip")
+    assert results["validate:Validation points"] == str(out / "validation.gpkg")
 
     with open(out / "training.json", encoding="utf-8") as handle:
         training = json.load(handle)
