@@ -301,35 +301,10 @@ def warn_if_temporary(path, what, feedback=None):
 
 
 def qgis_python():
-    """The Python interpreter QGIS itself runs on, for pip: :func:`core.common.python_interpreter`
-    when its prefix is QGIS's ``sys.exec_prefix`` (a venv's python is), otherwise the interpreter
-    beside that prefix (inside the QGIS desktop ``sys.executable`` may be a pyenv shim found on
-    PATH, which would install for another Python). ``SMDOWNSCALE_PYTHON`` overrides; None if none."""
-    import sys
-
+    """The Python interpreter QGIS itself runs on, for pip (:func:`core.common.python_interpreter`)."""
     from .core.common import python_interpreter
 
-    override = os.environ.get("SMDOWNSCALE_PYTHON")
-    if override:
-        return override if os.path.isfile(override) else None
-    prefixes = {os.path.realpath(p) for p in (sys.exec_prefix, sys.prefix) if p}
-
-    def inside_prefix(path):
-        folder = os.path.dirname(os.path.abspath(path))
-        candidates = {os.path.realpath(folder), os.path.realpath(os.path.dirname(folder))}
-        return bool(candidates & prefixes) or any(
-            os.path.realpath(folder).startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
-
-    found = python_interpreter()
-    if found and inside_prefix(found) and "shims" not in found.split(os.sep):
-        return found
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if os.name == "nt":
-        names = [os.path.join(sys.exec_prefix, "python.exe"), os.path.join(sys.exec_prefix, "python3.exe")]
-    else:
-        names = [os.path.join(sys.exec_prefix, "bin", f"python{version}"),
-                 os.path.join(sys.exec_prefix, "bin", "python3")]
-    return next((path for path in names if os.path.isfile(path)), found)
+    return python_interpreter()
 
 
 # --- soil-moisture series layers ---------------------------------------------------------------

@@ -136,7 +136,12 @@ def python_interpreter():
     if override:
         return override if os.path.isfile(override) else None
     exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python") and os.path.isfile(exe):
+    # accepted only inside this Python's own prefix (a venv's python is; a pyenv shim on PATH,
+    # which the QGIS desktop may report, is not and would run another Python)
+    prefixes = [os.path.realpath(p) for p in {sys.prefix, sys.exec_prefix} if p]
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(exe))) if exe else ""
+    inside = any(folder == p or folder.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
+    if os.path.basename(exe).lower().startswith("python") and os.path.isfile(exe) and inside:
         return exe
     if os.name == "nt":
         candidates = [os.path.join(sys.exec_prefix, "python.exe"),

@@ -64,14 +64,15 @@ def test_install_command_names_qgis_python_target_and_numpy_pin(qgis_app, tmp_pa
 
 
 def test_qgis_python_is_never_a_shim_from_path(qgis_app, tmp_path, monkeypatch):
-    import smdownscale.core.common as common
+    """Inside the desktop sys.executable may be a pyenv shim found on PATH: it lies outside this
+    Python's prefix, so the interpreter beside sys.exec_prefix is used instead."""
     from smdownscale.resources import qgis_python
 
     monkeypatch.delenv("SMDOWNSCALE_PYTHON", raising=False)
     shim = tmp_path / ".pyenv" / "shims" / "python3"
     shim.parent.mkdir(parents=True)
     shim.write_text("#!/bin/sh\n")
-    monkeypatch.setattr(common, "python_interpreter", lambda: str(shim))
+    monkeypatch.setattr(sys, "executable", str(shim))
     found = qgis_python()
     assert found != str(shim) and os.path.isfile(found)
     assert os.path.realpath(os.path.dirname(os.path.dirname(found))) == os.path.realpath(sys.exec_prefix)

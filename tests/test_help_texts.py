@@ -12,7 +12,7 @@ ALLOWED_TAGS = {"b", "i", "u", "em", "strong", "p", "br", "ul", "ol", "li", "tt"
                 "html", "head", "body", "meta", "style"}
 #: help texts known to be cut by QGIS today (owner of the shell: escape them, then empty this set;
 #: the strict xfail below fails as soon as one is fixed, so the set stays honest)
-KNOWN_BROKEN = {"validate"}
+KNOWN_BROKEN = set()
 #: tags HTML closes implicitly
 IMPLICIT = {"p", "li", "dt", "dd", "tr", "td", "th", "meta"}
 TAG = re.compile(r"</?([a-zA-Z][a-zA-Z0-9]*)(\s[^<>]*)?/?>")
@@ -104,12 +104,6 @@ def test_every_algorithm_has_well_formed_help(qgis_app):
     broken = {name: problems for name, problems in _broken_help_texts().items() if name not in KNOWN_BROKEN}
     assert not broken, "help texts that QGIS shows cut or garbled:\n" + "\n".join(
         f"  {name}: {'; '.join(problems)}" for name, problems in broken.items())
-
-
-@pytest.mark.xfail(strict=True, reason="known unescaped '<' in these help texts (see KNOWN_BROKEN)")
-def test_known_broken_help_texts_are_fixed(qgis_app):
-    broken = _broken_help_texts(KNOWN_BROKEN)
-    assert not broken, broken
 
 
 def test_every_algorithm_has_a_readme_help_link(qgis_app):

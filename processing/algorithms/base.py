@@ -12,11 +12,12 @@ import os
 import traceback
 
 from qgis.core import (Qgis, QgsApplication, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingParameterDefinition)
+                       QgsProcessingParameterDefinition, QgsProcessingParameterFileDestination,
+                       QgsProcessingParameterFolderDestination)
 from qgis.PyQt.QtGui import QIcon
 
 from ...core.common import Progress, SmdError, python_interpreter
-from ...resources import ICONS_DIR, pip_requirement, tr  # noqa: F401 - tr is re-exported to the shells
+from ...resources import ICONS_DIR, help_url, pip_requirement, tr, warn_if_temporary  # noqa: F401 - tr is re-exported to the shells
 
 #: group id -> (untranslated display name, icon file)
 GROUPS = {
@@ -172,7 +173,10 @@ def user_facing_errors(method, where):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
-            return method(self, *args, **kwargs)
+            results = method(self, *args, **kwargs)
+            if where == "run":
+                self.flag_temporary_outputs(results, args[2] if len(args) > 2 else None)
+            return results
         except QgsProcessingException:
             raise
         except (SmdError, ImportError) as err:
@@ -240,6 +244,19 @@ class SmdAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self):  # noqa: N802
         return type(self)()
+
+    def helpUrl(self):  # noqa: N802 (QGIS API name)
+        return help_url(self.name())
+
+    def flag_temporary_outputs(self, results, feedback):
+        """Warn (log + feedback) when a model file, dataset or report went to a temporary
+        location, which QGIS deletes when it quits; map layers (rasters, vectors) are left alone:
+        loading them from a temporary file is the usual QGIS workflow."""
+        file_kinds = (QgsProcessingParameterFileDestination, QgsProcessingParameterFolderDestination)
+        for definition in self.destinationParameterDefinitions():
+            if isinstance(definition, file_kinds) and isinstance(results, dict):
+                warn_if_temporary(results.get(definition.name()), definition.description().lower(),
+                                  feedback)
 
     def require_packages(self):
         """Fail early, before any work, when a learner this algorithm needs is missing."""

@@ -105,7 +105,7 @@ class ValidateAlgorithm(SmdAlgorithm):
         "per-partition summary rows. <b>Precipitation</b> (optional, advanced): a series drawn as "
         "bars in the HTML report's time series."
         "<h3>Outputs</h3><b>Validation points</b>: one feature per site and product with n, r, "
-        "rmse, bias and ubrmse, styled by ubRMSE (meets < 0.04, acceptable 0.04 - 0.06, poor). "
+        "rmse, bias and ubrmse, styled by ubRMSE (meets &lt; 0.04, acceptable 0.04 - 0.06, poor). "
         "<b>Report</b> (.html, .csv or .json) with per-site rows, the summary per product and "
         "the sites that could not be matched; the .html page (Results Viewer) adds one sentence per "
         "product comparison, the paper's classes, boxplots, site maps, R against ubRMSE per partition "

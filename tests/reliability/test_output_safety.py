@@ -483,3 +483,34 @@ def test_an_unexpected_error_is_one_message_and_its_traceback_goes_to_the_log_fi
     assert "Traceback" not in message
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "an internal inconsistency" in text
+
+
+def test_a_model_or_report_in_a_temporary_folder_is_flagged_with_its_path(qgis_app, tmp_path):
+    """Issue 11: a trained model written to QGIS's temporary folder vanishes when QGIS quits; the
+    run says so (every algorithm, from base.py), map layers are not flagged."""
+    import tempfile
+
+    from qgis.core import QgsProcessingFeedback
+
+    from smdownscale.processing.algorithms.predict import PredictAlgorithm
+    from smdownscale.processing.algorithms.train import TrainAlgorithm
+
+    class Recorder(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.warnings = []
+
+        def pushWarning(self, text):  # noqa: N802
+            self.warnings.append(text)
+
+    temporary = os.path.join(tempfile.gettempdir(), "model.smdmodel.zip")
+    train, feedback = TrainAlgorithm(), Recorder()
+    train.initAlgorithm()
+    train.flag_temporary_outputs({"OUTPUT_MODEL": temporary, "OUTPUT_REPORT": os.path.join(ROOT, "r.html")},
+                                 feedback)
+    assert len(feedback.warnings) == 1
+    assert temporary in feedback.warnings[0] and "deleted when QGIS quits" in feedback.warnings[0]
+    predict, feedback = PredictAlgorithm(), Recorder()
+    predict.initAlgorithm()
+    predict.flag_temporary_outputs({"OUTPUT": os.path.join(tempfile.gettempdir(), "p.tif")}, feedback)
+    assert feedback.warnings == []
