@@ -9,17 +9,9 @@ n_samples) and, per partition, the SHAP values and predictor values of the expla
 import numpy as np
 
 from . import figures
-from .html import Page, format_metric, slug
+from .html import Page, format_metric, slug, unique_in_order
 
 MAX_BEESWARM_FEATURES = 15
-
-
-def _ordered(values):
-    seen = []
-    for value in values:
-        if value not in seen:
-            seen.append(value)
-    return seen
 
 
 def overall_importance(rows):
@@ -104,7 +96,7 @@ def figure_beeswarm(name, sample, *, seed=0):
 @figures.styled
 def figure_importance(rows):
     ranking = list(overall_importance(rows))
-    partitions = _ordered(row["partition"] for row in rows)
+    partitions = unique_in_order(row["partition"] for row in rows)
     lookup = {(row["partition"], row["predictor"]): float(row["mean_abs_shap"]) for row in rows}
     fig = figures.new_figure(9.0, 0.28 * len(ranking) * max(1, min(len(partitions), 4)) / 2 + 1.6)
     ax = fig.add_subplot()
@@ -167,7 +159,7 @@ def explanation_html(rows, samples=None, *, dependence=None, dynamic=None, stati
     """
     rows = [dict(row) for row in rows]
     samples = samples or {}
-    partitions = _ordered(row["partition"] for row in rows)
+    partitions = unique_in_order(row["partition"] for row in rows)
     pair = tuple(dependence) if dependence else default_dependence_pair(rows, dynamic, static)
     ranking = overall_importance(rows)
     page = Page("Explanation report: SHAP importance of the predictors", "explanation",

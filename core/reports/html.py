@@ -95,6 +95,11 @@ def json_safe(value):
     return value
 
 
+def unique_in_order(values):
+    """The distinct values in first-seen order (partition, product and model names)."""
+    return list(dict.fromkeys(values))
+
+
 def slug(text):
     """``"HB"`` -> ``"hb"``, ``"soil_moisture 9km"`` -> ``"soil-moisture-9km"`` (figure ids)."""
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from . import figures
-from .html import Page, format_metric
+from .html import Page, format_metric, unique_in_order
 
 TABLE3_COLUMNS = (("partition", "Partition", "text"), ("model", "Model", "text"),
                   ("n_train", "Train samples", "count"), ("n_test", "Test samples", "count"),
@@ -46,19 +46,11 @@ def best_cells(rows):
     return cells
 
 
-def _ordered(values):
-    seen = []
-    for value in values:
-        if value not in seen:
-            seen.append(value)
-    return seen
-
-
 @figures.styled
 def figure_test_scores(rows):
     """Figure 4: grouped bars of test R and RMSE per model and partition."""
-    partitions = _ordered(row["partition"] for row in rows)
-    models = _ordered(row["model"] for row in rows)
+    partitions = unique_in_order(row["partition"] for row in rows)
+    models = unique_in_order(row["model"] for row in rows)
     fig = figures.new_figure(min(12.4, 3.0 + 1.1 * len(partitions) * 2), 3.6)
     axes = figures.axes_grid(fig, 2, 2)
     width = 0.8 / max(len(models), 1)
@@ -148,7 +140,7 @@ def training_html(report, *, library_versions=None, with_figures=True):
     versions = dict(report.get("library_versions") or library_versions or {})
     summaries = [dict(p) for p in report.get("partitions", [])]
     test_samples = report.get("test_samples") or {}
-    partitions = _ordered(row["partition"] for row in rows)
+    partitions = unique_in_order(row["partition"] for row in rows)
     dates = list(report.get("dates") or [])
     page = Page("Training report: Stacking models per partition", "training",
                 subtitle=f"model {report.get('model_path', '')} - dataset {report.get('dataset', '')}")

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import figures
-from .html import Page, format_metric
+from .html import Page, format_metric, unique_in_order
 
 #: the paper's classes (Section 4.2)
 R_CLASS_COLUMNS = (("r_high", "R > 0.6"), ("r_moderate", "R 0.4-0.6"), ("r_low", "R < 0.4"),
@@ -23,14 +23,6 @@ ALL = "all sites"
 
 def _finite(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _ordered(values):
-    seen = []
-    for value in values:
-        if value not in seen:
-            seen.append(value)
-    return seen
 
 
 def overall_rows(summary):
@@ -134,7 +126,7 @@ def figure_site_map(per_site, product, outlines=None, axis_labels=None):
 @figures.styled
 def figure_r_vs_ubrmse(per_site, product):
     rows = [row for row in per_site if row["product"] == product]
-    partitions = _ordered(row.get("partition") or ALL for row in rows)
+    partitions = unique_in_order(row.get("partition") or ALL for row in rows)
     n = len(partitions)
     ncols = min(n, 3)
     fig = figures.new_figure(min(12.4, 4.0 * ncols + 0.8), 3.3 * math.ceil(n / ncols))
@@ -253,7 +245,7 @@ def validation_html(summary, per_site, unmatched=(), *, outlines=None, timeserie
     """
     summary = [dict(row) for row in summary]
     per_site = [dict(row) for row in per_site]
-    products = _ordered(row["product"] for row in summary) or _ordered(row["product"] for row in per_site)
+    products = unique_in_order(row["product"] for row in summary) or unique_in_order(row["product"] for row in per_site)
     main = main_product or (products[0] if products else None)
     page = Page("Validation report: soil moisture against in-situ stations", "validation",
                 subtitle="R: Pearson correlation; RMSE, bias (product - station) and ubRMSE in m3/m3 "
