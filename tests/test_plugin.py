@@ -267,6 +267,10 @@ def test_missing_package_message_names_packages_and_pip_command(qgis_app):
     assert "smd_package_that_is_not_installed" in message and "xgboost," not in message
     assert f'"{qgis_python_executable()}" -m pip install smd_package_that_is_not_installed' in message
     assert pip_command(["sklearn", "catboost"]).endswith("-m pip install scikit-learn==1.5.2 catboost==1.2.7")
+    # into the plugin's dependency folder: PEP 668 systems refuse plain and --user installs
+    from smdownscale.resources import deps_folder
+
+    assert pip_command(["sklearn"]).startswith(f"PIP_TARGET={deps_folder()} ")
     assert os.path.basename(qgis_python_executable()).startswith("python")
     require_packages("xgboost", "lightgbm", "catboost", "sklearn", "shap")  # installed: no error
 

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import shlex
 import traceback
 
 from qgis.core import (Qgis, QgsApplication, QgsMessageLog, QgsProcessingAlgorithm, QgsProcessingException,
@@ -17,7 +18,7 @@ from qgis.core import (Qgis, QgsApplication, QgsMessageLog, QgsProcessingAlgorit
 from qgis.PyQt.QtGui import QIcon
 
 from ...core.common import Progress, SmdError, python_interpreter
-from ...resources import ICONS_DIR, help_url, pip_requirement, tr, warn_if_temporary  # noqa: F401 - tr is re-exported to the shells
+from ...resources import ICONS_DIR, deps_folder, help_url, pip_requirement, tr, warn_if_temporary  # noqa: F401 - tr is re-exported to the shells
 
 #: group id -> (untranslated display name, icon file)
 GROUPS = {
@@ -40,9 +41,16 @@ def missing_packages(names):
 
 
 def pip_command(names):
-    """The exact command installing the packages ``names`` for the Python QGIS runs."""
+    """The command installing the packages ``names`` for the Python QGIS runs.
+
+    Into the plugin's dependency folder (``PIP_TARGET``, i.e. ``pip install --target``), which
+    the plugin puts on sys.path at load: a plain install into Debian's or Ubuntu's system Python
+    is refused (PEP 668, "externally-managed-environment"), and so is ``--user``.
+    """
     requirements = " ".join(pip_requirement(name) for name in names)
-    return f'"{qgis_python_executable()}" -m pip install {requirements}'
+    folder = deps_folder()
+    target = f'set "PIP_TARGET={folder}" && ' if os.name == "nt" else f"PIP_TARGET={shlex.quote(folder)} "
+    return f'{target}"{qgis_python_executable()}" -m pip install {requirements}'
 
 
 def require_packages(*names):
@@ -51,7 +59,8 @@ def require_packages(*names):
     if missing:
         raise QgsProcessingException(
             tr("This algorithm needs the Python package(s) {} which are not installed for the "
-               "Python QGIS runs. Install them with:\n  {}\nthen restart QGIS.").format(
+               "Python QGIS runs. Install them with Raster > Soil moisture downscaling > Check "
+               "dependencies..., or with:\n  {}\nthen restart QGIS.").format(
                 ", ".join(missing), pip_command(missing)))
 
 
