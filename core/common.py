@@ -157,6 +157,18 @@ def python_interpreter():
     return next((path for path in candidates if os.path.isfile(path)), None)
 
 
+def signal_name(return_code):
+    """How a child process ended, for messages: ``SIGSEGV`` for -11, else the exit status."""
+    import signal
+
+    if return_code is not None and return_code < 0:
+        try:
+            return signal.Signals(-return_code).name
+        except ValueError:
+            return f"signal {-return_code}"
+    return f"exit status {return_code}"
+
+
 def parse_date(text):
     """ISO ``YYYY-MM-DD`` -> datetime.date, SmdError otherwise."""
     try:

@@ -25,12 +25,11 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 
-from .common import SmdError, python_interpreter
+from .common import SmdError, python_interpreter, signal_name
 
 #: Seconds one child may take for all members of a model file (``SMDOWNSCALE_GUARD_TIMEOUT``).
 DEFAULT_TIMEOUT = 120.0
@@ -258,13 +257,6 @@ def _library_path(model_name):
     return basic._LIB._name
 
 
-def _signal_name(code):
-    try:
-        return signal.Signals(-code).name
-    except (ValueError, AttributeError):
-        return f"signal {-code}"
-
-
 def check_members(items, *, label, timeout=None):
     """Load and trial-predict booster members in a child process before the host loads them.
 
@@ -363,7 +355,7 @@ def check_members(items, *, label, timeout=None):
                 "original model file or train the model again.")
         if verdict is None:
             if index == last_started or last_started is None:
-                how = (f"crashed the check process ({_signal_name(done.returncode)})"
+                how = (f"crashed the check process ({signal_name(done.returncode)})"
                        if done.returncode < 0 else f"stopped the check process (exit code {done.returncode})")
                 tail = " ".join(done.stderr.split()[-30:])
                 raise SmdError(

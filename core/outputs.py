@@ -220,6 +220,19 @@ def remove_stale_temporaries(folder):
     return removed
 
 
+def final_path_of(path):
+    """The final path a path inside one of our temporaries will have once it is renamed
+    (``<parent>/.<name>.tmp-<host>-<pid>/fine/x.tif`` -> ``<parent>/<name>/fine/x.tif``); used in
+    messages, so they name what the user asked for. Other paths are returned unchanged."""
+    parts = os.path.abspath(path).split(os.sep)
+    for index, part in enumerate(parts):
+        match = re.match(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9]+-\d+(?P<ext>\.[^.]*)?$", part)
+        if match:
+            parts[index] = match["name"] + (match["ext"] or "")
+            break
+    return os.sep.join(parts)
+
+
 def _temporary_name(path, tag):
     stem, ext = os.path.splitext(os.path.basename(path))
     # keep the extension so GDAL/OGR drivers guess the format from the temporary name
@@ -355,11 +368,58 @@ def atomic_output(path, *, folder=False):
 def write_text_output(path, text):
     """Write ``text`` (str) as UTF-8 to ``path`` atomically; errors name the file and cause."""
     with atomic_output(path) as tmp:
+        write_text_temporary(tmp, text, path)
+    return path
+
+
+def write_text_temporary(tmp, text, final_path):
+    """Write ``text`` into the temporary ``tmp``; an OSError becomes SmdError naming ``final_path``."""
+    try:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-    return path
+    except OSError as err:
+        raise write_error(os.path.abspath(final_path), describe_os_error(err)) from err
+
+
+def write_together(outputs):
+    """Write several files as one: each into a temporary, renamed into place only when all were
+    written (in the given order); when a rename fails, the files already renamed are removed, so
+    none is left without the others.
+
+    Parameters
+    ----------
+    outputs : list of (final_path, write)
+        ``write(tmp)`` writes the file at the temporary path ``tmp``. An OSError (disk full,
+        permission...) becomes SmdError naming ``final_path`` and the cause.
+    """
+    renamed = []
+
+    def marker(final):
+        def record(exc_type, exc, tb):
+            if exc_type is None:
+                renamed.append(final)
+            return False
+        return record
+
+    try:
+        with contextlib.ExitStack() as stack:
+            temporaries = {}
+            # entered in reverse: the stack exits last-in first, so the renames run in order
+            for final, _ in reversed(outputs):
+                stack.push(marker(final))
+                temporaries[final] = stack.enter_context(atomic_output(final))
+            for final, write in outputs:
+                try:
+                    write(temporaries[final])
+                except OSError as err:
+                    raise write_error(os.path.abspath(final), describe_os_error(err)) from err
+    except BaseException:
+        for final in renamed:
+            with contextlib.suppress(OSError):
+                os.remove(final)
+        raise
 
 
 # -- checked raster writes -------------------------------------------------------------------

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from .common import (Progress, SmdError, available_memory_bytes, check_soil_mois
                      is_nodata, read_band_dates, series_profile)
 from .dataset import (CATEGORICAL, CONTINUOUS, DOY, TARGET, VALID_FRACTION, Dataset, Predictor,
                       coarse_path, fine_path, write_manifest)
-from .outputs import CheckedRasterWriter, atomic_output, check_outputs
+from .outputs import CheckedRasterWriter, atomic_output, check_outputs, final_path_of
 from .fastread import SeriesWarper
 from .rasters import open_raster, reading
 from .grids import (Grid, coarse_grid_for, fine_grid_for, padded_grid, parse_crs,
@@ -505,8 +504,6 @@ def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorica
 
 
 def _write(plan, progress, Resampling):
-    import rasterio
-
     fine_grid, coarse_grid = plan.fine_grid, plan.coarse_grid
     dates, min_fraction = plan.dates, plan.options.min_valid_fraction
     categorical, mask_classes = set(plan.options.categorical), plan.options.mask_classes
@@ -635,22 +632,15 @@ def _write(plan, progress, Resampling):
 
 def _open_series(path, grid, dates):
     handle = CheckedRasterWriter(path, series_profile(grid.profile(), len(dates)),
-                                 final_path=_final_path(path))
+                                 final_path=final_path_of(path))
     for band, date in enumerate(dates, start=1):
         handle.set_band_description(band, date)
     return handle
 
 
-def _final_path(path):
-    """``<folder>/fine/x.tif`` for ``<parent>/.<folder>.tmp-<host>-<pid>/fine/x.tif`` (messages)."""
-    temporary = os.path.dirname(os.path.dirname(path))
-    name = re.sub(r"^\.(.*)\.tmp-[A-Za-z0-9]+-\d+$", r"\1", os.path.basename(temporary))
-    return os.path.join(os.path.dirname(temporary), name, os.path.relpath(path, temporary))
-
-
 def _write_raster(path, grid, bands, dates):
     with CheckedRasterWriter(path, series_profile(grid.profile(), len(bands)),
-                             final_path=_final_path(path)) as handle:
+                             final_path=final_path_of(path)) as handle:
         for band, values in enumerate(bands, start=1):
             handle.write(np.asarray(values, dtype="float32"), band)
             if dates:

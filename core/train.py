@@ -11,7 +11,6 @@ Because neighbouring coarse cells and consecutive days are autocorrelated, ``cv_
 also split the test set and the folds by blocks of coarse cells ("spatial") or by whole dates
 ("dates") instead of by sample ("random").
 """
-import contextlib
 import csv
 import dataclasses
 import io
@@ -24,7 +23,7 @@ import numpy as np
 
 from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, is_integer, is_number, soil_moisture_units_hint
 from .early_stopping import DEFAULT_EARLY_STOPPING_ROUNDS
-from .outputs import FILE_KINDS, atomic_output, check_outputs, write_text_output
+from .outputs import FILE_KINDS, check_outputs, write_text_output, write_text_temporary, write_together
 from .stack import BASE_MODEL_LABELS, BASE_MODELS, check_base_models, check_params
 
 #: Partition label of the global (unpartitioned) model in the report rows: the paper's "WP".
@@ -583,47 +582,6 @@ def _write_model_and_report(model_path, model_kwargs, report, report_path):
     write_together(outputs)
 
 
-def write_together(outputs):
-    """Write several files as one: each into a temporary, renamed into place only when all were
-    written (in the given order); when a rename fails, the files already renamed are removed, so
-    none is left without the others.
-
-    Parameters
-    ----------
-    outputs : list of (final_path, write)
-        ``write(tmp)`` writes the file at the temporary path ``tmp``. An OSError (disk full,
-        permission...) becomes SmdError naming ``final_path`` and the cause.
-    """
-    from .outputs import describe_os_error, write_error
-
-    renamed = []
-
-    def marker(final):
-        def record(exc_type, exc, tb):
-            if exc_type is None:
-                renamed.append(final)
-            return False
-        return record
-
-    try:
-        with contextlib.ExitStack() as stack:
-            temporaries = {}
-            # entered in reverse: the stack exits last-in first, so the renames run in order
-            for final, _ in reversed(outputs):
-                stack.push(marker(final))
-                temporaries[final] = stack.enter_context(atomic_output(final))
-            for final, write in outputs:
-                try:
-                    write(temporaries[final])
-                except OSError as err:
-                    raise write_error(os.path.abspath(final), describe_os_error(err)) from err
-    except BaseException:
-        for final in renamed:
-            with contextlib.suppress(OSError):
-                os.remove(final)
-        raise
-
-
 def _json_safe(value):
     """NaN -> None recursively (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -667,18 +625,5 @@ def write_training_report(report, path, *, _final_path=None):
     if _final_path is None:
         write_text_output(path, text)
     else:  # ``path`` is already the caller's temporary: write it, name the final file on errors
-        _write_temporary_text(path, text, _final_path)
+        write_text_temporary(path, text, _final_path)
     return path
-
-
-def _write_temporary_text(tmp, text, final_path):
-    """Write ``text`` into the temporary ``tmp``; an OSError becomes SmdError naming ``final_path``."""
-    from .outputs import describe_os_error, write_error
-
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as err:
-        raise write_error(os.path.abspath(final_path), describe_os_error(err)) from err

@@ -27,7 +27,8 @@ import numpy as np
 from . import metrics
 from .common import (SOIL_MOISTURE_RANGE, Progress, SmdError, is_nodata, parse_date, read_band_dates,
                      soil_moisture_units_hint, whole_number)
-from .train import REPORT_EXTENSIONS, _write_temporary_text, write_together
+from .outputs import write_text_temporary, write_together
+from .train import REPORT_EXTENSIONS
 
 PER_SITE_FIELDS = ("product", "site_id", "x", "y", "n") + metrics.METRIC_NAMES
 UNMATCHED_FIELDS = ("product", "site_id", "x", "y", "reason")
@@ -456,6 +457,6 @@ def write_validation_report(result, path):
                                axis_labels=getattr(result, "axis_labels", None))
         texts = [(path, page)]
     # the CSV report and its summary are written together: both or neither
-    write_together([(final, (lambda tmp, text=text, final=final: _write_temporary_text(tmp, text, final)))
+    write_together([(final, (lambda tmp, text=text, final=final: write_text_temporary(tmp, text, final)))
                     for final, text in texts])
     return [final for final, _ in texts]

@@ -10,7 +10,6 @@ import datetime as _dt
 import json
 import os
 import re
-import signal
 import subprocess
 import threading
 
@@ -636,13 +635,6 @@ def child_python():
 _CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smap_child.py")
 
 
-def _signal_name(code):
-    try:
-        return signal.Signals(-code).name
-    except (ValueError, AttributeError):
-        return f"exit status {code}"
-
-
 def _import_in_child(python, granule_paths, tmp, output_path, options, progress):
     """Run :func:`_import` in a child interpreter; relay progress, honour cancel, map failures."""
     import queue
@@ -717,10 +709,10 @@ def _import_in_child(python, granule_paths, tmp, output_path, options, progress)
         return _import(granule_paths, tmp, output_path, progress=progress, **options)
     if current is not None:
         raise SmdError(
-            f"Reading the SMAP granule {current} crashed the HDF5 library ({_signal_name(code)}): the "
+            f"Reading the SMAP granule {current} crashed the HDF5 library ({common.signal_name(code)}): the "
             "file is damaged (a corrupt or truncated download). Download it again or leave it out; "
             "nothing was written.")
-    raise SmdError(f"The SMAP reader process stopped unexpectedly ({_signal_name(code)}) while writing "
+    raise SmdError(f"The SMAP reader process stopped unexpectedly ({common.signal_name(code)}) while writing "
                    f"{output_path}; nothing was written. "
                    + b"".join(stderr[-5:]).decode("utf-8", "replace").strip()[-300:])
 
