@@ -148,3 +148,53 @@ class SeriesWarper:
                   # several bands counts a pixel as nodata only when every band is)
                   UNIFIED_SRC_NODATA="NO")
         return destination
+
+
+class DaskSeriesWarper:
+    """:class:`SeriesWarper` with the reading and warping done by Dask workers, same ``get``.
+
+    The bands of ``order`` are split into the chunks a local SeriesWarper would read, each chunk
+    is one task (:func:`warp_bands_task`, run on a worker against ``path``, which every worker
+    must be able to open) and the next ``ahead`` chunks are submitted before they are needed.
+    Each band is the same array as the local warp gives.
+    """
+
+    def __init__(self, client, path, src, nodata, grid, resampling, order, *, budget_bytes=CHUNK_BUDGET_BYTES,
+                 progress, ahead=2):
+        from .cluster import ordered_results
+
+        local = SeriesWarper(src, nodata, grid, resampling, order, budget_bytes=budget_bytes)
+        self.copies = local.copies
+        self.order = list(order)
+        step = local.bands_per_chunk
+        self._chunks = [self.order[k:k + step] for k in range(0, len(self.order), step)]
+        self._results = ordered_results(
+            client, warp_bands_task, [tuple(bands) for bands in self._chunks], progress=progress,
+            args=(path, nodata, grid, resampling, budget_bytes), ahead=ahead, label="warp")
+        self._chunk = {}
+        self._position = 0
+        self._closed = False
+
+    def get(self, band):
+        if band not in self._chunk:
+            if self._position >= len(self._chunks) or band not in self._chunks[self._position]:
+                raise ValueError(f"band {band} asked out of the order given to the warper")
+            values = next(self._results)
+            self._chunk = {b: values[k] for k, b in enumerate(dict.fromkeys(self._chunks[self._position]))}
+            self._position += 1
+        return self._chunk.pop(band)
+
+    def close(self):
+        """Cancel the chunks read ahead and not used (a failed or cancelled run)."""
+        self._results.close()
+
+
+def warp_bands_task(bands, path, nodata, grid, resampling, budget_bytes):
+    """Dask task: float32 (len(unique bands), grid.height, grid.width) of ``bands`` of ``path``
+    on ``grid``, exactly as :class:`SeriesWarper` gives them."""
+    from .rasters import open_raster, reading
+
+    with open_raster(path, "input raster") as src:
+        warper = SeriesWarper(src, nodata, grid, resampling, list(bands), budget_bytes=budget_bytes,
+                              reading=reading)
+        return np.stack([warper.get(band) for band in dict.fromkeys(bands)])

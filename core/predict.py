@@ -20,9 +20,11 @@ on that date (NaN target) and fine pixels outside the coarse grid are left uncor
 of the cell that lie inside the fine grid. The largest ``|cell mean - cell SM|`` before and after
 correction (over cells that have both) is measured and returned.
 """
+import contextlib
 import dataclasses
 import os
 import re
+import threading
 
 import numpy as np
 
@@ -310,7 +312,7 @@ class _BlockMaps:
 
 def predict(dataset_folder, model_path, output_path, *, dates=None, residual_correction=False,
             use_global=False, block_size=512, progress=None, global_only=False, require_signed=False,
-            trusted_keys=()):
+            trusted_keys=(), scheduler=None):
     """Predict fine-resolution soil moisture for the dates of a prepared dataset.
 
     Parameters
@@ -339,6 +341,12 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         Refuse a model file that is not signed by one of ``trusted_keys`` (core.signing).
     trusted_keys : sequence of str
         Trusted public key files or folders of them.
+    scheduler : str or None
+        Where the blocks are predicted (:func:`.cluster.parse_scheduler`): None/empty in this
+        process, ``local:N`` or a Dask scheduler address. On Dask every (date, block) is a task;
+        workers receive the model file's bytes (verified there by :func:`.modelfile.load_model`),
+        read their blocks from ``dataset_folder`` themselves, and the client writes the blocks
+        as they arrive. The output is the same as in this process.
 
     Returns
     -------
@@ -361,43 +369,62 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         Predictor mismatch (lists names), unknown date (lists available dates), a model file or
         dataset that cannot be read, block_size not a whole number >= 1.
     """
+    from .cluster import parse_scheduler
     from .modelfile import load_model
 
     progress = Progress.wrap(progress)
     block_size = parse_block_size(block_size)
     wanted = parse_dates(dates)
+    scheduler = parse_scheduler(scheduler)
     check_outputs([(output_path, "raster")], inputs=[dataset_folder, model_path])
-    progress.update(0.0, "loading the model")
-    loaded = load_model(model_path, require_signed=require_signed, trusted_keys=trusted_keys)
-    with gdal_cache_limit(), Dataset.open(dataset_folder) as dataset:
+    with contextlib.ExitStack() as stack:
+        if scheduler is not None:  # an unreachable scheduler is refused before any work
+            from .cluster import dask_client
+
+            client = stack.enter_context(dask_client(scheduler, progress))
+        progress.update(0.0, "loading the model")
+        model_bytes = _read_model_bytes(model_path) if scheduler else None
+        loaded = load_model(model_path, require_signed=require_signed, trusted_keys=trusted_keys)
+        if model_bytes is not None and _sha256_of_file(model_path) != _sha256(model_bytes):
+            raise SmdError(f"The model file {model_path} changed while it was being loaded; run again.")
+        stack.enter_context(gdal_cache_limit())
+        dataset = stack.enter_context(Dataset.open(dataset_folder))
         columns = match_predictors(loaded.predictors, [p.to_json() for p in dataset.predictors])
         date_indexes = select_dates(dataset.dates, wanted)
         pixel_models = _PixelModels(loaded, dataset, use_global, global_only)
-        _accelerate(loaded, dataset.fine_grid.width * dataset.fine_grid.height * len(date_indexes), progress)
-        maps = _BlockMaps(pixel_models, dataset, residual_correction)
         windows = list(dataset.fine_block_windows(block_size))
         n_cells = dataset.coarse_grid.width * dataset.coarse_grid.height
         profile = series_profile(dataset.fine_grid.profile(), len(date_indexes))
+        n_rows = dataset.fine_grid.width * dataset.fine_grid.height * len(date_indexes)
         report = PredictionReport(
             output=os.path.abspath(output_path), dates=[dataset.dates[i] for i in date_indexes],
             fallback_partitions=list(pixel_models.fallback),
             partitions_without_model=list(pixel_models.without_model),
             residual_correction=bool(residual_correction))
-        blocks = _BlockPredictor(dataset, columns, maps, pixel_models, report)
         ticker = _Ticker(progress, [dataset.dates[i] for i in date_indexes],
                          len(date_indexes) * len(windows) * (2 if residual_correction else 1))
+        maps = _BlockMaps(pixel_models, dataset, residual_correction)
+        if scheduler is None:
+            _accelerate(loaded, n_rows, progress)
+            blocks = _BlockPredictor(dataset, columns, maps, pixel_models, report, ticker)
+        else:
+            job = _BlockJob(dataset_folder=os.path.abspath(dataset_folder),
+                            dataset_id=dataset.dataset_id, model_sha256=_sha256(model_bytes),
+                            columns=tuple(columns), use_global=bool(use_global),
+                            global_only=bool(global_only), need_cells=bool(residual_correction),
+                            n_rows=n_rows)
+            blocks = _DaskBlockPredictor(client, job, model_bytes, report, ticker, progress)
 
         with atomic_output(output_path) as tmp:
             with CheckedRasterWriter(tmp, profile, final_path=output_path) as dst:
                 for band, date_index in enumerate(date_indexes, start=1):
                     dst.set_band_description(band, dataset.dates[date_index])
                 if not residual_correction:
-                    for band, date_index in enumerate(date_indexes, start=1):
-                        for window in windows:
-                            ticker.tick(band - 1, "predicting")
-                            values, _ = blocks.predict(date_index, window)
-                            dst.write(values.reshape(int(window.height), int(window.width)), band,
-                                      window=window)
+                    units = [(band, date_index, window) for band, date_index in enumerate(date_indexes, start=1)
+                             for window in windows]
+                    for (band, _, window), values, _ in blocks.predict_many(units):
+                        dst.write(values.reshape(int(window.height), int(window.width)), band,
+                                  window=window)
                 else:
                     correction = _predict_with_correction(dataset, date_indexes, windows, dst, tmp,
                                                           n_cells, maps, blocks, ticker)
@@ -408,6 +435,33 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
                     raise SmdError(_nothing_predicted(report))
         progress.update(1.0, f"wrote {len(date_indexes)} date(s) to {output_path}")
     return report
+
+
+def _read_model_bytes(path):
+    from .modelfile import MAX_TOTAL_BYTES
+
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_TOTAL_BYTES:
+            return None  # load_model refuses it with its own message
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None  # load_model names the problem
+
+
+def _sha256(data):
+    import hashlib
+
+    return hashlib.sha256(data or b"").hexdigest()
+
+
+def _sha256_of_file(path):
+    try:
+        with open(path, "rb") as handle:
+            return _sha256(handle.read())
+    except OSError:
+        return None
 
 
 def _accelerate(loaded, n_rows, progress):
@@ -435,23 +489,134 @@ class _Ticker:
 
 
 class _BlockPredictor:
-    """Predicts one block of the fine grid and adds its counts to the report."""
+    """Predicts blocks of the fine grid in this process and adds their counts to the report."""
 
-    def __init__(self, dataset, columns, maps, pixel_models, report):
+    def __init__(self, dataset, columns, maps, pixel_models, report, ticker=None):
         self.dataset, self.columns, self.maps = dataset, columns, maps
-        self.pixel_models, self.report = pixel_models, report
+        self.pixel_models, self.report, self.ticker = pixel_models, report, ticker
 
     def predict(self, date_index, window):
-        """``(values, cells)``: float32 (rows*cols,) prediction of one block and the coarse cell
-        ids of its pixels (None without residual correction)."""
+        """``(values, cells, counts)``: float32 (rows*cols,) prediction of one block, the coarse
+        cell ids of its pixels (None without residual correction) and its :class:`BlockCounts`."""
         features = self.dataset.fine_features(date_index, window)[:, self.columns]
         valid = np.isfinite(features).all(axis=1)
         partition, cells = self.maps.get(window)
         values = np.full(features.shape[0], np.nan, dtype="float32")
         values[valid], counts = self.pixel_models.predict(
             features[valid], None if partition is None else partition[valid])
-        self.report.add(counts, values)
-        return values, cells
+        return values, cells, counts
+
+    def predict_many(self, units):
+        """Yield ``(unit, values, cells)`` for units ``(band, date_index, window)``, counted in
+        the report, with a progress tick each (here in order; on Dask as they complete)."""
+        for unit in units:
+            band, date_index, window = unit
+            self.ticker.tick(band - 1, "predicting")
+            values, cells, counts = self.predict(date_index, window)
+            self.report.add(counts, values)
+            yield unit, values, cells
+
+
+@dataclasses.dataclass(frozen=True)
+class _BlockJob:
+    """What a Dask worker needs to predict blocks of one run (small; the model's bytes travel
+    separately, scattered once to every worker)."""
+
+    dataset_folder: str
+    dataset_id: str
+    model_sha256: str
+    columns: tuple
+    use_global: bool
+    global_only: bool
+    need_cells: bool
+    n_rows: int
+
+
+class _DaskBlockPredictor:
+    """Predicts blocks as Dask tasks (:func:`_predict_block_task`); same interface as
+    :class:`_BlockPredictor`."""
+
+    def __init__(self, client, job, model_bytes, report, ticker, progress):
+        self.client, self.job, self.report, self.ticker = client, job, report, ticker
+        self.progress = progress
+        # once to every worker (and to workers that join or restart later, from their peers)
+        self.model = client.scatter(model_bytes, broadcast=True, hash=False)
+
+    def predict_many(self, units):
+        from .cluster import run_tasks
+
+        tasks = (((date_index, _window_box(window)), (band, date_index, window))
+                 for band, date_index, window in units)
+        originals = {}
+
+        def task_units():
+            for task_unit, unit in tasks:
+                originals[task_unit] = unit
+                yield task_unit
+
+        for task_unit, (values, cells, counts) in run_tasks(
+                self.client, _predict_block_task, task_units(), progress=self.progress,
+                args=(self.job, self.model), label="block prediction"):
+            unit = originals.pop(task_unit)
+            self.ticker.tick(unit[0] - 1, "predicting")
+            self.report.add(counts, values)
+            yield unit, values, cells
+
+
+def _window_box(window):
+    return (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
+
+
+#: per worker thread: the (job, model digest) it last served and the opened model and dataset
+_worker_local = threading.local()
+
+
+def _predict_block_task(unit, job, model_bytes):
+    """Dask task: ``(values, cells, counts)`` of one block (unit = (date_index, window box)).
+
+    The model is loaded from ``model_bytes`` once per worker thread and job (verified by
+    load_model exactly as in the client), the dataset opened once, and both kept for the
+    following blocks of the run."""
+    from rasterio.windows import Window
+
+    state = getattr(_worker_local, "state", None)
+    if state is None or state[0] != job:
+        if state is not None:
+            state[1].close()
+        _worker_local.state = None
+        _worker_local.state = (job, *_open_worker_job(job, model_bytes))
+        state = _worker_local.state
+    _, dataset, blocks = state
+    date_index, (col_off, row_off, width, height) = unit
+    return blocks.predict(date_index, Window(col_off, row_off, width, height))
+
+
+def _open_worker_job(job, model_bytes):
+    import tempfile
+
+    from .modelfile import load_model
+
+    if _sha256(model_bytes) != job.model_sha256:
+        raise SmdError("The model bytes received by a Dask worker differ from the client's model file.")
+    # load_model reads a file: a private temporary copy, removed as soon as it is loaded
+    with tempfile.TemporaryDirectory(prefix="smdownscale-worker-") as folder:
+        path = os.path.join(folder, "model.smdmodel.zip")
+        with open(path, "wb") as handle:
+            handle.write(model_bytes)
+        # one booster thread per task: the worker's threads are the parallelism
+        loaded = load_model(path, n_threads=1)
+    dataset = Dataset.open(job.dataset_folder)
+    try:
+        if dataset.dataset_id != job.dataset_id:
+            raise SmdError(f"The dataset {job.dataset_folder} was replaced during the run (a Dask worker "
+                           "read another generation); run again.")
+        pixel_models = _PixelModels(loaded, dataset, job.use_global, job.global_only)
+        _accelerate(loaded, job.n_rows, Progress())
+        maps = _BlockMaps(pixel_models, dataset, job.need_cells)
+        return dataset, _BlockPredictor(dataset, list(job.columns), maps, pixel_models, report=None)
+    except BaseException:
+        dataset.close()
+        raise
 
 
 @dataclasses.dataclass
@@ -496,16 +661,24 @@ def _predict_with_correction(dataset, date_indexes, windows, dst, output_tmp, n_
         with raise_gdal_errors(dst.final_path), \
                 rasterio.open(scratch_path, "w+", **scratch_profile) as scratch:
             for band, date_index in enumerate(date_indexes, start=1):
-                sums = np.zeros(n_cells)
-                counts = np.zeros(n_cells)
-                for window in windows:
-                    ticker.tick(band - 1, "predicting")
-                    values, cells = blocks.predict(date_index, window)
+                # per-window partial sums, added in window order once the date is predicted:
+                # the same floats whatever order the blocks arrive in (Dask)
+                partials = {}
+                units = [(band, date_index, window) for window in windows]
+                for (_, _, window), values, cells in blocks.predict_many(units):
                     scratch.write(values.reshape(int(window.height), int(window.width)), 1,
                                   window=window)
                     use = np.isfinite(values) & (cells >= 0)
-                    sums += np.bincount(cells[use], weights=values[use], minlength=n_cells)
-                    counts += np.bincount(cells[use], minlength=n_cells)
+                    cell_sums = np.bincount(cells[use], weights=values[use], minlength=n_cells)
+                    cell_counts = np.bincount(cells[use], minlength=n_cells)
+                    touched = np.flatnonzero(cell_counts)
+                    partials[_window_box(window)] = (touched, cell_sums[touched], cell_counts[touched])
+                sums = np.zeros(n_cells)
+                counts = np.zeros(n_cells)
+                for window in windows:
+                    touched, cell_sums, cell_counts = partials.pop(_window_box(window))
+                    sums[touched] += cell_sums
+                    counts[touched] += cell_counts
                 target = dataset.read_target(date_index).astype("float64").ravel()
                 has_pixels = counts > 0
                 correctable = has_pixels & np.isfinite(target)

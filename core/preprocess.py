@@ -22,7 +22,8 @@ from .common import (Progress, SmdError, available_memory_bytes, check_soil_mois
 from .dataset import (CATEGORICAL, CONTINUOUS, DOY, TARGET, VALID_FRACTION, Dataset, Predictor,
                       coarse_path, fine_path, write_manifest)
 from .outputs import CheckedRasterWriter, atomic_output, check_outputs, final_path_of
-from .fastread import SeriesWarper
+from .cluster import parse_scheduler, worker_path
+from .fastread import DaskSeriesWarper, SeriesWarper
 from .rasters import open_raster, reading
 from .grids import (Grid, coarse_grid_for, fine_grid_for, padded_grid, parse_crs,
                     positive_resolution, transform_bounds_safe)
@@ -451,7 +452,7 @@ def _categories(values):
 
 def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorical=DEFAULT_CATEGORICAL,
                mask_classes=None, fine_resolution=DEFAULT_FINE_RESOLUTION, target_crs=None,
-               min_valid_fraction=DEFAULT_MIN_VALID_FRACTION, progress=None):
+               min_valid_fraction=DEFAULT_MIN_VALID_FRACTION, progress=None, scheduler=None):
     """Build a prepared dataset folder from predictor rasters and a soil-moisture series.
 
     Parameters
@@ -478,6 +479,11 @@ def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorica
     min_valid_fraction : float
         Coarse cells less covered than this by valid fine pixels become NaN.
     progress : Progress or None
+    scheduler : str or None
+        Where the inputs are read and warped (:func:`.cluster.parse_scheduler`): None/empty in
+        this process, ``local:N`` or a Dask scheduler address. On Dask each chunk of dates of an
+        input is one task run against the input's path (which every worker must be able to
+        open); this process aggregates and writes. The dataset is the same either way.
 
     Returns
     -------
@@ -494,16 +500,23 @@ def preprocess(predictor_paths, soil_moisture_path, output_folder, *, categorica
     options = check_options([predictor_name(path) for path in predictor_paths], categorical=categorical,
                             mask_classes=mask_classes, fine_resolution=fine_resolution,
                             target_crs=target_crs, min_valid_fraction=min_valid_fraction)
+    scheduler = parse_scheduler(scheduler)
     plan = _validate(predictor_paths, soil_moisture_path, output_folder, options)
     try:
-        with rasterio.Env():  # one GDAL environment for the thousands of warps below
-            _write(plan, progress, Resampling)
+        with contextlib.ExitStack() as stack:
+            client = None
+            if scheduler is not None:  # an unreachable scheduler is refused before the work
+                from .cluster import dask_client
+
+                client = stack.enter_context(dask_client(scheduler, progress))
+            stack.enter_context(rasterio.Env())  # one GDAL environment for the warps below
+            _write(plan, progress, Resampling, client)
     finally:
         plan.close()
     return Dataset.open(plan.output_folder)
 
 
-def _write(plan, progress, Resampling):
+def _write(plan, progress, Resampling, client=None):
     fine_grid, coarse_grid = plan.fine_grid, plan.coarse_grid
     dates, min_fraction = plan.dates, plan.options.min_valid_fraction
     categorical, mask_classes = set(plan.options.categorical), plan.options.mask_classes
@@ -522,6 +535,9 @@ def _write(plan, progress, Resampling):
 
     def series_warper(item, bands):
         resampling = Resampling.mode if item.name in categorical else Resampling.average
+        if client is not None:
+            return DaskSeriesWarper(client, worker_path(item.path), item.src, item.nodata, fine_grid,
+                                    resampling, bands, budget_bytes=budget, progress=progress)
         return SeriesWarper(item.src, item.nodata, fine_grid, resampling, bands, budget_bytes=budget,
                             reading=reading)
 
@@ -562,7 +578,7 @@ def _write(plan, progress, Resampling):
             _write_raster(coarse_path(tmp, item.name), coarse_grid, [coarse], None)
             progress.check()
 
-        outputs = {}
+        outputs, warpers = {}, {}
         usable_cells = 0
         try:
             for item in dynamics:
@@ -609,6 +625,9 @@ def _write(plan, progress, Resampling):
         except BaseException:
             for handle in outputs.values():
                 handle.abort()
+            for warper in warpers.values():
+                if hasattr(warper, "close"):
+                    warper.close()  # Dask: cancels the dates read ahead
             raise
         for handle in outputs.values():
             handle.close()  # verifies what was written

@@ -686,7 +686,10 @@ class StackEnsemble:
 
     def to_members(self):
         """Dict file name -> bytes: each booster natively plus ``meta.json``."""
-        members = {MODEL_FILES[name]: booster_to_bytes(name, self.boosters_[name])
+        # a model rebuilt from members (a model file, or a fit on a Dask worker) keeps the bytes
+        # it was built from: saved again, it is the same file
+        native = getattr(self, "native_members_", {})
+        members = {MODEL_FILES[name]: native.get(name) or booster_to_bytes(name, self.boosters_[name])
                    for name in self.base_model_names_}
         members["meta.json"] = json.dumps(self.meta_dict(), indent=1, allow_nan=False).encode("utf-8")
         return members

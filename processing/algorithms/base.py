@@ -26,6 +26,11 @@ GROUPS = {
     "dataprep": ("Data preparation", "group_dataprep.svg"),
     "validation": ("Validation", "group_validation.svg"),
 }
+#: appended to the help of every algorithm with an OUTPUT_REPORT (core.outputs.report_files_folder)
+REPORT_FILES_HELP = ("An .html report is written with a folder of the same name plus <i>_files</i> beside it "
+                     "(report.html: report_files), holding each figure as PNG and each table as CSV at full "
+                     "precision, for reuse; a later run replaces both, and a folder of that name the plugin "
+                     "did not write is never replaced.")
 #: import names of the learners the algorithms may need (pins: requirements.txt)
 LEARNER_PACKAGES = ("xgboost", "lightgbm", "catboost", "sklearn", "shap")
 
@@ -243,7 +248,10 @@ class SmdAlgorithm(QgsProcessingAlgorithm):
         return self.GROUP_ID
 
     def shortHelpString(self):  # noqa: N802
-        return tr(self.HELP)
+        text = tr(self.HELP)
+        if getattr(self, "OUTPUT_REPORT", None):  # every report-writing algorithm, one sentence
+            text += "<br>" + tr(REPORT_FILES_HELP)
+        return text
 
     def icon(self):
         return QIcon(os.path.join(ICONS_DIR, GROUPS[self.GROUP_ID][1]))
@@ -289,6 +297,30 @@ class SmdAlgorithm(QgsProcessingAlgorithm):
             param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
         return param
+
+    #: the execution option of preprocess, train and predict (core.cluster; scripts rely on the name)
+    DASK_SCHEDULER = "DASK_SCHEDULER"
+
+    def add_scheduler_parameter(self):
+        """The advanced DASK_SCHEDULER text parameter (empty = in this process)."""
+        from qgis.core import QgsProcessingParameterString
+
+        param = QgsProcessingParameterString(self.DASK_SCHEDULER, tr("Dask scheduler (empty = this process)"),
+                                             optional=True)
+        return self.add_parameter(
+            param, tr("Run on Dask: local:N starts N worker processes on this machine for the run; "
+                      "tcp://host:8786 uses a running cluster (every worker must read the input "
+                      "paths). Empty runs in this process."), advanced=True)
+
+    def scheduler(self, parameters, context):
+        """The DASK_SCHEDULER text, parsed by core (``scheduler=`` of the core call)."""
+        return self.parameterAsString(parameters, self.DASK_SCHEDULER, context)
+
+    def scheduler_error(self, parameters, context):
+        """Why DASK_SCHEDULER is wrong, or None (the rule is core.cluster.parse_scheduler)."""
+        from ...core.cluster import parse_scheduler
+
+        return core_error(parse_scheduler, self.scheduler(parameters, context))
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
         """QGIS's own checks, then :meth:`parameter_error`."""

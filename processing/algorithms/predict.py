@@ -84,6 +84,7 @@ class PredictAlgorithm(SmdAlgorithm):
         self.add_parameter(
             param, tr("A public key file, or a folder of *.pub/*.pem files, separated by ';'; empty = the "
                       "setting smdownscale/trusted_keys."), advanced=True)
+        self.add_scheduler_parameter()
         param = QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Fine soil moisture"))
         self.add_parameter(param, tr("GeoTIFF series, one band per date, m3/m3."))
         self.addOutput(QgsProcessingOutputNumber(self.N_DATES, tr("Dates written")))
@@ -93,7 +94,8 @@ class PredictAlgorithm(SmdAlgorithm):
         error = (dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
                  or model_file_error(self.parameterAsFile(parameters, self.MODEL, context)))
         return (error or core_error(parse_dates, self.parameterAsString(parameters, self.DATES, context))
-                or core_error(parse_block_size, self.parameterAsDouble(parameters, self.BLOCK_SIZE, context)))
+                or core_error(parse_block_size, self.parameterAsDouble(parameters, self.BLOCK_SIZE, context))
+                or self.scheduler_error(parameters, context))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_packages()
@@ -113,7 +115,7 @@ class PredictAlgorithm(SmdAlgorithm):
                 block_size=self.parameterAsDouble(parameters, self.BLOCK_SIZE, context),
                 require_signed=self.parameterAsBoolean(parameters, self.REQUIRE_SIGNED, context),
                 trusted_keys=trusted_key_paths(self.parameterAsString(parameters, self.TRUSTED_KEYS, context)),
-                progress=self.progress(feedback))
+                scheduler=self.scheduler(parameters, context), progress=self.progress(feedback))
         for key, value in report.to_dict().items():
             if key != "dates":
                 feedback.pushInfo(f"{key}: {value}")

@@ -84,6 +84,7 @@ class PreprocessAlgorithm(SmdAlgorithm):
             QgsProcessingParameterNumber.Double, defaultValue=DEFAULT_MIN_VALID_FRACTION)
         self.add_parameter(param, tr("Coarse cells with fewer valid fine pixels are not used for training."),
                            advanced=True)
+        self.add_scheduler_parameter()
         param = QgsProcessingParameterFolderDestination(self.OUTPUT, tr("Prepared dataset folder"))
         self.add_parameter(param, tr("Folder written with dataset.json, fine/ and coarse/."))
 
@@ -102,7 +103,8 @@ class PreprocessAlgorithm(SmdAlgorithm):
         if not layers:
             return tr("Choose at least one predictor raster.")
         names = [predictor_name(layer.source()) for layer in layers]
-        return core_error(check_options, names, **self.options(parameters, context))
+        return (core_error(check_options, names, **self.options(parameters, context))
+                or self.scheduler_error(parameters, context))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         layers = self.parameterAsLayerList(parameters, self.PREDICTORS, context)
@@ -115,7 +117,7 @@ class PreprocessAlgorithm(SmdAlgorithm):
         feedback.pushInfo(tr("Predictors: {}").format(", ".join(predictor_name(path) for path in predictor_paths)))
         with core_errors():
             dataset = preprocess(predictor_paths, coarse_path, output, **self.options(parameters, context),
-                                 progress=self.progress(feedback))
+                                 scheduler=self.scheduler(parameters, context), progress=self.progress(feedback))
         feedback.pushInfo(tr("Prepared {} dates, {} predictors, fine grid {} x {}.").format(
             len(dataset.dates), len(dataset.predictor_names), dataset.fine_grid.width,
             dataset.fine_grid.height))

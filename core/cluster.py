@@ -1,0 +1,289 @@
+"""Running the heavy steps on Dask (dask.distributed): the one home of the DASK_SCHEDULER option.
+
+``scheduler`` (the DASK_SCHEDULER parameter of preprocess, train and predict) is parsed here
+once (:func:`parse_scheduler`):
+
+- empty or None: everything runs in this process, as without Dask (the default);
+- ``local:N``: a :class:`distributed.LocalCluster` of N worker processes on this machine,
+  started for the run and shut down after it (threads per worker: cores // N);
+- a scheduler address (``tcp://host:8786``, ``tls://...``, or ``host:port``): an existing
+  cluster (``dask scheduler`` and ``dask worker``), which must be reachable before any work
+  starts.
+
+:func:`dask_client` connects (and starts a local cluster); :func:`run_tasks` submits units of
+work with a bounded number in flight (so results never pile up in the client's memory), yields
+their results as they complete, polls the run's cancellation while it waits, and cancels every
+outstanding future when the run stops for any reason. Dask retries the tasks of a worker that
+died (``distributed.scheduler.allowed-failures``); a task that keeps killing workers ends the run
+with one message.
+
+Workers import ``smdownscale.core`` (the plugin folder on their PYTHONPATH) and need the
+learners of ``requirements.txt``; they read inputs themselves, so every path given to a run
+must be readable from every worker (a shared file system, or GDAL virtual file systems such as
+``/vsicurl/`` and ``/vsis3/``). Nothing in a task is a pickle of a booster: models travel as the
+model file's bytes and are verified by :func:`.modelfile.load_model` on each worker.
+"""
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+
+from .common import SmdError, python_interpreter, whole_number
+
+#: how long a scheduler address may take to answer before the run is refused (seconds)
+CONNECT_TIMEOUT_SECONDS = 10
+#: how long an existing scheduler may have no worker before the run is refused (seconds)
+WORKER_WAIT_SECONDS = 30
+#: how often the client checks the run's cancellation while tasks run (seconds)
+POLL_SECONDS = 0.25
+
+_LOCAL = re.compile(r"local\s*:\s*(\S+)", re.IGNORECASE)
+_ADDRESS = re.compile(r"(?:(tcp|tls|ucx)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
+SCHEDULER_HELP = ("leave it empty to run in this process, write local:N for N worker processes on "
+                  "this machine, or give a Dask scheduler address such as tcp://10.0.0.5:8786")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheduler:
+    """A parsed DASK_SCHEDULER: ``local_workers`` for ``local:N``, else ``address``."""
+
+    local_workers: int = None
+    address: str = None
+
+    def __str__(self):
+        return f"local:{self.local_workers}" if self.local_workers else self.address
+
+
+def parse_scheduler(value):
+    """The DASK_SCHEDULER option: None (run in this process), or a :class:`Scheduler`.
+
+    Raises
+    ------
+    SmdError
+        Text that is neither empty, ``local:N`` with N a whole number >= 1, nor a
+        ``[tcp|tls|ucx://]host:port`` address.
+    """
+    if isinstance(value, Scheduler):
+        return value
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    local = _LOCAL.fullmatch(text)
+    if local:
+        workers = whole_number(local.group(1), "the number of local Dask workers", minimum=1,
+                               advice="write local:N with N >= 1, e.g. local:2.")
+        return Scheduler(local_workers=workers)
+    address = _ADDRESS.fullmatch(text)
+    if address and 0 < int(address.group(3)) < 65536:
+        protocol = address.group(1) or "tcp"
+        return Scheduler(address=f"{protocol}://{address.group(2)}:{address.group(3)}")
+    raise SmdError(f"{text!r} is not a Dask scheduler: {SCHEDULER_HELP}.")
+
+
+def worker_path(path):
+    """``path`` as a worker must open it: absolute (workers have their own working folder);
+    GDAL virtual file system paths (``/vsis3/...``) and URLs unchanged."""
+    text = os.fspath(path)
+    if text.startswith("/vsi") or "://" in text:
+        return text
+    return os.path.abspath(text)
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError as error:
+        raise SmdError("Running on Dask needs dask.distributed, which is not installed here "
+                       f"({error}); install dask[distributed] (see requirements.txt) on this "
+                       "machine and on every worker, or leave the Dask scheduler empty.") from error
+    return distributed
+
+
+@contextlib.contextmanager
+def dask_client(scheduler, progress=None):
+    """A :class:`distributed.Client` for ``scheduler`` (parsed by :func:`parse_scheduler`) for
+    the duration of the block; a local cluster is started and shut down with it.
+
+    Raises SmdError, before any work, when Dask is missing, the local cluster cannot start, the
+    scheduler cannot be reached in :data:`CONNECT_TIMEOUT_SECONDS`, or has no worker within
+    :data:`WORKER_WAIT_SECONDS`.
+    """
+    scheduler = parse_scheduler(scheduler)
+    distributed = _import_distributed()
+    if scheduler.local_workers:
+        with _local_cluster(distributed, scheduler.local_workers) as client:
+            if progress is not None:
+                progress.info(f"Dask: local cluster of {scheduler.local_workers} worker process(es), "
+                              f"{_threads(client)} thread(s) in all")
+            yield client
+        return
+    try:
+        client = distributed.Client(scheduler.address, timeout=CONNECT_TIMEOUT_SECONDS,
+                                    set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise SmdError(f"The Dask scheduler {scheduler.address} cannot be reached ({error or type(error).__name__}). "
+                       "Start it (dask scheduler) and its workers (dask worker "
+                       f"{scheduler.address}), check the address and port, or leave the Dask "
+                       "scheduler empty to run in this process.") from error
+    try:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
+        except (TimeoutError, OSError) as error:
+            raise SmdError(f"The Dask scheduler {scheduler.address} has no worker ({WORKER_WAIT_SECONDS} s "
+                           f"waited); start one with: dask worker {scheduler.address}") from error
+        if progress is not None:
+            progress.info(f"Dask: scheduler {scheduler.address}, {len(client.scheduler_info()['workers'])} "
+                          f"worker(s), {_threads(client)} thread(s)")
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _local_cluster(distributed, n_workers):
+    import multiprocessing
+
+    # Workers are spawned processes; inside QGIS (desktop or qgis_process) sys.executable is
+    # the QGIS binary, which cannot run them: spawn them with the Python QGIS runs on.
+    interpreter = python_interpreter()
+    import multiprocessing.spawn as spawn
+
+    previous = spawn.get_executable()
+    if interpreter:
+        multiprocessing.set_executable(interpreter)
+    try:
+        threads = max(1, (os.cpu_count() or 1) // n_workers)
+        try:
+            cluster = distributed.LocalCluster(
+                n_workers=n_workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                dashboard_address=None, silence_logs=logging.ERROR,
+                # dask.dataframe (imported by distributed when pandas is there) warns about its
+                # optional query planner on every worker; nothing here uses dataframes
+                env={"DASK_DATAFRAME__QUERY_PLANNING": "False"})
+        except Exception as error:  # noqa: BLE001 - any start failure is one message
+            raise SmdError(f"The local Dask cluster of {n_workers} worker(s) could not start ({error}); "
+                           "leave the Dask scheduler empty to run in this process.") from error
+        try:
+            client = distributed.Client(cluster, set_as_default=False)
+            try:
+                yield client
+            finally:
+                client.close()
+        finally:
+            cluster.close()
+    finally:
+        multiprocessing.set_executable(previous)
+
+
+def _threads(client):
+    return sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+
+
+def total_threads(client):
+    """Threads of every worker of ``client``'s cluster (at least 1)."""
+    return max(1, _threads(client))
+
+
+def run_tasks(client, function, units, *, progress, args=(), in_flight=None, label="task"):
+    """Run ``function(unit, *args)`` on the cluster for every unit; yield ``(unit, result)`` as
+    each completes (any order).
+
+    At most ``in_flight`` tasks (default: twice the cluster's threads) are submitted at once,
+    so the client holds a bounded number of results. ``args`` are passed to every task
+    (futures from :meth:`Client.scatter` stay on the workers). ``progress.check()`` is polled
+    while waiting; on cancellation, an error in a task, or a closed generator, every outstanding
+    future is cancelled before the exception propagates.
+
+    Raises
+    ------
+    SmdError
+        A task whose worker died on every retry (``KilledWorker``), or a lost connection to the
+        scheduler; an SmdError raised in a task comes through as it is.
+    """
+    distributed = _import_distributed()
+    units = iter(units)
+    limit = in_flight or 2 * total_threads(client)
+    running = {}
+
+    def submit_next():
+        for unit in units:
+            running[client.submit(function, unit, *args, pure=False)] = unit
+            return True
+        return False
+
+    try:
+        while len(running) < limit and submit_next():
+            pass
+        while running:
+            progress.check()
+            try:
+                with client.as_current():  # wait() takes the current client, not an argument
+                    done, _ = distributed.wait(list(running), timeout=POLL_SECONDS,
+                                               return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            for future in done:
+                unit = running.pop(future)
+                result = _result(distributed, future, label)
+                yield unit, result
+                submit_next()
+    finally:
+        if running:
+            client.cancel(list(running), force=True)
+
+
+def ordered_results(client, function, units, *, progress, args=(), ahead=2, label="task"):
+    """Like :func:`run_tasks`, but yield the results in the order of ``units``, with ``ahead``
+    tasks submitted before their result is needed (reading ahead of the consumer)."""
+    import collections
+
+    distributed = _import_distributed()
+    units = iter(units)
+    queue = collections.deque()
+
+    def fill():
+        while len(queue) < max(1, ahead):
+            unit = next(units, _END)
+            if unit is _END:
+                return
+            queue.append(client.submit(function, unit, *args, pure=False))
+
+    try:
+        fill()
+        while queue:
+            future = queue[0]
+            while not future.done():
+                progress.check()
+                with contextlib.suppress(TimeoutError):
+                    with client.as_current():
+                        distributed.wait([future], timeout=POLL_SECONDS)
+            result = _result(distributed, future, label)
+            queue.popleft()
+            fill()
+            yield result
+    finally:
+        if queue:
+            client.cancel(list(queue), force=True)
+
+
+_END = object()
+
+
+def _result(distributed, future, label):
+    """The result of a finished future; cluster failures become one SmdError each."""
+    try:
+        result = future.result()
+    except distributed.KilledWorker as error:
+        raise SmdError(f"A Dask worker died every time it ran a {label} ({error}); the run stopped "
+                       "and wrote nothing. Look at the workers' logs (memory limit, missing packages "
+                       "or input files on the worker).") from error
+    except distributed.CancelledError as error:
+        raise SmdError(f"A {label} was cancelled on the Dask cluster (scheduler restarted or "
+                       "connection lost); the run stopped and wrote nothing.") from error
+    except ModuleNotFoundError as error:
+        raise SmdError(f"A Dask worker cannot import {error.name!r} for a {label}: install the plugin's "
+                       "requirements on every worker and put the folder holding the smdownscale "
+                       "plugin on the workers' PYTHONPATH (README: running on a cluster).") from error
+    future.release()
+    return result
