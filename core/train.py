@@ -17,13 +17,15 @@ import io
 import json
 import math
 import os
+import threading
 import time
 
 import numpy as np
 
+from .cluster import parse_scheduler
 from .common import SOIL_MOISTURE_RANGE, Progress, SmdError, is_integer, is_number, soil_moisture_units_hint
 from .early_stopping import DEFAULT_EARLY_STOPPING_ROUNDS
-from .outputs import FILE_KINDS, check_outputs, write_text_output, write_text_temporary, write_together
+from .outputs import FILE_KINDS, check_outputs, write_text_temporary, write_together
 from .stack import BASE_MODEL_LABELS, BASE_MODELS, check_base_models, check_params
 
 #: Partition label of the global (unpartitioned) model in the report rows: the paper's "WP".
@@ -413,7 +415,7 @@ def _fit_one(samples, index, label, settings, categorical, progress):
 
 
 def train_model(dataset_folder, model_path, *, partitions=None, settings=None, report_path=None, progress=None,
-                **options):
+                scheduler=None, **options):
     """Train the partitioned Stacking models and write the model file (and the report).
 
     Parameters
@@ -435,6 +437,12 @@ def train_model(dataset_folder, model_path, *, partitions=None, settings=None, r
         Model and report are written together: both into temporaries, renamed into place only
         when both were written, so a failed report leaves no model file and vice versa.
     progress : Progress, optional
+    scheduler : str or None
+        Where the models are fitted (:func:`.cluster.parse_scheduler`): None/empty in this
+        process, ``local:N`` or a Dask scheduler address. On Dask each partition model and the
+        global model is one task, fitted with the worker's threads (one fit at a time per
+        worker); workers return each model's native booster files (:meth:`StackEnsemble.to_members`),
+        which are written to the model file as they are.
 
     Returns
     -------
@@ -449,17 +457,27 @@ def train_model(dataset_folder, model_path, *, partitions=None, settings=None, r
     TypeError
         An unknown keyword in ``options``.
     """
-    from .dataset import Dataset
-
     progress = Progress.wrap(progress)
     if settings is not None and not isinstance(settings, TrainingSettings):
         raise TypeError(f"settings must be a TrainingSettings, not {type(settings).__name__}")
     settings = (settings or TrainingSettings()).replace(**options)
-    min_samples, fallback_to_global = settings.min_samples, settings.fallback_to_global
+    scheduler = parse_scheduler(scheduler)
     if report_path:
         _report_extension(report_path)  # refused before training, not after
     check_outputs([(model_path, "model"), (report_path, "report")],
                   inputs=[dataset_folder, getattr(partitions, "source_path", None)])
+    if scheduler is None:
+        return _train_model(dataset_folder, model_path, partitions, settings, report_path, progress, None)
+    from .cluster import dask_client
+
+    with dask_client(scheduler, progress) as client:  # refused before any work when unreachable
+        return _train_model(dataset_folder, model_path, partitions, settings, report_path, progress, client)
+
+
+def _train_model(dataset_folder, model_path, partitions, settings, report_path, progress, client):
+    from .dataset import Dataset
+
+    min_samples, fallback_to_global = settings.min_samples, settings.fallback_to_global
     started = time.perf_counter()
     dataset = Dataset.open(dataset_folder)
     categorical = {p.name: (list(p.categories) if p.categories else None)
@@ -491,14 +509,9 @@ def train_model(dataset_folder, model_path, *, partitions=None, settings=None, r
     from .modelfile import library_versions
 
     models, global_model, rows, summaries, test_samples = {}, None, [], [], {}
-    total = sum(len(index) for _, index, _ in jobs)
-    done = 0
+    fits = _fit_all(samples, jobs, settings, categorical, progress, client)
     for label, index, is_global in jobs:
-        sub = progress.sub(0.05 + 0.9 * done / total, 0.05 + 0.9 * (done + len(index)) / total)
-        progress.update(0.05 + 0.9 * done / total, f"training {label} ({len(index)} samples)")
-        model, model_rows, summary, test_samples[label] = _fit_one(samples, index, label, settings, categorical,
-                                                                   sub)
-        done += len(index)
+        model, model_rows, summary, test_samples[label] = fits[label]
         rows += model_rows
         summaries.append(summary)
         if is_global:
@@ -527,6 +540,49 @@ def train_model(dataset_folder, model_path, *, partitions=None, settings=None, r
     _write_model_and_report(model_path, model_kwargs, report, report_path)
     progress.update(1.0, "model written")
     return report
+
+
+def _fit_all(samples, jobs, settings, categorical, progress, client):
+    """label -> :func:`_fit_one` result for every job, here in turn or as Dask tasks."""
+    total = sum(len(index) for _, index, _ in jobs)
+    fits, done = {}, 0
+    if client is None:
+        for label, index, _ in jobs:
+            sub = progress.sub(0.05 + 0.9 * done / total, 0.05 + 0.9 * (done + len(index)) / total)
+            progress.update(0.05 + 0.9 * done / total, f"training {label} ({len(index)} samples)")
+            fits[label] = _fit_one(samples, index, label, settings, categorical, sub)
+            done += len(index)
+        return fits
+    from .cluster import run_tasks
+    from .stack import StackEnsemble
+
+    progress.update(0.05, f"training {len(jobs)} model(s) on Dask")
+    shared = client.scatter(samples, broadcast=True, hash=False)
+    for (label, index, _), (members, model_rows, summary, tests) in run_tasks(
+            client, _fit_task, jobs, progress=progress, args=(shared, settings, categorical),
+            in_flight=len(jobs), label="model fit"):
+        model = StackEnsemble.from_members(members, n_threads=settings.n_threads)
+        fits[label] = (model, model_rows, summary, tests)
+        done += len(index)
+        progress.update(0.05 + 0.9 * done / total, f"trained {label} ({len(index)} samples)")
+    return fits
+
+
+#: one fit at a time in a worker process, each with all the worker's threads
+_FIT_LOCK = threading.Lock()
+
+
+def _fit_task(job, samples, settings, categorical):
+    """Dask task: fit one job; returns the model as its native members (no pickled booster)."""
+    from distributed import get_worker
+
+    label, index, _ = job
+    if not settings.n_threads:
+        settings = settings.replace(n_threads=get_worker().state.nthreads)
+    with _FIT_LOCK:
+        model, model_rows, summary, tests = _fit_one(samples, index, label, settings, categorical,
+                                                     Progress())
+    return model.to_members(), model_rows, summary, tests
 
 
 def _check_samples(samples, dataset_folder, with_partitions):
@@ -577,8 +633,8 @@ def _write_model_and_report(model_path, model_kwargs, report, report_path):
             raise SmdError(message) from err
 
     outputs = [(model_path, model)]
-    if report_path:
-        outputs.append((report_path, lambda tmp: write_training_report(report, tmp, _final_path=report_path)))
+    if report_path:  # the report (an HTML page with its companion folder of PNG/CSV files)
+        outputs += _report_outputs(report, report_path)
     write_together(outputs)
 
 
@@ -593,8 +649,10 @@ def _json_safe(value):
     return value
 
 
-def write_training_report(report, path, *, _final_path=None):
-    """Write a training report as .json, .csv (Table-3 rows) or .html, atomically.
+def write_training_report(report, path):
+    """Write a training report as .json, .csv (Table-3 rows) or .html, atomically; an .html page
+    is written with its companion folder ``<stem>_files`` (figures as PNG, tables as CSV;
+    core.reports.files), both or neither.
 
     A write that fails (disk full, permission, missing folder) raises SmdError naming the file
     and the cause; nothing is left under ``path``.
@@ -604,7 +662,13 @@ def write_training_report(report, path, *, _final_path=None):
     str
         ``path``.
     """
-    ext = _report_extension(_final_path or path)
+    write_together(_report_outputs(report, path))
+    return path
+
+
+def _report_outputs(report, path):
+    """The write_together items of a training report at ``path`` (its text made here)."""
+    ext = _report_extension(path)
     rows = report.rows() if hasattr(report, "rows") else list(report.get("rows", []))
     if ext == ".json":  # the test samples' arrays stay in the report object (for the HTML page) only
         text = json.dumps(_json_safe({k: v for k, v in dict(report).items() if k != "test_samples"}), indent=1,
@@ -616,14 +680,11 @@ def write_training_report(report, path, *, _final_path=None):
         writer.writerows(rows)
         text = buffer.getvalue()
     else:  # the page of core.reports.training: Table 3, Figure 4, test density, weights, settings
-        from .reports import training_html
+        from .reports import report_outputs, training_html
 
         started = time.perf_counter()
         text = training_html(report)
         if isinstance(report, dict):
             report["report_seconds"] = round(time.perf_counter() - started, 3)
-    if _final_path is None:
-        write_text_output(path, text)
-    else:  # ``path`` is already the caller's temporary: write it, name the final file on errors
-        write_text_temporary(path, text, _final_path)
-    return path
+        return report_outputs(path, text)
+    return [(path, lambda tmp: write_text_temporary(tmp, text, path))]

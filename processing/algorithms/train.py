@@ -154,6 +154,7 @@ class TrainAlgorithm(SmdAlgorithm):
         self.add_parameter(
             param, tr("Instead of failing when a partition has fewer than the minimum samples."),
             advanced=True)
+        self.add_scheduler_parameter()
         param = QgsProcessingParameterFileDestination(
             self.OUTPUT_MODEL, tr("Model file"), tr("smdownscale model (*.smdmodel.zip *.zip)"))
         self.add_parameter(param, tr("Zip with the learners' native model files and a manifest."))
@@ -189,7 +190,7 @@ class TrainAlgorithm(SmdAlgorithm):
         error = dataset_folder_error(self.parameterAsFile(parameters, self.DATASET, context))
         if error:
             return error
-        error = core_error(self.training_settings, parameters, context)
+        error = core_error(self.training_settings, parameters, context) or self.scheduler_error(parameters, context)
         if error:
             return error
         source = self.parameterAsSource(parameters, self.PARTITIONS, context)
@@ -228,7 +229,8 @@ class TrainAlgorithm(SmdAlgorithm):
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         with core_errors():
             report = train_model(dataset, model_path, partitions=partitions, settings=settings,
-                                 report_path=report_path or None, progress=self.progress(feedback))
+                                 report_path=report_path or None, scheduler=self.scheduler(parameters, context),
+                                 progress=self.progress(feedback))
         # model and report were written together (both or neither)
         results = {self.OUTPUT_MODEL: model_path}
         if report_path:
