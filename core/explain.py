@@ -165,9 +165,9 @@ def write_explanation_report(rows, samples, path, *, dependence=None, predictors
     """Write the explanation report (core.reports.explanation) atomically: beeswarm per partition,
     importance bars, dependence plot of ``dependence`` (default: the most important static and
     the most important dynamic predictor of ``predictors`` - the model manifest's predictor
-    records - derived ones such as the day of year left out)."""
-    from .outputs import write_text_output
-    from .reports import explanation_html
+    records - derived ones such as the day of year left out). The page's companion folder
+    ``<stem>_files`` (figures as PNG, tables as CSV) is written with it: both or neither."""
+    from .reports import explanation_html, write_report
 
     check_report_path(path)
     if dependence is not None:
@@ -183,5 +183,5 @@ def write_explanation_report(rows, samples, path, *, dependence=None, predictors
         dynamic = {p["name"] for p in chosen if p.get("dynamic")}
     text = explanation_html(rows, samples, dependence=dependence, dynamic=dynamic, static=static,
                             model_path=model_path)
-    write_text_output(path, text)
+    write_report(path, text)
     return path

@@ -8,7 +8,9 @@
   only on success; folders are swapped in one rename so the old one stays intact until then.
 - :class:`CheckedRasterWriter` records what was written and reads the file back before it is
   renamed into place, so a write that failed (disk full, I/O error) is never reported as success.
-- :func:`write_text_output` writes JSON/CSV/HTML the same way.
+- :func:`write_text_output` writes JSON/CSV/HTML the same way; :func:`write_together` /
+  :func:`outputs_together` write several outputs as one (both or neither), e.g. a model and its
+  report, or an HTML report and its companion folder (:func:`report_files_folder`).
 - Temporaries left by a killed run are removed by the next run into the same folder
   (:func:`remove_stale_temporaries`), only ours and only when their process is gone.
 
@@ -41,6 +43,10 @@ FILE_KINDS = {
 FOLDER_KINDS = ("dataset", "folder")
 FOLDER_MARKER = ".smdownscale-output"
 DATASET_MANIFEST = "dataset.json"
+#: An HTML report ``X.html`` is written with its companion folder ``X_files`` beside it (its
+#: figures as PNG, its tables as CSV, for reuse): :func:`report_files_folder` is the one rule.
+HTML_EXTENSIONS = (".html", ".htm")
+REPORT_FILES_SUFFIX = "_files"
 
 _HOST = re.sub(r"[^A-Za-z0-9]+", "", socket.gethostname())[:32] or "host"
 #: ``.<name>.tmp-<host>-<pid><ext>`` and ``.<name>.old-<host>-<pid>``, optionally + GDAL sidecar
@@ -76,6 +82,25 @@ def source_path(text):
 def real_path(path):
     """The resolved absolute path of a file or GDAL source (symlinks followed, suffix dropped)."""
     return os.path.realpath(os.path.abspath(os.path.expanduser(source_path(path))))
+
+
+def report_files_folder(path):
+    """The companion folder of an HTML report (``/out/report.html`` -> ``/out/report_files``),
+    or None for a report that is not a web page (.csv, .json). :func:`check_outputs` checks it
+    with every ``report`` output; the report writers (core.reports.files) write it."""
+    if not path:
+        return None
+    root, ext = os.path.splitext(source_path(path))
+    return root + REPORT_FILES_SUFFIX if ext.lower() in HTML_EXTENSIONS else None
+
+
+def _with_companions(outputs):
+    """(path, kind, what) for every output, each HTML report followed by its companion folder."""
+    for path, kind in outputs:
+        yield path, kind, None
+        folder = report_files_folder(path) if kind == "report" else None
+        if folder:
+            yield folder, "folder", f"the figures and tables of the report {source_path(path)}"
 
 
 def _inside(path, folder):
@@ -130,7 +155,8 @@ def check_outputs(outputs, inputs=()):
     ----------
     outputs : iterable of (path, kind)
         ``kind`` is a key of :data:`FILE_KINDS` (a file) or one of :data:`FOLDER_KINDS`.
-        ``None`` paths (optional outputs not asked for) are skipped.
+        ``None`` paths (optional outputs not asked for) are skipped. An HTML ``report`` also
+        checks its companion folder (:func:`report_files_folder`) as a ``folder`` output.
     inputs : iterable of path
         Every file or folder the run reads (GDAL ``|layername=`` suffixes allowed).
 
@@ -141,13 +167,15 @@ def check_outputs(outputs, inputs=()):
     """
     input_paths = [real_path(path) for path in inputs if path]
     seen = {}
-    for path, kind in outputs:
+    for path, kind, what in _with_companions(outputs):
         if not path:
             continue
         if kind not in FILE_KINDS and kind not in FOLDER_KINDS:
             raise ValueError(f"unknown output kind {kind!r}")
         real = real_path(path)
-        label = f"Output {source_path(path)}"
+        label = f"Output {source_path(path)}" + (f" ({what})" if what else "")
+        # a companion folder follows its report's name: the way out is another report name
+        other = "Choose another report name, or move that folder away." if what else None
         if real in seen:
             raise SmdError(f"{label} is given for two outputs of this run; give each output its "
                            "own path.")
@@ -180,10 +208,10 @@ def check_outputs(outputs, inputs=()):
         else:
             if not os.path.isdir(real):
                 raise SmdError(f"{label} exists and is a file; a folder output never replaces a "
-                               "file. Choose another folder name.")
+                               f"file. {other or 'Choose another folder name.'}")
             if os.listdir(real) and not is_plugin_folder(real):
                 raise SmdError(f"{label} is a folder holding files this plugin did not write; it "
-                               "is never replaced. Choose a new or empty folder.")
+                               f"is never replaced. {other or 'Choose a new or empty folder.'}")
 
 
 # -- temporaries -----------------------------------------------------------------------------
@@ -383,17 +411,22 @@ def write_text_temporary(tmp, text, final_path):
         raise write_error(os.path.abspath(final_path), describe_os_error(err)) from err
 
 
-def write_together(outputs):
-    """Write several files as one: each into a temporary, renamed into place only when all were
-    written (in the given order); when a rename fails, the files already renamed are removed, so
-    none is left without the others.
+@contextlib.contextmanager
+def outputs_together(outputs):
+    """Temporaries for several outputs written as one; yields ``{final path: temporary}``.
+
+    Each output gets its :func:`atomic_output` temporary (a new empty folder for a folder
+    output); when the block succeeds they are renamed into place in the given order, and when
+    anything fails (the block, or a rename) the outputs already renamed are removed, so none is
+    left without the others.
 
     Parameters
     ----------
-    outputs : list of (final_path, write)
-        ``write(tmp)`` writes the file at the temporary path ``tmp``. An OSError (disk full,
-        permission...) becomes SmdError naming ``final_path`` and the cause.
+    outputs : list of path or (path, folder)
+        ``folder`` True for a folder output (e.g. a report's companion folder).
     """
+    items = [(item, False) if isinstance(item, (str, bytes, os.PathLike)) else (item[0], bool(item[1]))
+             for item in outputs]
     renamed = []
 
     def marker(final):
@@ -407,19 +440,34 @@ def write_together(outputs):
         with contextlib.ExitStack() as stack:
             temporaries = {}
             # entered in reverse: the stack exits last-in first, so the renames run in order
-            for final, _ in reversed(outputs):
+            for final, folder in reversed(items):
                 stack.push(marker(final))
-                temporaries[final] = stack.enter_context(atomic_output(final))
-            for final, write in outputs:
-                try:
-                    write(temporaries[final])
-                except OSError as err:
-                    raise write_error(os.path.abspath(final), describe_os_error(err)) from err
+                temporaries[final] = stack.enter_context(atomic_output(final, folder=folder))
+            yield temporaries
     except BaseException:
         for final in renamed:
-            with contextlib.suppress(OSError):
-                os.remove(final)
+            _remove(os.path.abspath(os.fspath(final)))
         raise
+
+
+def write_together(outputs):
+    """Write several outputs as one: each into a temporary, renamed into place only when all were
+    written (in the given order); when a rename fails, the outputs already renamed are removed, so
+    none is left without the others (:func:`outputs_together`).
+
+    Parameters
+    ----------
+    outputs : list of (final_path, write) or (final_path, write, folder)
+        ``write(tmp)`` writes the file (or, with ``folder`` True, fills the new empty folder) at
+        the temporary path ``tmp``. An OSError (disk full, permission...) becomes SmdError naming
+        ``final_path`` and the cause.
+    """
+    with outputs_together([(item[0], len(item) > 2 and bool(item[2])) for item in outputs]) as temporaries:
+        for final, write, *_ in outputs:
+            try:
+                write(temporaries[final])
+            except OSError as err:
+                raise write_error(os.path.abspath(final), describe_os_error(err)) from err
 
 
 # -- checked raster writes -------------------------------------------------------------------

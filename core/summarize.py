@@ -19,7 +19,8 @@ import numpy as np
 
 from .common import (SOIL_MOISTURE_RANGE, Progress, SmdError, gdal_cache_limit, parse_date, read_band_dates,
                      series_profile, soil_moisture_units_hint, whole_number)
-from .outputs import CheckedRasterWriter, atomic_output, check_outputs
+from .outputs import CheckedRasterWriter, check_outputs, outputs_together
+from .reports.files import report_staging, write_report_into
 
 STATISTICS = ("mean", "std", "count")
 DEFAULT_BLOCK_SIZE = 512
@@ -149,103 +150,82 @@ def summarize(input_path, *, mean_path=None, std_path=None, count_path=None, rep
         windows = list(_windows(src.width, src.height, block_size))
         pixels_valid = 0
         lower, upper = SOIL_MOISTURE_RANGE
-        renamed = []
-        try:
-            with contextlib.ExitStack() as stack:
-                writers = {}
-                # entered in reverse: the stack exits last-in first, so the renames run mean, std, count, report
-                report_tmp = None
-                if report_path:
-                    stack.push(_record(renamed, report_path))
-                    report_tmp = stack.enter_context(atomic_output(report_path))
-                for key in reversed(list(outputs)):
-                    stack.push(_record(renamed, outputs[key]))
-                    tmp = stack.enter_context(atomic_output(outputs[key]))
-                    tags = {"SMDOWNSCALE_STATISTIC": key, "SMDOWNSCALE_PERIOD": period,
-                            "SMDOWNSCALE_N_DATES": str(len(used)), "SMDOWNSCALE_SOURCE": os.path.basename(
-                                os.fspath(input_path)),
-                            "UNITS": "valid dates" if key == "count" else "m3/m3"}
-                    writers[key] = stack.enter_context(CheckedRasterWriter(tmp, profile, final_path=outputs[key],
-                                                                           tags=tags))
-                    writers[key].set_band_description(1, f"{key} {period}")
-                for number, window in enumerate(windows):
-                    progress.update(number / len(windows), f"Block {number + 1}/{len(windows)} over {len(used)} dates")
-                    shape_b = (int(window.height), int(window.width))
-                    count = np.zeros(shape_b, dtype="float64")
-                    mean = np.zeros(shape_b, dtype="float64")
-                    m2 = np.zeros(shape_b, dtype="float64")
-                    for k, band in enumerate(bands):
-                        if k % 16 == 0:
-                            progress.check()
-                        with reading(input_path, "soil-moisture series"):
-                            values = src.read(band, window=window, out_dtype="float64")
-                        band_nodata = nodata[band - 1] if nodata else None
-                        if band_nodata is not None and not math.isnan(band_nodata):
-                            values[values == band_nodata] = np.nan
-                        valid = np.isfinite(values)
-                        if not valid.any():
-                            continue
-                        chosen = values[valid]
-                        low, high = float(chosen.min()), float(chosen.max())
-                        if low < lower or high > upper:
-                            raise SmdError(
-                                f"{input_path}, band {band} ({dates[band - 1]}): soil moisture must be in m3/m3 "
-                                f"(between {lower:g} and {upper:g}), but values range from {low:.4g} to "
-                                f"{high:.4g}.{soil_moisture_units_hint(low, high)}")
-                        count[valid] += 1.0
-                        delta = chosen - mean[valid]
-                        mean[valid] += delta / count[valid]
-                        m2[valid] += delta * (chosen - mean[valid])
-                    has = count > 0
-                    pixels_valid += int(has.sum())
-                    results = {"mean": np.where(has, mean, np.nan),
-                               "std": np.where(has, np.sqrt(np.divide(m2, count, out=np.zeros_like(m2), where=has)),
-                                               np.nan),
-                               "count": count}
-                    for key in STATISTICS:
-                        stats[key].add(results[key].astype("float32"))
-                        if key in writers:
-                            writers[key].write(results[key].astype("float32"), 1, window=window)
-                        if previews is not None:
-                            source, target = _preview_slices(window, step)
-                            previews[key][target] = results[key][source]
-                progress.update(1.0, "Period maps written")
-                result = {"input": os.path.abspath(os.fspath(input_path)), "product": product, "dates": used,
-                          "start": start, "end": end,
-                          "outputs": {key: os.path.abspath(path) for key, path in outputs.items()},
-                          "pixels": int(src.width * src.height), "pixels_valid": pixels_valid,
-                          "block_size": block_size}
+        # mean, std, count, the report page and its companion folder: renamed in that order
+        # when all were written, none left without the others (core.outputs.outputs_together)
+        staged = list(outputs.values()) + report_staging(report_path)
+        with outputs_together(staged) as temporaries, contextlib.ExitStack() as stack:
+            writers = {}
+            for key in outputs:
+                tmp = temporaries[outputs[key]]
+                tags = {"SMDOWNSCALE_STATISTIC": key, "SMDOWNSCALE_PERIOD": period,
+                        "SMDOWNSCALE_N_DATES": str(len(used)), "SMDOWNSCALE_SOURCE": os.path.basename(
+                            os.fspath(input_path)),
+                        "UNITS": "valid dates" if key == "count" else "m3/m3"}
+                writers[key] = stack.enter_context(CheckedRasterWriter(tmp, profile, final_path=outputs[key],
+                                                                       tags=tags))
+                writers[key].set_band_description(1, f"{key} {period}")
+            for number, window in enumerate(windows):
+                progress.update(number / len(windows), f"Block {number + 1}/{len(windows)} over {len(used)} dates")
+                shape_b = (int(window.height), int(window.width))
+                count = np.zeros(shape_b, dtype="float64")
+                mean = np.zeros(shape_b, dtype="float64")
+                m2 = np.zeros(shape_b, dtype="float64")
+                for k, band in enumerate(bands):
+                    if k % 16 == 0:
+                        progress.check()
+                    with reading(input_path, "soil-moisture series"):
+                        values = src.read(band, window=window, out_dtype="float64")
+                    band_nodata = nodata[band - 1] if nodata else None
+                    if band_nodata is not None and not math.isnan(band_nodata):
+                        values[values == band_nodata] = np.nan
+                    valid = np.isfinite(values)
+                    if not valid.any():
+                        continue
+                    chosen = values[valid]
+                    low, high = float(chosen.min()), float(chosen.max())
+                    if low < lower or high > upper:
+                        raise SmdError(
+                            f"{input_path}, band {band} ({dates[band - 1]}): soil moisture must be in m3/m3 "
+                            f"(between {lower:g} and {upper:g}), but values range from {low:.4g} to "
+                            f"{high:.4g}.{soil_moisture_units_hint(low, high)}")
+                    count[valid] += 1.0
+                    delta = chosen - mean[valid]
+                    mean[valid] += delta / count[valid]
+                    m2[valid] += delta * (chosen - mean[valid])
+                has = count > 0
+                pixels_valid += int(has.sum())
+                results = {"mean": np.where(has, mean, np.nan),
+                           "std": np.where(has, np.sqrt(np.divide(m2, count, out=np.zeros_like(m2), where=has)),
+                                           np.nan),
+                           "count": count}
                 for key in STATISTICS:
-                    result.update(stats[key].result(key))
-                result["seconds"] = round(time.perf_counter() - started, 3)
-                result["report"] = os.path.abspath(os.fspath(report_path)) if report_path else None
-                if report_path:
-                    from .reports import period_html
+                    stats[key].add(results[key].astype("float32"))
+                    if key in writers:
+                        writers[key].write(results[key].astype("float32"), 1, window=window)
+                    if previews is not None:
+                        source, target = _preview_slices(window, step)
+                        previews[key][target] = results[key][source]
+            progress.update(1.0, "Period maps written")
+            result = {"input": os.path.abspath(os.fspath(input_path)), "product": product, "dates": used,
+                      "start": start, "end": end,
+                      "outputs": {key: os.path.abspath(path) for key, path in outputs.items()},
+                      "pixels": int(src.width * src.height), "pixels_valid": pixels_valid,
+                      "block_size": block_size}
+            for key in STATISTICS:
+                result.update(stats[key].result(key))
+            result["seconds"] = round(time.perf_counter() - started, 3)
+            result["report"] = os.path.abspath(os.fspath(report_path)) if report_path else None
+            if report_path:
+                from .reports import period_html
 
-                    report_started = time.perf_counter()
-                    bounds = src.bounds
-                    extent = (bounds.left, bounds.left + shape[1] * step * src.transform.a,
-                              bounds.top + shape[0] * step * src.transform.e, bounds.top)
-                    text = period_html(result, previews, extent=extent)
-                    with open(report_tmp, "w", encoding="utf-8") as handle:
-                        handle.write(text)
-                        handle.flush()
-                        os.fsync(handle.fileno())
-                    result["report_seconds"] = round(time.perf_counter() - report_started, 3)
-        except BaseException:
-            for path in renamed:  # one rename failed after others: none is left without the others
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-            raise
+                report_started = time.perf_counter()
+                bounds = src.bounds
+                extent = (bounds.left, bounds.left + shape[1] * step * src.transform.a,
+                          bounds.top + shape[0] * step * src.transform.e, bounds.top)
+                text = period_html(result, previews, extent=extent)
+                write_report_into(temporaries, report_path, text)
+                result["report_seconds"] = round(time.perf_counter() - report_started, 3)
     return result
-
-
-def _record(renamed, final):
-    def record(exc_type, exc, tb):
-        if exc_type is None:
-            renamed.append(final)
-        return False
-    return record
 
 
 def _windows(width, height, block_size):

@@ -417,11 +417,12 @@ def write_validation_report(result, path):
     - ``.html``: a self-contained page (core.reports.validation): one sentence per other
       product, summary and class tables, boxplots, site maps, R vs ubRMSE per partition, time
       series at ``result.timeseries``' sites, every site's metrics; numbers in its JSON block.
+      Its companion folder ``<stem>_files`` beside it holds the figures (PNG) and tables (CSV).
 
     Returns
     -------
     list of str
-        The files written.
+        The files written (for .html: the page, then its companion folder).
     """
     ext = check_report_path(path)
     path = os.fspath(path)
@@ -449,13 +450,13 @@ def write_validation_report(result, path):
         texts = [(path, buffer.getvalue()),
                  (os.path.splitext(path)[0] + "_summary.csv", summary_buffer.getvalue())]
     else:  # the page of core.reports.validation: sentences, classes, Figures 5-8, every site
-        from .reports import validation_html
+        from .reports import validation_html, write_report
 
         page = validation_html(result.summary, result.per_site, result.unmatched,
                                outlines=getattr(result, "outlines", None),
                                timeseries=getattr(result, "timeseries", None),
                                axis_labels=getattr(result, "axis_labels", None))
-        texts = [(path, page)]
+        return write_report(path, page)  # the page and its companion folder (PNG/CSV): both or neither
     # the CSV report and its summary are written together: both or neither
     write_together([(final, (lambda tmp, text=text, final=final: write_text_temporary(tmp, text, final)))
                     for final, text in texts])

@@ -27,6 +27,53 @@ def read(path):
         return handle.read()
 
 
+def companion(report_path):
+    """Check the companion folder of an HTML report against the page; return its tables as
+    ``{table id: [row dict of strings]}``.
+
+    The folder holds one PNG per figure of the page (named after the figure id, the very bytes of
+    its data URI), one CSV per table of the JSON block's ``tables`` and the plugin's marker."""
+    import base64
+    import csv
+
+    from smdownscale.core.outputs import FOLDER_MARKER, report_files_folder
+    from smdownscale.core.reports import read_report_data
+
+    text = read(report_path)
+    data = read_report_data(text)
+    folder = report_files_folder(report_path)
+    assert folder == os.path.splitext(str(report_path))[0] + "_files"
+    embedded = {match.group(1): base64.b64decode(match.group(2)) for match in
+                re.finditer(r"<img id='([^']+)' alt='[^']*' src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)}
+    assert list(embedded) == data["figures"] and data["tables"]
+    assert sorted(os.listdir(folder)) == sorted([f"{ident}.png" for ident in data["figures"]]
+                                                + [f"{ident}.csv" for ident in data["tables"]] + [FOLDER_MARKER])
+    for ident, png in embedded.items():
+        with open(os.path.join(folder, f"{ident}.png"), "rb") as handle:
+            assert handle.read() == png
+    tables = {}
+    for ident in data["tables"]:
+        with open(os.path.join(folder, f"{ident}.csv"), encoding="utf-8", newline="") as handle:
+            tables[ident] = list(csv.DictReader(handle))
+    return tables
+
+
+def number(text):
+    """A CSV cell back as the JSON block's value: empty -> None, else int or float (exactly)."""
+    if text == "":
+        return None
+    return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
+
+
+def assert_same(csv_rows, rows, keys):
+    """CSV rows equal ``rows`` (dicts from the JSON block) in ``keys``, numbers exactly."""
+    assert len(csv_rows) == len(rows)
+    for got, expected in zip(csv_rows, rows):
+        for key in keys:
+            value = expected.get(key)
+            assert (number(got[key]) if not isinstance(value, str) else got[key]) == value, (key, got, expected)
+
+
 def write_series(path, values, dates, nodata=np.nan):
     values = np.asarray(values, dtype="float32")
     with rasterio.open(path, "w", driver="GTiff", width=values.shape[2], height=values.shape[1],
@@ -105,6 +152,8 @@ def test_training_page_from_plain_data():
     # the best test score per partition in bold: the Stacking row (highest R, lowest RMSE)
     assert "<b>0.9800</b>" in text and "<b>0.001300</b>" in text
     assert "5 folds by random samples" in text and "xgboost 2.0" in text
+    assert list(text.figures) == ["figure-test-scores", "figure-test-density"]  # the page carries its files
+    assert list(text.tables) == data["tables"] == ["table3", "meta-weights"]
     # without test samples (an old report) the page says so and has no density figure
     del report["test_samples"]
     text = training_html(report)
@@ -291,6 +340,11 @@ def test_summarize_report_numbers_equal_the_outputs(small_series, tmp_path):
     assert data["kind"] == "period" and set(images(text)) == {"figure-period-maps"}
     assert data["stats"]["mean_of_mean"] == pytest.approx(result["mean_of_mean"])
     assert data["stats"]["dates"] == DATES and data["stats"]["pixels_valid"] == 2
+    stats = companion(report)["period-stats"]
+    assert [row["output"] for row in stats] == ["mean", "std", "count"]
+    for row in stats:
+        for key in ("min", "mean", "max"):
+            assert number(row[key]) == data["stats"][f"{key}_of_{row['output']}"] == result[f"{key}_of_{row['output']}"]
     from smdownscale.core.common import SmdError
 
     with pytest.raises(SmdError, match="use a .html"):
@@ -408,6 +462,14 @@ def test_training_report_html_numbers_equal_the_training_report(chain):
                for p in partitions)
     assert data["settings"]["folds"] == 2 and data["settings"]["seed"] == 7 and data["library_versions"]
     assert {p["partition"] for p in data["partitions"]} == partitions
+    # the companion folder: Table 3 and the weights at full precision, the figures as PNG
+    tables = companion(chain["train"]["OUTPUT_REPORT"])
+    assert_same(tables["table3"], data["rows"], ("partition", "model", "n_train", "n_test", "r_train",
+                                                 "rmse_train", "r_test", "rmse_test"))
+    assert_same(tables["table3"], rows, ("r_test", "rmse_test"))  # = the model file's metrics
+    for row, summary in zip(tables["meta-weights"], data["partitions"]):
+        assert row["partition"] == summary["partition"] and number(row["intercept"]) == summary["intercept"]
+        assert [number(row[f"w_{m}"]) for m in summary["base_models"]] == summary["weights"]
 
 
 def test_training_test_samples_in_the_core_report(chain, tmp_path):
@@ -458,6 +520,14 @@ def test_validation_report_with_partitions_precipitation_and_time_series(chain, 
     assert data["sentences"][0].startswith("sm_1km: mean ubRMSE ")
     assert set(images(text)) == {"figure-boxplots", "figure-site-map", "figure-r-ubrmse", "figure-timeseries"}
     assert len(data["timeseries_sites"]) == 4 and data["outlines"]
+    tables = companion(result["OUTPUT_REPORT"])
+    assert_same(tables["per-site"], data["per_site"], ("product", "site_id", "partition", "x", "y", "n", "r",
+                                                      "rmse", "bias", "ubrmse"))
+    assert_same(tables["summary"], [dict(row, partition=row.get("partition") or "all sites")
+                                    for row in data["summary"]],
+                [key for key in tables["summary"][0] if key != "partition"])
+    assert number(next(row for row in tables["summary"] if row["product"] == "sm_1km"
+                       and row["partition"] == "all sites")["mean_ubrmse"]) == pytest.approx(result["MEAN_UBRMSE"])
     assert "bars: precipitation" in text
     # the same result without partitions: no per-partition rows
     result = processing.run("smdownscale:validate", {
@@ -494,8 +564,30 @@ def test_explanation_report_importance_equals_the_table(chain, tmp_path):
         "figure-importance", "figure-dependence"}
     first, second = data["dependence"]
     assert first != "doy" or second != "doy"
+    tables = companion(result["OUTPUT_REPORT"])
+    assert [row["predictor"] for row in tables["importance"]] == list(data["importance_overall"])
+    for row in tables["importance"]:
+        assert number(row["overall"]) == data["importance_overall"][row["predictor"]]
+        for got in data["rows"]:
+            if got["predictor"] == row["predictor"]:
+                assert number(row[f"p_{got['partition']}"]) == got["mean_abs_shap"]
+    assert_same(tables["samples"], [{"partition": p, "n": data["n_samples"][p]} for p in data["partitions"]],
+                ("partition", "n"))
     result = processing.run("smdownscale:explain", {
         "MODEL": chain["train"]["OUTPUT_MODEL"], "DATASET": chain["dataset"], "MAX_SAMPLES": 50,
         "DEPENDENCE": "dem,ndvi", "OUTPUT_TABLE": str(tmp_path / "shap2.csv"),
         "OUTPUT_REPORT": str(tmp_path / "explain2.html")})
     assert read_report_data(result["OUTPUT_REPORT"])["dependence"] == ["dem", "ndvi"]
+    # a report whose companion folder would replace a folder the plugin did not write: refused
+    # before the SHAP run (the processing check covers the folder), nothing touched or created
+    from qgis.core import QgsProcessingException
+
+    (tmp_path / "explain3_files").mkdir()
+    (tmp_path / "explain3_files" / "figure.svg").write_text("mine")
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(QgsProcessingException, match=r"explain3_files \(the figures and tables of the report "
+                                                     r".*explain3\.html\) is a folder holding files this plugin"):
+        processing.run("smdownscale:explain", {
+            "MODEL": chain["train"]["OUTPUT_MODEL"], "DATASET": chain["dataset"], "MAX_SAMPLES": 50,
+            "OUTPUT_TABLE": str(tmp_path / "shap3.csv"), "OUTPUT_REPORT": str(tmp_path / "explain3.html")})
+    assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "explain3_files") == ["figure.svg"]

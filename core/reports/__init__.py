@@ -4,9 +4,12 @@ Each ``*_html`` function takes plain data (rows, dicts, arrays) and returns one 
 page (str): one style, figures as PNG data URIs (matplotlib Agg, imported only here, only when a
 report is written), and the page's numbers in one JSON block
 ``<script type="application/json" id="smdownscale-report">`` (:func:`read_report_data`).
+An HTML report is written with its companion folder of PNG figures and CSV tables beside it
+(:func:`write_report`, :mod:`.files`; the folder's name: ``core.outputs.report_files_folder``).
 No QGIS.
 """
-from .html import REPORT_JSON_ID, format_count, format_metric, read_report_data  # noqa: F401
+from .files import companion_files, report_outputs, write_report  # noqa: F401
+from .html import REPORT_JSON_ID, ReportPage, format_count, format_metric, read_report_data  # noqa: F401
 
 
 def training_html(report, **kwargs):

@@ -7,7 +7,10 @@ A page is built from plain data with :class:`Page` and rendered to one string:
   ``<script type="application/json" id="smdownscale-report">...</script>`` (strict JSON, NaN as
   null), which :func:`read_report_data` reads back;
 - tables are sized for a 1,280 px wide window (wide tables are split by the callers, long ones
-  scroll inside their box); metrics are shown with 4 significant digits, counts as integers.
+  scroll inside their box); metrics are shown with 4 significant digits, counts as integers;
+- :meth:`Page.render` returns a :class:`ReportPage`: the page's text (a str) that also carries
+  its figures' PNG bytes and its tables' rows at full precision, which the report writers put in
+  the companion folder beside the page (:mod:`.files`).
 
 No QGIS and no matplotlib here (figures come as PNG bytes from :mod:`.figures`).
 """
@@ -105,6 +108,34 @@ def slug(text):
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
 
 
+def format_coordinate(value):
+    """A station coordinate as shown in the tables (6 significant digits)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "" if value is None else str(value)
+    return f"{number:.6g}" if math.isfinite(number) else "n/a"
+
+
+class ReportPage(str):
+    """The HTML text of a report page, with what its companion folder holds (:mod:`.files`).
+
+    Attributes
+    ----------
+    figures : dict
+        figure id -> PNG bytes (the bytes embedded in the page), in page order.
+    tables : dict
+        table id -> (columns, rows): the ``(key, header, kind)`` columns and the rows (dicts) as
+        given to :meth:`Page.table`, unformatted.
+    """
+
+    def __new__(cls, text, figures=None, tables=None):
+        page = super().__new__(cls, text)
+        page.figures = dict(figures or {})
+        page.tables = dict(tables or {})
+        return page
+
+
 class Page:
     """An HTML report under construction.
 
@@ -121,6 +152,8 @@ class Page:
         self.kind = kind
         self.parts = []
         self.figures = []  # ids, in page order
+        self.pngs = {}  # id -> PNG bytes
+        self.tables = {}  # id -> (columns, rows)
         self.data = {"format": REPORT_FORMAT, "version": REPORT_VERSION, "kind": kind, "title": title}
         if subtitle:
             self.parts.append(f"<p class='meta'>{html.escape(subtitle)}</p>")
@@ -148,14 +181,22 @@ class Page:
         ----------
         columns : list of (key, header, kind)
             ``kind``: ``metric`` (4 significant digits), ``count`` (integer), ``text``,
-            ``percent``.
+            ``percent``, ``coordinate`` (6 significant digits).
         rows : list of dict
+            Unformatted values: the page shows them formatted, the companion CSV at full
+            precision.
         bold : iterable of (row index, key)
             Cells shown in bold (e.g. the best test score per partition).
+        table_id : str, optional
+            The table's id (and its CSV's name); default ``table-<n>``.
         """
+        table_id = table_id or f"table-{len(self.tables) + 1}"
+        if table_id in self.tables:
+            raise ValueError(f"table id {table_id!r} used twice")
+        self.tables[table_id] = (tuple(tuple(column) for column in columns), [dict(row) for row in rows])
         bold = set(bold)
         formatters = {"metric": format_metric, "count": format_count, "percent": format_percent,
-                      "text": lambda v: "" if v is None else str(v)}
+                      "coordinate": format_coordinate, "text": lambda v: "" if v is None else str(v)}
         head = "".join(f"<th class='{'t' if kind == 'text' else 'n'}'>{html.escape(header)}</th>"
                        for _, header, kind in columns)
         body = []
@@ -167,7 +208,7 @@ class Page:
                     text = f"<b>{text}</b>"
                 cells.append(f"<td class='{'t' if kind == 'text' else 'n'}'>{text}</td>")
             body.append("<tr>" + "".join(cells) + "</tr>")
-        ident = f" id='{html.escape(table_id)}'" if table_id else ""
+        ident = f" id='{html.escape(table_id)}'"
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         box = "box scroll" if scroll else "box"
         self.parts.append(f"<div class='{box}'><table{ident}>{cap}<thead><tr>{head}</tr></thead>"
@@ -179,6 +220,7 @@ class Page:
         if figure_id in self.figures:
             raise ValueError(f"figure id {figure_id!r} used twice")
         self.figures.append(figure_id)
+        self.pngs[figure_id] = bytes(png)
         encoded = base64.b64encode(png).decode("ascii")
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
         klass = " class='half'" if half else ""
@@ -187,18 +229,21 @@ class Page:
 
     # -- output
     def render(self, data=None):
-        """The whole page; ``data`` (dict) is merged into the JSON block with the figure ids."""
+        """The whole page (a :class:`ReportPage`); ``data`` (dict) is merged into the JSON block
+        with the figure ids."""
         block = dict(self.data)
         block.update(data or {})
         block["figures"] = list(self.figures)
+        block["tables"] = list(self.tables)
         text = json.dumps(json_safe(block), allow_nan=False, separators=(",", ":"))
         text = text.replace("</", "<\\/")  # never closes the script element
-        return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
                 "<meta name='viewport' content='width=device-width, initial-scale=1'>"
                 f"<title>{html.escape(self.title)}</title><style>{STYLE}</style></head>\n<body><main>\n"
                 f"<h1>{html.escape(self.title)}</h1>\n" + "\n".join(self.parts)
                 + f"\n<script type='application/json' id='{REPORT_JSON_ID}'>{text}</script>\n"
                 "</main></body></html>\n")
+        return ReportPage(page, figures=self.pngs, tables=self.tables)
 
 
 _BLOCK_RE = re.compile(r"<script type=['\"]application/json['\"] id=['\"]" + REPORT_JSON_ID

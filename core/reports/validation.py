@@ -225,7 +225,7 @@ SITE_COLUMNS = (("product", "Product", "text"), ("site_id", "Site", "text"), ("p
 
 
 def _coordinate_columns(columns):
-    return tuple((key, label, "text" if key in ("x", "y") else kind) for key, label, kind in columns)
+    return tuple((key, label, "coordinate" if key in ("x", "y") else kind) for key, label, kind in columns)
 
 
 def validation_html(summary, per_site, unmatched=(), *, outlines=None, timeseries=None, timeseries_sites=None,
@@ -299,8 +299,7 @@ def validation_html(summary, per_site, unmatched=(), *, outlines=None, timeserie
 
     page.heading("Every site")
     site_columns = SITE_COLUMNS if has_partitions else tuple(c for c in SITE_COLUMNS if c[0] != "partition")
-    site_rows = [{**row, "x": f"{row['x']:.6g}", "y": f"{row['y']:.6g}"} for row in per_site]
-    page.table(_coordinate_columns(site_columns), site_rows, table_id="per-site", scroll=True)
+    page.table(_coordinate_columns(site_columns), per_site, table_id="per-site", scroll=True)
     if unmatched:
         page.heading("Sites not compared", level=3)
         page.table((("product", "Product", "text"), ("site_id", "Site", "text"), ("reason", "Reason", "text")),

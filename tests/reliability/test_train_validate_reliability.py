@@ -220,6 +220,25 @@ def test_validation_report_on_a_full_disk_names_the_file_and_leaves_nothing(prod
         assert _entries(full_disk) == []
 
 
+def test_html_report_on_a_disk_with_room_for_the_page_only_leaves_neither(product, tmp_path):
+    """The page fits, its companion folder of PNG/CSV files does not: neither is left."""
+    from smdownscale.core.validate import write_validation_report
+
+    result = _validate(product, product["stations"])
+    page, folder = write_validation_report(result, tmp_path / "sized.html")
+    pages = lambda size: -(-size // 4096) * 4096  # noqa: E731 - tmpfs allocates whole pages
+    files = [os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)]
+    assert max(files) > 2 * 4096  # a figure larger than the room left below
+    disk = tmp_path / "disk"
+    _mount(disk, f"size={pages(os.path.getsize(page)) + 2 * 4096}")
+    try:
+        with pytest.raises(SmdError, match=r"Could not write .*report_files.*: the disk is full"):
+            write_validation_report(result, disk / "report.html")
+        assert _entries(disk) == []
+    finally:
+        _umount(disk)
+
+
 def test_validation_report_in_a_read_only_folder(product, read_only):
     from smdownscale.core.validate import write_validation_report
 
