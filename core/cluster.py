@@ -71,8 +71,11 @@ def parse_scheduler(value):
     text = str(value).strip()
     local = _LOCAL.fullmatch(text)
     if local:
-        workers = whole_number(local.group(1), "the number of local Dask workers", minimum=1,
-                               advice="write local:N with N >= 1, e.g. local:2.")
+        try:
+            workers = whole_number(local.group(1), "N", minimum=1)
+        except SmdError as error:
+            raise SmdError(f"{text!r} is not a Dask scheduler: local:N needs N, the number of worker "
+                           f"processes, as a whole number of at least 1 (e.g. local:2).") from error
         return Scheduler(local_workers=workers)
     address = _ADDRESS.fullmatch(text)
     if address and 0 < int(address.group(3)) < 65536:
