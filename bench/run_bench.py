@@ -20,6 +20,10 @@ prep_ref     preprocess reference: each input raster warped once with GDAL (all 
              gdal.Warp) onto the fine grid; and reading the inputs band by band (today) against
              core.fastread.SeriesWarper (every date of an input per read)
 big          one date of a 10,000 x 10,000 fine grid, block-wise; peak RSS
+dask         scale-out (core.cluster) on its own demo-size scenario (150 x 120 km, 61 dates,
+             default 300 trees): predict in this process, on a LocalCluster of 1 and of 2 worker
+             processes (wall time incl. cluster start, and throughput), the same for train and
+             preprocess, and the scheduling overhead per task (no-op tasks through run_tasks)
 
 Compiled prediction (``SMDOWNSCALE_COMPILED``) is timed from a cold per-user cache: every phase
 that compiles gets a fresh ``SMDOWNSCALE_CACHE_DIR`` inside the work folder.
@@ -409,7 +413,82 @@ def make_big_dataset(source_folder, folder, size):
         os.symlink(os.path.join(source_folder, "coarse"), os.path.join(folder, "coarse"))
 
 
-PHASES = {"data": phase_data, "train": phase_train, "train_es": phase_train_es,
+def phase_dask(work):
+    """In-process against Dask LocalClusters of 1 and 2 workers, on one demo-size scenario."""
+    import glob
+    import zipfile
+
+    import rasterio
+
+    from smdownscale.core.cluster import dask_client, run_tasks
+    from smdownscale.core.common import Progress
+    from smdownscale.core.partitions import Partitions
+    from smdownscale.core.predict import predict
+    from smdownscale.core.preprocess import preprocess
+    from smdownscale.core.train import train_model
+    from smdownscale.demo.scenario import make_scenario
+
+    os.environ["SMDOWNSCALE_COMPILED"] = "off"  # the same (native) path everywhere
+    folder = os.path.join(work, "dask")
+    scenario = make_scenario(os.path.join(folder, "scenario"), size="demo")
+    options = dict(categorical=("lc",), mask_classes={"lc": [0]}, fine_resolution=1000.0)
+    partitions = Partitions.from_file(scenario["partitions"], "name")
+    result = {"scenario": "demo (150 x 120 fine pixels, 61 dates)"}
+    runs = [("in_process", None), ("local_1", "local:1"), ("local_2", "local:2")]
+    for step in ("preprocess", "train", "predict"):
+        result[step] = {}
+    for label, scheduler in runs:
+        dataset = os.path.join(folder, f"dataset_{label}")
+        started = time.time()
+        preprocess(scenario["predictors"], scenario["soil_moisture"], dataset, scheduler=scheduler, **options)
+        result["preprocess"][label] = {"wall_s": round(time.time() - started, 2)}
+    reference_dataset = os.path.join(folder, "dataset_in_process")
+    for label, scheduler in runs:
+        started = time.time()
+        train_model(reference_dataset, os.path.join(folder, f"model_{label}.smdmodel.zip"), partitions=partitions,
+                    seed=42, scheduler=scheduler)
+        result["train"][label] = {"wall_s": round(time.time() - started, 2)}
+    model = os.path.join(folder, "model_in_process.smdmodel.zip")
+    with rasterio.open(glob.glob(os.path.join(reference_dataset, "fine", "ndvi.tif"))[0]) as src:
+        pixels = src.width * src.height * src.count
+    outputs = {}
+    for label, scheduler in runs:
+        started = time.time()
+        report = predict(reference_dataset, model, os.path.join(folder, f"prediction_{label}.tif"),
+                         block_size=64, scheduler=scheduler)
+        wall = time.time() - started
+        outputs[label] = report.output
+        result["predict"][label] = {"wall_s": round(wall, 2), "pixels_per_s": round(pixels / wall)}
+    with rasterio.open(outputs["in_process"]) as a:
+        reference = a.read()
+    for label in ("local_1", "local_2"):
+        with rasterio.open(outputs[label]) as b:
+            result["predict"][label]["equal_to_in_process"] = bool(np.array_equal(reference, b.read(), equal_nan=True))
+    with zipfile.ZipFile(os.path.join(folder, "model_in_process.smdmodel.zip")) as a, \
+            zipfile.ZipFile(os.path.join(folder, "model_local_2.smdmodel.zip")) as b:
+        result["train"]["members_differing_local_2"] = sorted(n for n in a.namelist() if a.read(n) != b.read(n))
+    # scheduling overhead: no-op tasks, bounded in flight as the steps submit them
+    n_tasks = 2000
+    with dask_client("local:2") as client:
+        list(run_tasks(client, _noop, range(200), progress=Progress()))  # warm-up
+        started = time.time()
+        list(run_tasks(client, _noop, range(n_tasks), progress=Progress()))
+        per_task = (time.time() - started) / n_tasks
+    result["overhead_ms_per_task"] = round(1000 * per_task, 3)
+    from smdownscale.core.dataset import Dataset
+
+    with Dataset.open(reference_dataset) as data:
+        tasks = len(list(data.fine_block_windows(64))) * len(data.dates)
+    result["predict"]["tasks"] = tasks
+    result["predict"]["block_size"] = 64
+    return result
+
+
+def _noop(unit):
+    return unit
+
+
+PHASES = {"dask": phase_dask, "data": phase_data, "train": phase_train, "train_es": phase_train_es,
           "naive": phase_naive, "predict": phase_predict,
           "predict_compiled": phase_predict_compiled, "raw": phase_raw, "prep_ref": phase_prep_ref, "big": phase_big}
 
