@@ -344,7 +344,9 @@ class CheckedSink:
         if self.sink is None:
             self._pop_gdal_handler()
             raise QgsProcessingException(self.algorithm.invalidSinkError(self.parameters, self.name))
-        self.file = source_file(self.sink_id)
+        # a temporary (memory:) destination - e.g. an output a model does not expose - has a
+        # layer id for sink id, no file to read back or remove
+        self.file = source_file(self.sink_id) if source_file(self.destination) else None
         self.created = bool(self.file) and os.path.realpath(self.file) not in existed
         return self
 

@@ -1,4 +1,5 @@
-"""Build processing/models/downscaling_chain.model3 (preprocess -> train -> predict -> validate).
+"""Build processing/models/downscaling_chain.model3 (preprocess -> train -> predict -> validate,
+with the period maps of the prediction and the SHAP explanation of the trained model).
 
 The model is built with the QgsProcessingModelAlgorithm API instead of being drawn in the
 Graphical Modeler, so it is reproducible and reviewable. Run from the repository root:
@@ -8,8 +9,9 @@ Graphical Modeler, so it is reproducible and reviewable. Run from the repository
 Model parameters keep the algorithms' names (PREDICTORS, COARSE_SM, PARTITIONS, ...), in workflow
 order (processing/models/chain_layout.py: INPUT_ORDER). Outputs carry readable names, which QGIS
 uses for the layers it loads (``<child>:<name>``: ``predict:Downscaled soil moisture``,
-``validate:Validation points``, ...; OUTPUT_NAMES); the period maps' mean raster stays temporary. The reports are HTML outputs (listed in
-the Results Viewer) when given an .html name.
+``validate:Validation points``, ...; OUTPUT_NAMES); the period maps' mean raster and the SHAP table
+stay temporary. The reports are HTML outputs (listed in the Results Viewer) when given an .html
+name, each written with its ``<name>_files`` folder of PNG figures and CSV tables.
 """
 import os
 import sys
@@ -17,17 +19,20 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_PATH = os.path.join(ROOT, "processing", "models", "downscaling_chain.model3")
 sys.path.insert(0, os.path.join(ROOT, "processing", "models"))
-from chain_layout import INPUT_ORDER, OUTPUT_NAMES  # noqa: E402 - the one list, shared with the provider
+from chain_layout import CHAIN_EXPLAIN_SAMPLES, INPUT_ORDER, OUTPUT_NAMES  # noqa: E402 - shared with the provider
 
 HELP = (
     "The whole downscaling chain of the paper in one run: <b>Prepare downscaling dataset</b> "
     "(predictors + coarse soil moisture onto the fine grid), <b>Train downscaling model</b> "
     "(stacking ensemble per terrain partition), <b>Predict fine soil moisture</b> and "
-    "<b>Validate against stations</b> (the downscaled series and the coarse input side by side). "
+    "<b>Validate against stations</b> (the downscaled series and the coarse input side by side), "
+    "with the period maps of the downscaled series and <b>Explain model</b> (SHAP importance of "
+    "the predictors, on a sample of {samples} training cells per partition). "
     "Inputs follow the conventions of the single algorithms: one GeoTIFF per predictor named "
     "after it, time series with one band per date described YYYY-MM-DD, a coarse soil-moisture "
     "series (m3/m3), optional partition polygons with a name field, and station points with "
-    "site_id, date and sm fields.")
+    "site_id, date and sm fields. Every .html report comes with a folder of its PNG figures and "
+    "CSV tables beside it (report.html: report_files).").format(samples=f"{CHAIN_EXPLAIN_SAMPLES:,}")
 
 
 def build():
@@ -170,6 +175,11 @@ def build():
     child("smdownscale:summarize", "summarize", "Period maps of the downscaled series", 720, 480, {
         "INPUT": Source.fromChildOutput("predict", "OUTPUT"),
     }, [output("summarize", "OUTPUT_REPORT", OUTPUT_NAMES["period_report"], "Period-map report")])
+    child("smdownscale:explain", "explain", "Explain the model (SHAP importance)", 720, 300, {
+        "MODEL": Source.fromChildOutput("train", "OUTPUT_MODEL"),
+        "DATASET": Source.fromChildOutput("preprocess", "OUTPUT"),
+        "MAX_SAMPLES": Source.fromStaticValue(CHAIN_EXPLAIN_SAMPLES),
+    }, [output("explain", "OUTPUT_REPORT", OUTPUT_NAMES["explanation_report"], "Explanation report (SHAP)")])
     return model
 
 

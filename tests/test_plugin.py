@@ -210,16 +210,32 @@ def test_shipped_model_chains_the_four_steps(provider):
     children = chain.childAlgorithms()
     assert {c.algorithmId() for c in children.values()} == {
         "smdownscale:preprocess", "smdownscale:train", "smdownscale:predict", "smdownscale:validate",
-        "smdownscale:summarize"}
-    assert chain.dependentChildAlgorithms("preprocess") == {"train", "predict", "validate", "summarize"}
+        "smdownscale:summarize", "smdownscale:explain"}
+    assert chain.dependentChildAlgorithms("preprocess") == {"train", "predict", "validate", "summarize", "explain"}
+    assert chain.dependentChildAlgorithms("train") == {"predict", "validate", "summarize", "explain"}
+    # explain: the trained model on the prepared dataset, a small seeded sample, its report exposed
+    from smdownscale.processing.models.chain_layout import CHAIN_EXPLAIN_SAMPLES
+
+    explain = children["explain"]
+    assert [(s.outputChildId(), s.outputName()) for s in explain.parameterSources()["MODEL"]] == [
+        ("train", "OUTPUT_MODEL")]
+    assert [(s.outputChildId(), s.outputName()) for s in explain.parameterSources()["DATASET"]] == [
+        ("preprocess", "OUTPUT")]
+    assert [s.staticValue() for s in explain.parameterSources()["MAX_SAMPLES"]] == [CHAIN_EXPLAIN_SAMPLES]
+    assert {o.childOutputName() for o in explain.modelOutputs().values()} == {"OUTPUT_REPORT"}
     names = [p.name() for p in chain.parameterDefinitions()]
     inputs = [p.name() for p in chain.parameterDefinitions() if not p.isDestination()]
     # workflow order: predictors, categorical, mask, coarse SM, partitions + field, stations + fields, options
     assert inputs == ["PREDICTORS", "CATEGORICAL", "MASK_CLASSES", "COARSE_SM", "PARTITIONS", "PARTITION_FIELD",
                       "STATIONS", "SITE_FIELD", "DATE_FIELD", "VALUE_FIELD", "FINE_RESOLUTION",
                       "RESIDUAL_CORRECTION", "N_ESTIMATORS", "FOLDS", "MIN_SAMPLES", "THREADS"]
-    assert {"predict:Downscaled soil moisture", "train:Model file", "validate:Validation points",
-            "validate:Validation report", "preprocess:Prepared dataset"} <= set(names)
+    from smdownscale.processing.models.chain_layout import output_parameter_names
+
+    assert set(output_parameter_names().values()) == {
+        "predict:Downscaled soil moisture", "train:Model file", "train:Training report", "validate:Validation points",
+        "validate:Validation report", "preprocess:Prepared dataset", "summarize:Period-map report",
+        "explain:Explanation report"} == {p.name() for p in chain.parameterDefinitions() if p.isDestination()}
+    assert set(output_parameter_names().values()) <= set(names)
     assert chain.parameterDefinition("MASK_CLASSES").defaultValue() == "lc:0"
     assert [chain.parameterDefinition(f).defaultValue() for f in ("SITE_FIELD", "DATE_FIELD", "VALUE_FIELD")] == \
         ["site_id", "date", "sm"]

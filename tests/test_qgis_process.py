@@ -85,7 +85,8 @@ def test_whole_chain_through_the_model3(profile, scenario, tmp_path):
         "preprocess:Prepared dataset": str(out / "dataset"), "train:Model file": str(out / "model.smdmodel.zip"),
         "train:Training report": str(out / "training.json"), "predict:Downscaled soil moisture": str(out / "sm_1km.tif"),
         "validate:Validation points": str(out / "validation.gpkg"),
-        "validate:Validation report": str(out / "validation.json")})
+        "validate:Validation report": str(out / "validation.json"),
+        "explain:Explanation report": str(out / "explanation.html")})
     results = result["results"]
     assert results["predict:Downscaled soil moisture"] == str(out / "sm_1km.tif")
     assert results["train:Model file"] == str(out / "model.smdmodel.zip")
@@ -119,6 +120,27 @@ def test_whole_chain_through_the_model3(profile, scenario, tmp_path):
     ubrmse = [f["ubrmse"] for f in downscaled]
     assert summary["mean_ubrmse"] == pytest.approx(float(np.mean(ubrmse)), abs=1e-9)
     assert summary["mean_ubrmse"] < 0.06
+
+    # the explain step: SHAP of the trained (global) model on a sample of its training cells,
+    # the report exposed with its companion folder of figures and tables
+    import csv
+
+    from smdownscale.core.reports import read_report_data
+    from smdownscale.processing.models.chain_layout import CHAIN_EXPLAIN_SAMPLES
+
+    assert results["explain:Explanation report"] == str(out / "explanation.html")
+    explanation = read_report_data(out / "explanation.html")
+    assert explanation["partitions"] == ["WP"] and explanation["figures"] == [
+        "figure-beeswarm-wp", "figure-importance", "figure-dependence"]
+    stack = next(row for row in training["rows"] if row["model"] == "Stacking")
+    assert explanation["n_samples"] == {"WP": min(CHAIN_EXPLAIN_SAMPLES, stack["n_train"])}
+    assert {row["predictor"] for row in explanation["rows"]} == {"lc" if name.startswith("lc_") else name
+                                                               for name in training["predictors"]}
+    with open(out / "explanation_files" / "importance.csv", encoding="utf-8", newline="") as handle:
+        importance = {row["predictor"]: float(row["p_WP"]) for row in csv.DictReader(handle)}
+    assert importance == {row["predictor"]: row["mean_abs_shap"] for row in explanation["rows"]}
+    assert sorted(os.listdir(out / "explanation_files")) == sorted(
+        [".smdownscale-output", "importance.csv", "samples.csv"] + [f"{f}.png" for f in explanation["figures"]])
 
 
 def test_make_package_builds_a_clean_plugin_zip(tmp_path):

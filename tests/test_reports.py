@@ -578,6 +578,12 @@ def test_explanation_report_importance_equals_the_table(chain, tmp_path):
         "DEPENDENCE": "dem,ndvi", "OUTPUT_TABLE": str(tmp_path / "shap2.csv"),
         "OUTPUT_REPORT": str(tmp_path / "explain2.html")})
     assert read_report_data(result["OUTPUT_REPORT"])["dependence"] == ["dem", "ndvi"]
+    # a temporary table (a memory layer: what the shipped chain's explain step writes) is not a file
+    result = processing.run("smdownscale:explain", {
+        "MODEL": chain["train"]["OUTPUT_MODEL"], "DATASET": chain["dataset"], "MAX_SAMPLES": 20,
+        "OUTPUT_TABLE": "TEMPORARY_OUTPUT"})
+    layer = result["OUTPUT_TABLE"]
+    assert layer.providerType() == "memory" and layer.featureCount() == len(table)
     # a report whose companion folder would replace a folder the plugin did not write: refused
     # before the SHAP run (the processing check covers the folder), nothing touched or created
     from qgis.core import QgsProcessingException

@@ -123,10 +123,9 @@ def test_inputs_are_checked_next_to_the_widgets(dialog, tmp_path):
 
 
 def _chain_outputs(processing, scenario, folder, predictors):
+    from smdownscale.processing.models.chain_layout import OUTPUT_CHILDREN as child
     from smdownscale.processing.models.chain_layout import OUTPUT_FILES, OUTPUT_NAMES
 
-    child = {"dataset": "preprocess", "model": "train", "report": "train", "downscaled": "predict",
-             "validation": "validate", "validation_report": "validate", "period_report": "summarize"}
     params = {"PREDICTORS": predictors, "COARSE_SM": scenario["soil_moisture"], "CATEGORICAL": "lc",
               "MASK_CLASSES": "lc:0", "PARTITIONS": scenario["partitions"], "PARTITION_FIELD": "name",
               "STATIONS": scenario["stations"], "SITE_FIELD": "site_id", "DATE_FIELD": "date", "VALUE_FIELD": "sm",
@@ -142,7 +141,9 @@ def test_a_run_gives_the_chain_outputs_without_blocking(dialog, scenario, qtbot,
     from qgis.core import QgsProject, QgsVectorLayer
     from qgis.PyQt.QtCore import QTimer
 
+    from smdownscale.core.outputs import report_files_folder
     from smdownscale.processing.models.chain_layout import OUTPUT_FILES
+    from smdownscale.ui.workflow import WORKFLOW_FILES
 
     folder = tmp_path / "workflow"
     _fast(dialog, folder)
@@ -167,10 +168,14 @@ def test_a_run_gives_the_chain_outputs_without_blocking(dialog, scenario, qtbot,
     assert dialog.progress_bar.value() == 1000
     log = dialog.log.toPlainText()
     assert "Prepare downscaling dataset" in log and "Validate" in log
-    # outputs moved into the folder, nothing else left there
-    expected = {name for role, name in OUTPUT_FILES.items()
+    # outputs moved into the folder, each HTML report with its folder of figures and tables,
+    # nothing else left there
+    expected = {name for role, name in WORKFLOW_FILES.items()
                 if role != "period_report" or "smdownscale:summarize" in run.results}
+    expected |= {report_files_folder(name) for name in expected if report_files_folder(name)}
+    assert "training_report_files" in expected and "explanation_report.html" not in expected
     assert {n for n in os.listdir(folder) if not n.endswith(("-wal", "-shm"))} == expected   # sqlite's own
+    assert "table3.csv" in os.listdir(folder / "training_report_files")
     # the same as the shipped chain with the same inputs and settings
     chain = tmp_path / "chain"
     chain.mkdir()
@@ -229,6 +234,17 @@ def test_cancel_stops_the_run_and_leaves_nothing(dialog, qtbot, tmp_path):
     assert "nothing was kept" in dialog.log.toPlainText()
     assert os.listdir(folder) == []               # no dataset, no model, no staging folder
     assert dialog.run_button.isEnabled()
+
+
+def test_a_foreign_folder_where_a_report_folder_goes_is_refused_before_the_run(dialog, tmp_path):
+    folder = tmp_path / "out"
+    (folder / "validation_report_files").mkdir(parents=True)
+    (folder / "validation_report_files" / "mine.txt").write_text("mine")
+    _fast(dialog, folder)
+    assert dialog.start() is None and dialog.run is None
+    assert "validation_report_files (the figures and tables of the report" in dialog.errors["folder"]
+    assert os.listdir(folder) == ["validation_report_files"]       # no staging folder, nothing moved
+    assert os.listdir(folder / "validation_report_files") == ["mine.txt"]
 
 
 def test_plugin_entry_opens_the_dialog(qgis_app, qgis_iface, registered):

@@ -27,7 +27,8 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDialog, QDoubleSpinBox, 
                                  QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout,
                                  QWidget)
 
-from ..processing.models.chain_layout import OUTPUT_FILES
+from ..core.outputs import is_plugin_folder, report_files_folder
+from ..processing.models.chain_layout import OUTPUT_CHILDREN, OUTPUT_FILES
 from ..processing.models.chain_layout import OUTPUT_FOLDER_SETTING as _CHAIN_FOLDER_SETTING
 from ..resources import tr
 from .date_dock import band_dates, series_layer_name
@@ -38,6 +39,12 @@ OUTPUT_FOLDER_SETTING = _CHAIN_FOLDER_SETTING  # "smdownscale/workflow_output_fo
 STEPS = (("smdownscale:preprocess", 0.15), ("smdownscale:train", 0.55), ("smdownscale:predict", 0.15),
          ("smdownscale:validate", 0.1), ("smdownscale:summarize", 0.05))
 BASE_MODEL_NAMES = ("XGBoost", "LightGBM", "CatBoost")
+#: role -> file name of what the dialog's steps write (the chain's outputs but the explanation
+#: report: the dialog does not run Explain model)
+WORKFLOW_FILES = {role: name for role, name in OUTPUT_FILES.items() if OUTPUT_CHILDREN[role] != "explain"}
+#: role -> output kind (core.outputs.check_outputs) of what the run moves into the output folder
+OUTPUT_KINDS = {"dataset": "dataset", "model": "model", "report": "report", "downscaled": "raster",
+                "validation": "vector", "validation_report": "report", "period_report": "report"}
 CV_NAMES = ("Random", "Spatial blocks", "Leave dates out")
 ERROR_STYLE = "color: #c0392b;"
 
@@ -368,7 +375,9 @@ class WorkflowDialog(QDialog):
         self.folder_widget.setFilePath(QgsSettings().value(OUTPUT_FOLDER_SETTING, "") or "")
         self.folder_widget.fileChanged.connect(lambda _p: self.validate())
         self._row(form, tr("Output folder"), self.folder_widget, "folder")
-        names = "\n".join(f"  {name}" for name in OUTPUT_FILES.values())
+        names = "\n".join(f"  {name}" + (f" (+ {os.path.basename(report_files_folder(name))}/: figures, tables)"
+                                         if report_files_folder(name) else "")
+                          for name in WORKFLOW_FILES.values())
         listing = QLabel(tr("The run writes into this folder (kept after QGIS quits):\n{}").format(names), page)
         form.addRow("", listing)
         self.load_check = QCheckBox(tr("Add the downscaled series and the validation points to the project"), page)
@@ -630,7 +639,7 @@ class WorkflowDialog(QDialog):
 
     # --- run ----------------------------------------------------------------------------------
     def output_paths(self, folder):
-        return {role: os.path.join(folder, name) for role, name in OUTPUT_FILES.items()}
+        return {role: os.path.join(folder, name) for role, name in WORKFLOW_FILES.items()}
 
     def build_steps(self, staging):
         """``(algorithm id, parameters, weight)`` for every step, writing into ``staging``."""
@@ -677,6 +686,16 @@ class WorkflowDialog(QDialog):
             return None
         folder = self.folder_widget.filePath().strip()
         os.makedirs(folder, exist_ok=True)
+        from ..core.common import SmdError
+        from ..core.outputs import check_outputs
+
+        try:  # what the run moves into the folder, before any step: e.g. a folder this plugin did
+            # not write where a report's _files folder goes is never replaced
+            check_outputs([(path, OUTPUT_KINDS[role]) for role, path in self.output_paths(folder).items()])
+        except SmdError as err:
+            self._set_error("folder", str(err))
+            self.tabs.setCurrentIndex(2)
+            return None
         QgsSettings().setValue(OUTPUT_FOLDER_SETTING, folder)
         staging = os.path.join(folder, f".smdownscale-run-{uuid.uuid4().hex[:8]}")
         os.makedirs(staging)
@@ -713,14 +732,22 @@ class WorkflowDialog(QDialog):
             if not os.path.exists(staged):
                 continue
             target = final[role]
-            if os.path.isdir(staged):
-                if os.path.isdir(target):
-                    if not os.path.isfile(os.path.join(target, "dataset.json")):
-                        raise OSError(tr("{} exists and is not a prepared dataset; not replaced").format(target))
-                    shutil.rmtree(target)
-            os.replace(staged, target)
+            self._move_one(staged, target)
+            companion = report_files_folder(staged)  # an HTML report's folder of PNG/CSV files
+            if companion and os.path.isdir(companion):
+                self._move_one(companion, report_files_folder(target))
             self.outputs[role] = target
         shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _move_one(staged, target):
+        """Move one staged output onto ``target``; a folder there is replaced only when this
+        plugin wrote it (a prepared dataset, a report's companion folder)."""
+        if os.path.isdir(staged) and os.path.isdir(target):
+            if not is_plugin_folder(target):
+                raise OSError(tr("{} exists and was not written by this plugin; not replaced").format(target))
+            shutil.rmtree(target)
+        os.replace(staged, target)
 
     def _finished(self, ok, text):
         self.cancel_button.setEnabled(False)

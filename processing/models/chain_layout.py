@@ -18,6 +18,7 @@ OUTPUT_NAMES = {
     "validation": "Validation points",
     "validation_report": "Validation report",
     "period_report": "Period-map report",
+    "explanation_report": "Explanation report",
 }
 
 #: role -> file name used when an output folder is chosen (the stem names the product in reports)
@@ -29,6 +30,7 @@ OUTPUT_FILES = {
     "validation": "validation_points.gpkg",
     "validation_report": "validation_report.html",
     "period_report": "period_report.html",
+    "explanation_report": "explanation_report.html",
 }
 
 
@@ -54,7 +56,10 @@ def order_model_inputs(model, order=INPUT_ORDER):
 OUTPUT_FOLDER_SETTING = "smdownscale/workflow_output_folder"
 #: model output role -> child algorithm of the chain
 OUTPUT_CHILDREN = {"dataset": "preprocess", "model": "train", "report": "train", "downscaled": "predict",
-                   "validation": "validate", "validation_report": "validate", "period_report": "summarize"}
+                   "validation": "validate", "validation_report": "validate", "period_report": "summarize",
+                   "explanation_report": "explain"}
+#: SHAP samples per partition of the chain's explain step (the algorithm's default: 2000)
+CHAIN_EXPLAIN_SAMPLES = 500
 
 
 def output_parameter_names():
