@@ -113,22 +113,81 @@ def add_deps_folder_to_sys_path(folder=None):
     return folder
 
 
-def _pinned_requirements():
-    """``{lower-case pip name: requirement line}`` of requirements.txt (pinned or not)."""
+#: optional packages the dependency dialog also offers (the plugin works without them; their pins
+#: are the lines of requirements.txt): group -> pip names. ``compiled``: lleaves compiles LightGBM
+#: models for faster prediction (core/compiled.py), with the numba/llvmlite it needs (no Windows
+#: build: its requirement marker skips it there); ``dask``: the DASK_SCHEDULER option (core/cluster.py)
+OPTIONAL_PACKAGES = {
+    "compiled": ("lleaves", "numba", "llvmlite"),
+    "dask": ("dask", "distributed"),
+}
+
+
+def _requirement_name(requirement):
+    name = requirement
+    for separator in ("==", ">=", "<=", "<", ">", "~=", "!=", "[", ";", " "):
+        name = name.split(separator, 1)[0]
+    return name.strip().lower()
+
+
+def _pinned_requirements(requirements=None):
+    """``{lower-case pip name: requirement line}`` of requirements.txt (pinned or not), in file order."""
     pins = {}
     try:
-        with open(REQUIREMENTS_FILE, encoding="utf-8") as handle:
+        with open(requirements or REQUIREMENTS_FILE, encoding="utf-8") as handle:
             for line in handle:
                 requirement = line.split("#", 1)[0].strip()
                 if not requirement or requirement.startswith("-"):
                     continue
-                name = requirement
-                for separator in ("==", ">=", "<=", "<", ">", "~=", "!=", "[", ";", " "):
-                    name = name.split(separator, 1)[0]
-                pins[name.strip().lower()] = requirement
+                pins[_requirement_name(requirement)] = requirement
     except OSError:
         pass
     return pins
+
+
+def requirement_applies(requirement):
+    """Whether a requirement line's environment marker (``lleaves==1.3.0; sys_platform != "win32"``)
+    holds for this Python: True / False, None when no marker parser is importable (pip decides)."""
+    if ";" not in requirement:
+        return True
+    marker = requirement.split(";", 1)[1].strip()
+    try:
+        from packaging.markers import Marker
+    except ImportError:
+        try:
+            from pip._vendor.packaging.markers import Marker
+        except ImportError:
+            return None
+    try:
+        return bool(Marker(marker).evaluate())
+    except Exception:  # noqa: BLE001 - an unparsable marker: let pip say so
+        return None
+
+
+def install_packages(requirements=None, optional=None):
+    """The pip names one install asks for: every package of requirements.txt except those of the
+    :data:`OPTIONAL_PACKAGES` groups not in ``optional`` (default: every group). A line whose
+    marker does not hold here is left out (lleaves on Windows); one that cannot be evaluated is
+    given with its marker, for pip to evaluate. The versions come from requirements.txt itself,
+    passed as constraints (:func:`install_arguments`)."""
+    chosen = set(OPTIONAL_PACKAGES if optional is None else optional)
+    unknown = chosen - set(OPTIONAL_PACKAGES)
+    if unknown:
+        raise ValueError(f"unknown optional package group(s): {', '.join(sorted(unknown))}")
+    left_out = {name for group, names in OPTIONAL_PACKAGES.items() if group not in chosen for name in names}
+    packages = []
+    for name, line in _pinned_requirements(requirements).items():
+        if name in left_out:
+            continue
+        applies = requirement_applies(line)
+        if applies is False:
+            continue
+        bare = line.split(";", 1)[0]
+        for separator in ("==", ">=", "<=", "<", ">", "~=", "!=", " "):
+            bare = bare.split(separator, 1)[0]
+        marker = line.split(";", 1)[1].strip().replace('"', "'") if ";" in line else ""
+        packages.append(bare.strip() if applies else f"{bare.strip()}; {marker}")
+    return packages
 
 
 def learner_requirement(import_name):
@@ -180,7 +239,8 @@ def learner_status(import_names=None):
         else:
             dist, version = found
             installed = f"{dist} {version}".strip()
-            wanted = requirement.split("==", 1)[1].strip() if "==" in requirement else None
+            pin = requirement.split(";", 1)[0]
+            wanted = pin.split("==", 1)[1].strip() if "==" in pin else None
             state = "wrong version" if wanted and version and version != wanted else "ok"
         rows.append({"import": name, "requirement": requirement, "installed": installed, "state": state})
     return rows
@@ -215,22 +275,28 @@ def installed_constraints(names=ABI_PINNED, exclude_folder=None):
     return lines
 
 
-def install_arguments(python, folder, requirements=None, pins=None):
-    """``[python, -m, pip, install, ...]`` installing the pinned requirements into ``folder``
-    (``--target`` works on PEP 668 systems and needs no admin rights; ``--upgrade`` replaces
-    what an earlier install left there). ``pins`` (default :func:`installed_constraints`) keep
-    numpy & co at the versions QGIS already imports, so what pip picks is built for them."""
+def install_arguments(python, folder, requirements=None, pins=None, optional=None):
+    """``[python, -m, pip, install, ...]`` installing the packages of requirements.txt into
+    ``folder`` at its pins: the names of :func:`install_packages` (the learners and, of
+    :data:`OPTIONAL_PACKAGES`, the groups in ``optional``, default all), with requirements.txt as
+    the constraints file (``-c``), so every version, also of packages pulled in (numba by shap),
+    is the one pinned there. ``--target`` works on PEP 668 systems and needs no admin rights;
+    ``--upgrade`` replaces what an earlier install left there. ``pins`` (default
+    :func:`installed_constraints`) keep numpy & co at the versions QGIS already imports, so what
+    pip picks is built for them."""
     if pins is None:
         pins = installed_constraints(exclude_folder=folder)
+    pinned = {_requirement_name(pin) for pin in pins}
+    packages = [name for name in install_packages(requirements, optional) if _requirement_name(name) not in pinned]
     return [python, "-m", "pip", "install", "--disable-pip-version-check", "--upgrade",
-            "--target", folder, "-r", requirements or REQUIREMENTS_FILE, *pins]
+            "--target", folder, "-c", requirements or REQUIREMENTS_FILE, *packages, *pins]
 
 
-def install_command(python, folder, requirements=None, pins=None):
+def install_command(python, folder, requirements=None, pins=None, optional=None):
     """The same as one copyable shell line (paths quoted)."""
     import shlex
 
-    args = install_arguments(python or "python3", folder, requirements, pins)
+    args = install_arguments(python or "python3", folder, requirements, pins, optional)
     if os.name == "nt":
         return " ".join(f'"{a}"' if (" " in a or "\\" in a) else a for a in args)
     return " ".join(shlex.quote(a) for a in args)

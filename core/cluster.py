@@ -97,9 +97,14 @@ def _import_distributed():
     try:
         import distributed
     except ImportError as error:
-        raise SmdError("Running on Dask needs dask.distributed, which is not installed here "
-                       f"({error}); install dask[distributed] (see requirements.txt) on this "
-                       "machine and on every worker, or leave the Dask scheduler empty.") from error
+        # core never imports QGIS: the dependency dialog is named as text (ui/dependencies.py,
+        # the plugin's Raster menu entry)
+        raise SmdError("Running on Dask needs dask and distributed, which are not installed for this "
+                       f"Python ({error}). In the QGIS desktop: Raster > Soil moisture downscaling > "
+                       "Check dependencies..., tick the optional 'Dask scale-out' packages, Install, "
+                       "then restart QGIS. Elsewhere: pip install the dask and distributed pins of the "
+                       "plugin's requirements.txt (workers of a cluster need them too). Or leave the "
+                       "Dask scheduler empty to run in this process.") from error
     return distributed
 
 

@@ -603,18 +603,18 @@ class StackEnsemble:
         return out
 
     def accelerate(self, expected_rows, *, log=None, label=""):
-        """Predict LightGBM through :class:`.compiled.LightGBMPredictor` (compiled where it pays,
-        same numbers) for a job of about ``expected_rows`` rows; needs the native member bytes
-        (a model loaded by :meth:`from_members`). Returns self."""
-        from .compiled import LightGBMPredictor
+        """Predict LightGBM and XGBoost through :data:`.compiled.PREDICTORS` (compiled where it
+        pays, same numbers) for a job of about ``expected_rows`` rows; needs the native member
+        bytes (a model loaded by :meth:`from_members`). Returns self."""
+        from .compiled import PREDICTORS
 
         self._check_fitted()
         members = getattr(self, "native_members_", {})
         self.accelerated_ = {}
-        if "lightgbm" in self.base_model_names_ and "lightgbm" in members:
-            self.accelerated_["lightgbm"] = LightGBMPredictor(
-                self.boosters_["lightgbm"], members["lightgbm"], expected_rows=expected_rows, log=log,
-                label=label)
+        for name, predictor in PREDICTORS.items():
+            if name in self.base_model_names_ and name in members:
+                self.accelerated_[name] = predictor(self.boosters_[name], members[name],
+                                                    expected_rows=expected_rows, log=log, label=label)
         return self
 
     def predict(self, X, *, encoded=False):

@@ -57,10 +57,72 @@ def test_install_command_names_qgis_python_target_and_numpy_pin(qgis_app, tmp_pa
     args = install_arguments(python, str(tmp_path / "deps"))
     assert args[:4] == [python, "-m", "pip", "install"]
     assert args[args.index("--target") + 1] == str(tmp_path / "deps")
-    assert args[args.index("-r") + 1] == REQUIREMENTS_FILE
+    assert args[args.index("-c") + 1] == REQUIREMENTS_FILE   # every version is the pinned one
     assert f"numpy=={numpy.__version__}" in args          # what QGIS already imports
     assert "--user" not in args
     assert install_command(python, str(tmp_path / "my deps")).count("'") >= 2   # quoted path
+
+
+OPTIONAL_NAMES = ["lleaves", "numba", "llvmlite", "dask", "distributed"]
+
+
+def _requirement_lines(names):
+    """``{name: line}`` of requirements.txt, read here independently of resources.py."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")
+    lines = {}
+    for line in open(path, encoding="utf-8"):
+        line = line.split("#", 1)[0].strip()
+        name = line.split("==", 1)[0].strip()
+        if "==" in line and name in names:
+            lines[name] = line
+    return lines
+
+
+def _names(args):
+    """The package names of an install command (after ``-c requirements.txt``, before the ABI pins)."""
+    rest = args[args.index("-c") + 2:]
+    return [a for a in rest if "==" not in a]
+
+
+def test_optional_packages_are_installed_only_when_chosen_at_the_pins(qgis_app, tmp_path, monkeypatch):
+    import smdownscale.resources as resources
+    from smdownscale.resources import OPTIONAL_PACKAGES, install_arguments, install_packages, learner_status
+
+    assert OPTIONAL_PACKAGES == {"compiled": tuple(OPTIONAL_NAMES[:3]), "dask": tuple(OPTIONAL_NAMES[3:])}
+    learners = ["scikit-learn", "xgboost", "lightgbm", "catboost", "shap"]
+    everything = _names(install_arguments("python3", str(tmp_path), pins=[]))
+    assert set(learners) <= set(everything)
+    assert set(OPTIONAL_NAMES) <= set(everything)                          # default: every group
+    assert _names(install_arguments("python3", str(tmp_path), pins=[], optional=["dask"])) == \
+        [n for n in everything if n not in ("lleaves", "numba", "llvmlite")]
+    only_learners = _names(install_arguments("python3", str(tmp_path), pins=[], optional=()))
+    assert set(learners) <= set(only_learners)
+    assert not set(OPTIONAL_NAMES) & set(only_learners)
+    # versions are never written into the command: requirements.txt (-c) is their one home
+    args = install_arguments("python3", str(tmp_path), pins=["numpy==1.24.2"])
+    assert [a for a in args if "==" in a] == ["numpy==1.24.2"] and "numpy" not in _names(args)
+    with __import__("pytest").raises(ValueError, match="unknown optional"):
+        install_packages(optional=["gpu"])
+
+    # the pins the dialog shows are requirements.txt's lines, markers included; versions compare
+    # without the marker (.venv has them at the pins)
+    rows = {row["import"]: row for row in learner_status(OPTIONAL_NAMES)}
+    assert {name: row["requirement"] for name, row in rows.items()} == _requirement_lines(OPTIONAL_NAMES)
+    assert rows["lleaves"]["requirement"].endswith('; sys_platform != "win32"')
+    assert {row["state"] for row in rows.values()} == {"ok"}, rows
+
+    # a line whose marker excludes this platform is left out (lleaves on Windows)
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert resources.requirement_applies('lleaves==1.3.0; sys_platform != "win32"') is False
+    assert "lleaves" not in install_packages() and "dask" in install_packages()
+    monkeypatch.undo()
+    # no marker parser importable: the marker goes to pip, which evaluates it
+    monkeypatch.setattr(resources, "requirement_applies", lambda line: None if ";" in line else True)
+    assert "lleaves; sys_platform != 'win32'" in install_packages()
+    monkeypatch.undo()
+    custom = tmp_path / "requirements.txt"
+    custom.write_text('xgboost==2.1.3\nfoo==1.0; sys_platform == "no-such-os"\nbar>=2  # comment\n')
+    assert install_packages(str(custom)) == ["xgboost", "bar"]
 
 
 def test_qgis_python_is_never_a_shim_from_path(qgis_app, tmp_path, monkeypatch):
@@ -116,11 +178,12 @@ def test_dialog_lists_a_fake_missing_package_and_streams_install(qgis_app, qtbot
 
     python = _fake_pip(tmp_path)
     target = str(tmp_path / "deps")
-    dialog = DependencyDialog(python=python, target=target, import_names=["lightgbm", "smd_fake_learner"])
+    dialog = DependencyDialog(python=python, target=target, import_names=["lightgbm", "smd_fake_learner"],
+                              optional=())
     qtbot.addWidget(dialog)
     dialog.show()
     table = dialog.table
-    assert table.rowCount() == 2
+    assert table.rowCount() == 2 and not dialog.optional_boxes
     assert [table.item(r, 3).text() for r in range(2)] == ["ok", "missing"]
     assert table.item(1, 3).font().bold()
     assert "1 of 2" in dialog.status.text() and "smd_fake_learner" in dialog.status.text()
@@ -149,6 +212,74 @@ def test_dialog_lists_a_fake_missing_package_and_streams_install(qgis_app, qtbot
     assert "Collecting package 5" in text and "--target " + target in text and "Restart QGIS" in text
     assert max(beats) < 0.5, max(beats)                        # the main thread was never blocked
     _save(dialog, "dependencies_dialog_installed.png")
+
+
+def test_dialog_offers_the_optional_packages_with_their_pins(qgis_app, qtbot, tmp_path, monkeypatch):
+    from smdownscale.resources import REQUIREMENTS_FILE
+    from smdownscale.ui.dependencies import OPTIONAL_USES, DependencyDialog
+
+    python = _fake_pip(tmp_path, lines=1, delay=0)
+    target = str(tmp_path / "deps")
+    dialog = DependencyDialog(python=python, target=target, import_names=["lightgbm", "smd_fake_learner"])
+    qtbot.addWidget(dialog)
+    dialog.show()
+    table = dialog.table
+    listed = [table.item(r, 0).text() for r in range(table.rowCount())]
+    assert listed == ["lightgbm", "smd_fake_learner", "lleaves", "numba", "llvmlite", "dask", "distributed"]
+    pins = _requirement_lines(OPTIONAL_NAMES)
+    assert [table.item(r, 1).text() for r in range(2, 7)] == [pins[n].split(";")[0].strip() for n in OPTIONAL_NAMES]
+    assert table.item(2, 1).toolTip() == pins["lleaves"] and 'sys_platform != "win32"' in pins["lleaves"]
+    uses = [table.item(r, 4).text() for r in range(table.rowCount())]
+    assert uses[0].startswith("required") and all(u.startswith("optional: ") for u in uses[2:])
+    assert all(not table.item(r, 3).font().bold() for r in range(2, 7))   # optional: never a problem
+    assert [row["import"] for row in dialog.rows] == ["lightgbm", "smd_fake_learner"]  # the learners only
+    # one check box per optional group, ticked, with what it is for; the status counts only learners
+    assert set(dialog.optional_boxes) == {"compiled", "dask"}
+    for group, check in dialog.optional_boxes.items():
+        assert check.isChecked() and check.isEnabled() and OPTIONAL_USES[group][0] in check.text()
+    from qgis.PyQt.QtWidgets import QLabel
+
+    compiled_use = dialog.findChild(QLabel, "smdownscale_optional_compiled_use").text()
+    dask_use = dialog.findChild(QLabel, "smdownscale_optional_dask_use").text()
+    assert "LightGBM" in compiled_use and "Windows" in compiled_use
+    assert "DASK_SCHEDULER" in dask_use and "without it" in dask_use
+    assert "1 of 2" in dialog.status.text()
+    command = dialog.command.text()
+    assert f"-c {REQUIREMENTS_FILE} " in command and " lleaves " in command and " dask distributed " in command
+    dialog.optional_boxes["dask"].setChecked(False)             # the command follows the boxes
+    assert " lleaves " in dialog.command.text() and "dask" not in dialog.command.text()
+    dialog.install()
+    qtbot.waitUntil(lambda: dialog.last_exit_code is not None, timeout=10000)
+    pip_args = next(line for line in dialog.output.toPlainText().splitlines() if line.startswith("args: "))
+    assert " lleaves " in pip_args and "distributed" not in pip_args and "--target " + target in pip_args
+    _save(dialog, "dependencies_dialog_optional.png")
+
+    # where lleaves has no build (its marker: Windows) its box is off and says so
+    monkeypatch.setattr(sys, "platform", "win32")
+    windows = DependencyDialog(python=python, target=target, import_names=["lightgbm"])
+    qtbot.addWidget(windows)
+    box = windows.optional_boxes["compiled"]
+    assert not box.isEnabled() and not box.isChecked() and windows.optional_boxes["dask"].isChecked()
+    assert windows.selected_optional() == ["dask"] and "lleaves" not in windows.command.text()
+    assert "Not available on this platform" in windows.findChild(QLabel, "smdownscale_optional_compiled_use").text()
+
+
+def test_missing_dask_message_names_the_dialog(qgis_app, monkeypatch):
+    """core cannot import QGIS, so it names the dialog as text: the menu entry and box must exist."""
+    import pytest
+
+    from smdownscale.core import cluster
+    from smdownscale.core.common import SmdError
+    from smdownscale.plugin import MENU
+    from smdownscale.ui.dependencies import OPTIONAL_USES
+
+    monkeypatch.setitem(sys.modules, "distributed", None)     # import distributed -> ImportError
+    with pytest.raises(SmdError) as raised:
+        with cluster.dask_client("local:2"):
+            pass
+    message = str(raised.value)
+    assert f"Raster > {MENU} > Check dependencies..." in message
+    assert f"'{OPTIONAL_USES['dask'][0]}'" in message and "requirements.txt" in message
 
 
 def test_dialog_reports_a_failed_install_and_can_stop_it(qgis_app, qtbot, tmp_path):

@@ -4,9 +4,12 @@
    ``python/plugins`` and enable the plugin).
 2. Start QGIS (the real desktop, under Xvfb): the plugin says once that learners are missing;
    *Check dependencies...* > *Install* runs pip into ``<profile>/python/smdownscale-deps`` for the
-   Python QGIS runs, streaming its output, while the event loop keeps running.
+   Python QGIS runs, streaming its output, while the event loop keeps running; the optional
+   packages (lleaves with numba/llvmlite, dask + distributed) are ticked by default and come too.
 3. Restart QGIS: every algorithm of the chain runs on the built-in scenario, the learners coming
-   only from that folder (the QGIS processes get no PYTHONPATH, so nothing of ``.venv`` is seen).
+   only from that folder (the QGIS processes get no PYTHONPATH, so nothing of ``.venv`` is seen);
+   one prediction runs again with ``DASK_SCHEDULER=local:2`` (a LocalCluster started from inside
+   the desktop, its workers spawned with QGIS's Python) and must equal the in-process bands exactly.
 
 pip reuses pip's cache (``PIP_CACHE_DIR`` = the cache of the user running the test), so the
 install takes about a minute once the wheels are cached. Marked ``slow`` (CI runs it; deselect
@@ -55,6 +58,8 @@ try:
     out["python"] = dialog.python
     out["target"] = dialog.target
     out["command"] = dialog.command.text()
+    out["optional_before"] = dialog.optional_rows
+    out["optional_ticked"] = dialog.selected_optional()
     dialog.install_button.click()
     started, longest, last = time.monotonic(), 0.0, time.monotonic()
     while dialog.running() or dialog.last_exit_code is None:
@@ -69,6 +74,8 @@ try:
     out["longest_event_loop_gap"] = longest
     out["exit_code"] = dialog.last_exit_code
     out["pip_output_tail"] = dialog.output.toPlainText()[-3000:]
+    out["after"] = dialog.rows
+    out["optional_after"] = dialog.optional_rows
     out["ok"] = True
 except Exception:
     out["error"] = traceback.format_exc()
@@ -104,6 +111,37 @@ try:
     predicted = processing.run("smdownscale:predict", {
         "DATASET": prepared, "MODEL": trained["OUTPUT_MODEL"], "OUTPUT": os.path.join(WORK, "sm.tif")})["OUTPUT"]
     runs["predict"] = predicted
+    # the same prediction on a LocalCluster of 2 worker processes started from this desktop
+    # (workers spawned with the QGIS Python, importing the plugin and the deps folder): three
+    # dates, 16-pixel blocks (27 tasks); the bands must equal the in-process ones exactly
+    import multiprocessing, time
+    import numpy, rasterio
+    from qgis.core import QgsProcessingFeedback
+    from smdownscale.core.common import python_interpreter
+
+    class Log(QgsProcessingFeedback):
+        lines = []
+
+        def pushInfo(self, info):
+            self.lines.append(info)
+            super().pushInfo(info)
+
+    with rasterio.open(predicted) as src:
+        dates = list(src.descriptions)
+        picked = [dates[0], dates[len(dates) // 2], dates[-1]]
+        local = numpy.stack([src.read(dates.index(d) + 1) for d in picked])
+    started = time.monotonic()
+    on_dask = processing.run("smdownscale:predict", {
+        "DATASET": prepared, "MODEL": trained["OUTPUT_MODEL"], "DATES": ",".join(picked), "BLOCK_SIZE": 16,
+        "DASK_SCHEDULER": "local:2", "OUTPUT": os.path.join(WORK, "sm_dask.tif")}, feedback=Log())["OUTPUT"]
+    with rasterio.open(on_dask) as src:
+        remote = src.read()
+        out["dask"] = {"seconds": time.monotonic() - started, "dates": list(src.descriptions), "picked": picked,
+                       "equal": bool(numpy.array_equal(local, remote, equal_nan=True)),
+                       "finite": int(numpy.isfinite(remote).sum()), "pixels": int(remote.size),
+                       "log": [line for line in Log.lines if "Dask" in line],
+                       "children_left": len(multiprocessing.active_children()),
+                       "sys_executable": sys.executable, "interpreter": python_interpreter()}
     validated = processing.run("smdownscale:validate", {
         "DOWNSCALED": predicted, "STATIONS": s["stations"], "OUTPUT": os.path.join(WORK, "validation.gpkg"),
         "OUTPUT_REPORT": os.path.join(WORK, "validation.html")})
@@ -113,8 +151,9 @@ try:
         "OUTPUT_TABLE": os.path.join(WORK, "shap.csv")})
     runs["explain"] = os.path.isfile(os.path.join(WORK, "shap.csv"))
     out["runs"] = runs
-    import xgboost, lightgbm, catboost, sklearn, shap
+    import xgboost, lightgbm, catboost, sklearn, shap, lleaves, dask, distributed
     out["learners"] = {m.__name__: m.__file__ for m in (xgboost, lightgbm, catboost, sklearn, shap)}
+    out["optional"] = {m.__name__: m.__file__ for m in (lleaves, dask, distributed)}
     out["numpy"] = sys.modules["numpy"].__file__
     out["ok"] = True
 except Exception:
@@ -194,19 +233,36 @@ def test_readme_install_steps_in_a_fresh_profile(work_dir):
         step2["python"] == "/usr/bin/python3", step2["python"]
     assert step2["target"].rstrip("/") == str(deps)
     assert step2["command"].startswith(f"{step2['python']} -m pip install --disable-pip-version-check --upgrade "
-                                       f"--target {deps} -r {plugins / 'smdownscale' / 'requirements.txt'}")
+                                       f"--target {deps} -c {plugins / 'smdownscale' / 'requirements.txt'} ")
+    # the optional packages are listed, missing, and ticked by default (README: step 2)
+    optional = ["lleaves", "numba", "llvmlite", "dask", "distributed"]
+    assert [row["import"] for row in step2["optional_before"]] == optional
+    assert {row["state"] for row in step2["optional_before"]} == {"missing"}, step2["optional_before"]
+    assert step2["optional_ticked"] == ["compiled", "dask"]
+    for name in optional:
+        assert f" {name} " in step2["command"], name
     assert step2["exit_code"] == 0, step2["pip_output_tail"]
     assert "Successfully installed" in step2["pip_output_tail"]
     assert step2["longest_event_loop_gap"] < 1.0, step2["longest_event_loop_gap"]
+    assert {row["state"] for row in step2["after"] + step2["optional_after"]} == {"ok"}, \
+        step2["after"] + step2["optional_after"]                       # every pin, as requirements.txt says
     print(f"install: {step2['install_seconds']:.0f} s, longest event-loop gap "
           f"{step2['longest_event_loop_gap'] * 1000:.0f} ms")
 
     # 3. restart QGIS: every algorithm runs, with the learners from the dependency folder
     (tmp_path / "work").mkdir()
     step3 = _run_qgis(str(profiles), STEP3, str(tmp_path / "work" / "step3.json"), env, timeout=360)
-    for name, where in step3["learners"].items():
+    for name, where in {**step3["learners"], **step3["optional"]}.items():
         assert where.startswith(str(deps)), (name, where)
     assert step3["numpy"].startswith("/usr/lib/python3/dist-packages/")   # Debian's numpy still wins
     assert set(step3["runs"]) == {"preprocess", "train", "predict", "validate", "explain"}
     assert step3["runs"]["explain"] is True
-    print(f"chain in the restarted QGIS: {step3['seconds']:.0f} s")
+    # DASK_SCHEDULER=local:2 from inside the desktop: the same numbers as in process
+    dask = step3["dask"]
+    assert dask["dates"] == dask["picked"] and dask["equal"], dask
+    assert dask["finite"] > 0.5 * dask["pixels"], dask
+    assert any("local cluster of 2 worker process(es)" in line for line in dask["log"]), dask["log"]
+    assert dask["children_left"] == 0, dask                              # the cluster was shut down
+    print(f"chain in the restarted QGIS: {step3['seconds']:.0f} s (of which predict on local:2 "
+          f"{dask['seconds']:.1f} s; sys.executable {dask['sys_executable']}, workers run "
+          f"{dask['interpreter']})")

@@ -1,4 +1,4 @@
-"""Issue 12 speed paths: compiled LightGBM (lleaves) == native, its cache and fallback;
+"""Issue 12 speed paths: compiled LightGBM and XGBoost (lleaves) == native, cache and fallback;
 the preprocess fast reader (all dates of an input at once, copy on the fine grid) bit-identical."""
 import os
 import stat
@@ -110,7 +110,7 @@ def test_build_failure_and_wrong_cached_object_fall_back(cache, lightgbm_model, 
     booster, member, X = lightgbm_model
     monkeypatch.setenv(compiled.ENV_MODE, "always")
 
-    def broken(_member):
+    def broken(_member, **_):
         raise RuntimeError("LLVM ERROR: out of registers")
 
     monkeypatch.setattr(compiled, "load_or_compile", broken)
@@ -135,7 +135,7 @@ def test_build_failure_and_wrong_cached_object_fall_back(cache, lightgbm_model, 
             return np.zeros(data.shape[0])
 
     monkeypatch.setattr(compiled, "load_or_compile",
-                        lambda _m: (Wrong(), {"cached": True, "compile_s": 0.0, "key": "k"}))
+                        lambda _m, **_: (Wrong(), {"cached": True, "compile_s": 0.0, "key": "k"}))
     lines.clear()
     predictor = compiled.LightGBMPredictor(booster, member, log=lines.append)
     assert np.array_equal(predictor.predict(X, 1), _native(booster, X))
@@ -153,6 +153,179 @@ def test_a_cache_folder_writable_by_others_is_not_used(cache, lightgbm_model, mo
     predictor = compiled.LightGBMPredictor(booster, member)
     assert np.max(np.abs(predictor.predict(X, 1) - _native(booster, X))) <= 1e-6
     assert predictor.path == "compiled" and os.listdir(cache) == []   # compiled, not cached
+
+
+# -- XGBoost through lleaves: translated to a LightGBM text model, bit-identical -----------------
+
+def _threshold_rows(booster, base):
+    """Rows of ``base`` with one feature set to a split threshold of ``booster``, and to the
+    float32 values just below and above it (XGBoost goes left when x < threshold)."""
+    import json
+
+    rows = []
+    for tree in json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]:
+        for node, (left, feature, condition) in enumerate(zip(tree["left_children"], tree["split_indices"],
+                                                              tree["split_conditions"])):
+            if left == -1:
+                continue
+            t = np.float32(condition)
+            for value in (t, np.nextafter(t, np.float32(-np.inf)), np.nextafter(t, np.float32(np.inf))):
+                row = base[len(rows) % base.shape[0]].copy()
+                row[feature] = value
+                rows.append(row)
+    return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def xgboost_model():
+    """An XGBoost booster trained the plugin's way (default parameters, binned once) on encoded
+    features with one-hot columns, its native member, and test rows incl. every threshold edge."""
+    from smdownscale.core.stack import (_Binned, _split_params, _train_booster, booster_to_bytes, encode,
+                                        make_encoder)
+
+    rng = np.random.default_rng(5)
+    raw = rng.uniform(0, 1, size=(4000, 4)).astype(np.float32)
+    raw[:, 1] = rng.normal(0.3, 0.2, size=raw.shape[0])
+    raw[:, 3] = rng.integers(1, 5, size=raw.shape[0])            # a categorical predictor (lc)
+    encoder = make_encoder(["a", "b", "c", "lc"], {"lc": [1, 2, 3, 4]})
+    X = encode(raw, encoder)
+    y = (0.2 + 0.3 * X[:, 0] + 0.1 * np.sin(6 * X[:, 1]) + 0.02 * X[:, 4] - 0.03 * X[:, 6]
+         + 0.01 * rng.normal(size=X.shape[0])).astype(np.float32)
+    native, rounds = _split_params("xgboost", {"n_estimators": 80}, 1, 1)
+    booster = _train_booster("xgboost", _Binned("xgboost", X, y, native).subset(None), native, rounds)
+    member = booster_to_bytes("xgboost", booster)
+    test = encode(np.column_stack([rng.uniform(-0.2, 1.2, size=(3000, 3)),
+                                   rng.integers(0, 6, size=3000)]).astype(np.float32), encoder)
+    test = np.concatenate([test, _threshold_rows(booster, test)])
+    return booster, member, test
+
+
+def _xgb_native(booster, X, threads=1):
+    from smdownscale.core.stack import _predict_booster
+
+    return _predict_booster("xgboost", booster, X, threads)
+
+
+def test_xgboost_text_is_numerical_and_carries_base_score(xgboost_model):
+    import json
+
+    booster, member, _ = xgboost_model
+    text = compiled.xgboost_text(member).decode("utf-8")
+    base = json.loads(booster.save_raw("json"))["learner"]["learner_model_param"]["base_score"]
+    trees = text.split("\nTree=")
+    assert len(trees) - 1 == 81 and compiled.count_nodes(text.encode())[0] == 81   # base_score + 80 trees
+    assert "leaf_value=" + repr(float(np.float32(float(base)))) in trees[1]
+    assert "objective=regression\n" in text and "num_cat=1" not in text
+    decision_types = {int(v) for line in text.splitlines() if line.startswith("decision_type=")
+                      for v in line.split("=")[1].split()}
+    assert decision_types <= {8, 10}                    # numerical, NaN missing, default right/left
+
+
+def test_float32_rounding_of_decimal_text_is_exact():
+    one = np.float32(1).view(np.uint32)
+    # 1 + 2^-24 is the midpoint of 1 and the next float32: even wins; a hair above goes up
+    got = compiled._float32(["1.000000059604644775390625", "1.0000000596046447753906250001",
+                             "1.000000178813934326171875", "3.0433124E-1", 113]).view(np.uint32)
+    assert list(got[:3] - one) == [0, 1, 2]
+    assert got[3] == np.float32(0.30433124).view(np.uint32) and got[4] == np.float32(113).view(np.uint32)
+
+
+@needs_lleaves
+def test_xgboost_compiled_is_bit_identical_incl_threshold_edges_and_cached(cache, xgboost_model, monkeypatch):
+    booster, member, X = xgboost_model
+    monkeypatch.setenv(compiled.ENV_MODE, "always")
+    lines = []
+    first = compiled.XGBoostPredictor(booster, member, expected_rows=X.shape[0], log=lines.append)
+    values = np.concatenate([first.predict(X[:2500], 2), first.predict(X[2500:], 2)])
+    assert first.path == "compiled"
+    native = _xgb_native(booster, X)
+    assert np.array_equal(values, native)                      # the same float32 sums, not only close
+    with_nan = X[:500].copy()
+    with_nan[np.random.default_rng(1).random(with_nan.shape) < 0.2] = np.nan   # default directions
+    assert np.array_equal(first.predict(with_nan, 1), _xgb_native(booster, with_nan))
+    assert len(lines) == 1 and lines[0].startswith("XGBoost compiled prediction") and "compiled in" in lines[0]
+    key = compiled.cache_key(member, "xgboost")
+    assert key != compiled.cache_key(member) and key == compiled.cache_key(bytes(member), "xgboost")
+    assert os.path.isfile(cache / f"{key}.o")                 # miss: built and stored
+
+    compiled.clear_process_state()                            # a new process: the cache is hit
+    monkeypatch.setenv(compiled.ENV_MODE, "auto")
+    assert compiled.decide(member, 10, 1e-6, learner="xgboost").cached
+    again = compiled.XGBoostPredictor(booster, member, expected_rows=10, log=lines.append)
+    assert np.array_equal(np.concatenate([again.predict(X[:2500], 1), again.predict(X[2500:], 1)]), native)
+    assert again.path == "compiled" and "loaded from the cache" in lines[-1]
+
+
+@needs_lleaves
+def test_xgboost_decision_uses_its_own_speedup(cache, xgboost_model):
+    _, member, _ = xgboost_model
+    expected = compiled.expected_compile_s(member, "xgboost")
+    assert expected == compiled.count_nodes(compiled.xgboost_text(member))[1] * compiled.COMPILE_S_PER_NODE
+    saving = 5e-6 * (1 - 1 / compiled.XGBOOST_EXPECTED_SPEEDUP)
+    assert not compiled.decide(member, int(0.9 * expected / saving), 5e-6, learner="xgboost").compile
+    assert compiled.decide(member, int(1.1 * expected / saving), 5e-6, learner="xgboost").compile
+
+
+@needs_lleaves
+def test_xgboost_build_failure_off_and_unsupported_lleaves_stay_native(cache, xgboost_model, monkeypatch):
+    booster, member, X = xgboost_model
+    native = _xgb_native(booster, X)
+    monkeypatch.setenv(compiled.ENV_MODE, "off")
+    lines = []
+    predictor = compiled.XGBoostPredictor(booster, member, expected_rows=10**9, log=lines.append)
+    assert np.array_equal(predictor.predict(X, 1), native)
+    assert lines == [f"XGBoost native prediction ({compiled.ENV_MODE}=off)"]
+
+    monkeypatch.setenv(compiled.ENV_MODE, "always")
+    lines.clear()
+    with monkeypatch.context() as patch:
+        def broken(_member, **_):
+            raise RuntimeError("LLVM ERROR: out of registers")
+
+        patch.setattr(compiled, "load_or_compile", broken)
+        for _ in range(2):
+            predictor = compiled.XGBoostPredictor(booster, member, log=lines.append)
+            assert np.array_equal(predictor.predict(X, 1), native) and predictor.path == "native"
+    # one line for the failure; the second predictor says it stays native because of it
+    assert len(lines) == 2 and lines[0].startswith("XGBoost compiled prediction unavailable, using native")
+    assert "out of registers" in lines[0] and "failed earlier" in lines[1] and "failed earlier" in predictor.reason
+
+    compiled.clear_process_state()
+    lines.clear()
+    monkeypatch.setattr(compiled, "IN_ORDER_LLEAVES", "0.0.0")
+    predictor = compiled.XGBoostPredictor(booster, member, log=lines.append)
+    assert np.array_equal(predictor.predict(X, 1), native) and predictor.path == "native"
+    assert len(lines) == 1 and "in-order summation is written for lleaves 0.0.0" in lines[0]
+    assert not os.path.exists(cache)
+
+
+@needs_lleaves
+@pytest.mark.parametrize("case", ["categorical", "dart", "absoluteerror"])
+def test_xgboost_that_the_translation_does_not_cover_stays_native(cache, monkeypatch, case):
+    import xgboost as xgb
+
+    from smdownscale.core.stack import booster_to_bytes
+
+    rng = np.random.default_rng(2)
+    X = rng.uniform(0, 1, size=(600, 3)).astype(np.float32)
+    X[:, 2] = rng.integers(0, 4, size=X.shape[0])
+    y = (X[:, 0] + 0.1 * X[:, 2]).astype(np.float32)
+    params = {"objective": "reg:squarederror", "max_depth": 3, "nthread": 1, "tree_method": "hist"}
+    if case == "categorical":
+        data = xgb.DMatrix(X, y, feature_types=["q", "q", "c"], enable_categorical=True)
+    else:
+        data = xgb.DMatrix(X, y)
+        params.update({"dart": {"booster": "dart", "rate_drop": 0.1},
+                       "absoluteerror": {"objective": "reg:absoluteerror"}}[case])
+    booster = xgb.train(params, data, num_boost_round=10)
+    member = booster_to_bytes("xgboost", booster)
+    with pytest.raises(compiled.NotCompilable):
+        compiled.xgboost_text(member)
+    monkeypatch.setenv(compiled.ENV_MODE, "always")
+    lines = []
+    predictor = compiled.XGBoostPredictor(booster, member, log=lines.append)
+    predictor.predict(X, 1)
+    assert predictor.path == "native" and len(lines) == 1 and "not compilable" in lines[0]
 
 
 # -- preprocess: each input read once for many dates, copied when it lies on the fine grid -----
@@ -269,21 +442,28 @@ def test_early_stopping_refit_uses_the_folds_mean_best_iteration():
 
 
 @needs_lleaves
-def test_stack_with_compiled_lightgbm_equals_native(cache, monkeypatch):
+def test_stack_with_compiled_boosters_equals_native(cache, monkeypatch):
     from smdownscale.core.stack import StackEnsemble
 
     X, y = _stack_data(seed=2)
     params = {name: {"n_estimators": 60} for name in ("xgboost", "lightgbm", "catboost")}
     fitted = StackEnsemble(params=params, n_folds=3, seed=1, n_threads=2, categorical=["x3"]).fit(X, y)
     loaded = StackEnsemble.from_members(fitted.to_members(), n_threads=2)
+    # the rows at every XGBoost split threshold (and one float32 step either side), raw features
+    edges = _threshold_rows(loaded.boosters_["xgboost"], loaded.transform(X[:50]))
+    keep = np.isin(np.arange(edges.shape[1]), [0, 1, 2])    # continuous columns only: raw == encoded
+    X = np.concatenate([X, np.column_stack([edges[:, keep], np.full(edges.shape[0], 2.0, np.float32)])])
     native = loaded.predict(X)
+    native_xgb = loaded.base_predict(X)[:, loaded.base_model_names_.index("xgboost")]
     monkeypatch.setenv(compiled.ENV_MODE, "always")
     lines = []
     loaded.accelerate(X.shape[0], log=lines.append, label="p0")
     fast = np.concatenate([loaded.predict(X[:700]), loaded.predict(X[700:])])
-    assert loaded.accelerated_["lightgbm"].path == "compiled"
+    assert {name: p.path for name, p in loaded.accelerated_.items()} == {"lightgbm": "compiled", "xgboost": "compiled"}
     assert np.max(np.abs(fast - native)) <= 1e-6
-    assert len(lines) == 1 and lines[0].endswith("[p0]")
+    assert np.array_equal(loaded.base_predict(X)[:, loaded.base_model_names_.index("xgboost")], native_xgb)
+    assert len(lines) == 2 and all(line.endswith("[p0]") for line in lines)
+    assert any(line.startswith("XGBoost compiled prediction") for line in lines)
 
 
 def _all_bits(folder):
@@ -369,8 +549,10 @@ def test_predict_compiled_equals_native_and_logs_the_path(tmp_path, cache, monke
         predict(dataset, model, str(tmp_path / f"{mode}.tif"), progress=progress)
         with rasterio.open(str(tmp_path / f"{mode}.tif")) as src:
             outputs[mode] = src.read()
-        logs[mode] = [line for line in lines if "LightGBM" in line]
+        logs[mode] = [line for line in lines if "LightGBM" in line or "XGBoost" in line]
     assert np.array_equal(np.isnan(outputs["off"]), np.isnan(outputs["always"]))
     assert np.nanmax(np.abs(outputs["off"] - outputs["always"])) <= 1e-6
     assert logs["off"] and all("native" in line for line in logs["off"])
     assert logs["always"] and all("compiled prediction" in line for line in logs["always"])
+    for learner in ("LightGBM", "XGBoost"):
+        assert sum(line.startswith(learner) for line in logs["always"]) == len(logs["always"]) // 2

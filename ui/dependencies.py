@@ -1,12 +1,19 @@
-"""Check and install the learners (xgboost, lightgbm, catboost, scikit-learn, shap).
+"""Check and install the learners (xgboost, lightgbm, catboost, scikit-learn, shap) and, if
+wanted, the optional packages (lleaves for faster prediction, dask + distributed for the
+DASK_SCHEDULER option).
 
-The dialog lists each learner with its pinned requirement (requirements.txt), what is installed
-and whether it is missing or at another version. *Install* runs
-``<QGIS python> -m pip install --upgrade --target <profile>/python/smdownscale-deps -r requirements.txt``
-in a ``QProcess`` (asynchronous: the main thread only receives pip's output as it comes) and
-streams that output into the dialog. ``--target`` works on PEP 668 systems (Debian 12, Ubuntu
-24.04) where ``--user`` is refused, and needs no admin rights; the plugin appends that folder to
-``sys.path`` when it loads (``__init__.py``). The equivalent command is shown to copy.
+The dialog lists each package with its pinned requirement (requirements.txt), what is installed,
+whether it is missing or at another version, and what it is for. The learners are required; the
+optional packages (``resources.OPTIONAL_PACKAGES``) each have a check box (ticked by default where
+they are available: lleaves has no Windows build, so its requirement marker leaves it out there)
+and the plugin works without them. *Install* runs
+``<QGIS python> -m pip install --upgrade --target <profile>/python/smdownscale-deps -c requirements.txt
+<the learners and the ticked optional packages>`` (requirements.txt as constraints: every version,
+also of what pip pulls in, is the pinned one) in a ``QProcess`` (asynchronous: the main thread
+only receives pip's output as it comes) and streams that output into the dialog. ``--target``
+works on PEP 668 systems (Debian 12, Ubuntu 24.04) where ``--user`` is refused, and needs no admin
+rights; the plugin appends that folder to ``sys.path`` when it loads (``__init__.py``). The
+equivalent command is shown to copy.
 
 xgboost is pinned as ``xgboost`` (with its 469 MB ``nvidia-nccl-cu12`` GPU runtime on Linux), not
 as PyPI's CPU-only ``xgboost-cpu``: ``xgboost-cpu==2.1.3`` installs and imports as ``xgboost`` and
@@ -19,15 +26,35 @@ import os
 from qgis.core import Qgis, QgsMessageLog
 from qgis.PyQt.QtCore import QProcess, QProcessEnvironment, Qt
 from qgis.PyQt.QtGui import QFont, QGuiApplication
-from qgis.PyQt.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView,
-                                 QLabel, QLineEdit, QPlainTextEdit, QPushButton, QTableWidget,
-                                 QTableWidgetItem, QVBoxLayout)
+from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QDialog, QDialogButtonBox, QGroupBox,
+                                 QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPlainTextEdit, QPushButton,
+                                 QTableWidget, QTableWidgetItem, QVBoxLayout)
 
-from ..resources import (REQUIREMENTS_FILE, add_deps_folder_to_sys_path, deps_folder, install_arguments,
-                         install_command, learner_status, missing_learners, qgis_python, tr)
+from ..resources import (OPTIONAL_PACKAGES, REQUIREMENTS_FILE, add_deps_folder_to_sys_path, deps_folder,
+                         install_arguments, install_command, learner_requirement, learner_status,
+                         missing_learners, qgis_python, requirement_applies, tr)
 
 #: a QgsApplication property so the "learners missing" notice is shown once per QGIS session
 _NOTICE_PROPERTY = "smdownscale_dependency_notice_shown"
+
+#: what each required learner is for (the table's last column)
+LEARNER_USES = {
+    "xgboost": "required: base learner",
+    "lightgbm": "required: base learner",
+    "catboost": "required: base learner",
+    "sklearn": "required: training",
+    "shap": "required",
+}
+#: the optional groups of ``resources.OPTIONAL_PACKAGES``: (check box title, what it is for)
+OPTIONAL_USES = {
+    "compiled": ("Faster prediction",
+                 "compiles LightGBM models to machine code (lleaves, with numba and llvmlite) when "
+                 "a prediction is large enough to pay for the compile; without it LightGBM predicts "
+                 "natively, with the same results (lleaves has no Windows build)"),
+    "dask": ("Dask scale-out",
+             "needed only for the Dask scheduler option (DASK_SCHEDULER: local:N worker processes or "
+             "a cluster) of Prepare, Train and Predict; without it they run in the QGIS process"),
+}
 
 
 def notify_missing_learners(iface, open_dialog, import_names=None):
@@ -56,26 +83,32 @@ def notify_missing_learners(iface, open_dialog, import_names=None):
 
 
 class DependencyDialog(QDialog):
-    """Which learners are missing / at the wrong version, and an Install button."""
+    """Which learners (and optional packages) are missing / at the wrong version, a check box per
+    optional group, and an Install button."""
 
-    COLUMNS = ("Package", "Required", "Installed", "State")
+    COLUMNS = ("Package", "Required", "Installed", "State", "Used for")
 
-    def __init__(self, parent=None, python=None, target=None, requirements=None, import_names=None):
+    def __init__(self, parent=None, python=None, target=None, requirements=None, import_names=None,
+                 optional=None):
         super().__init__(parent)
         self.setObjectName("smdownscale_dependencies")
         self.setWindowTitle(tr("Soil moisture downscaling - dependencies"))
-        self.resize(820, 560)
+        self.resize(940, 760)
         self.python = python or qgis_python()
         self.target = target or deps_folder()
         self.requirements = requirements or REQUIREMENTS_FILE
         self.import_names = import_names
+        #: the optional groups offered (default every group of resources.OPTIONAL_PACKAGES)
+        self.optional_groups = list(OPTIONAL_PACKAGES if optional is None else optional)
+        self.rows, self.optional_rows = [], []
         self.process = None
         self.last_exit_code = None
 
         layout = QVBoxLayout(self)
         self.intro = QLabel(tr(
-            "The learners are installed into <b>{}</b> for the Python QGIS runs (<tt>{}</tt>). "
-            "Restart QGIS after installing.").format(self.target, self.python or tr("not found")))
+            "The learners (required) and the optional packages you tick are installed into <b>{}</b> "
+            "for the Python QGIS runs (<tt>{}</tt>). Restart QGIS after installing.").format(
+                self.target, self.python or tr("not found")))
         self.intro.setWordWrap(True)
         self.intro.setTextInteractionFlags(Qt.TextSelectableByMouse)
         layout.addWidget(self.intro)
@@ -84,14 +117,42 @@ class DependencyDialog(QDialog):
         self.table.setHorizontalHeaderLabels([tr(c) for c in self.COLUMNS])
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.setWordWrap(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(len(self.COLUMNS) - 1, QHeaderView.Stretch)
         layout.addWidget(self.table)
+
+        self.optional_boxes = {}
+        if self.optional_groups:
+            box = QGroupBox(tr("Optional packages (the plugin works without them)"), self)
+            box_layout = QVBoxLayout(box)
+            for group in self.optional_groups:
+                title, use = OPTIONAL_USES.get(group, (group, ""))
+                available = self.group_available(group)
+                check = QCheckBox(tr("{}: {}").format(tr(title), ", ".join(OPTIONAL_PACKAGES[group])), box)
+                check.setObjectName(f"smdownscale_optional_{group}")
+                check.setChecked(available)
+                check.setEnabled(available)
+                check.toggled.connect(self._update_command)
+                box_layout.addWidget(check)
+                text = tr(use)
+                text = text[:1].upper() + text[1:] + "."
+                if not available:
+                    text += " " + tr("Not available on this platform.")
+                label = QLabel(text, box)
+                label.setObjectName(f"smdownscale_optional_{group}_use")
+                label.setWordWrap(True)
+                label.setIndent(24)
+                box_layout.addWidget(label)
+                self.optional_boxes[group] = check
+            layout.addWidget(box)
 
         layout.addWidget(QLabel(tr("Equivalent command (e.g. in a terminal or the OSGeo4W shell):")))
         command_row = QHBoxLayout()
         self.command = QLineEdit(self)
         self.command.setReadOnly(True)
-        self.command.setText(install_command(self.python, self.target, self.requirements))
+        self._update_command()
         command_row.addWidget(self.command)
         self.copy_button = QPushButton(tr("Copy"), self)
         self.copy_button.clicked.connect(self.copy_command)
@@ -123,18 +184,50 @@ class DependencyDialog(QDialog):
         layout.addWidget(buttons)
         self.refresh()
 
+    # --- optional packages ----------------------------------------------------------------------
+    @staticmethod
+    def group_available(group):
+        """False when a package of ``group`` has a requirement marker excluding this platform
+        (lleaves on Windows)."""
+        return all(requirement_applies(learner_requirement(name)) is not False for name in OPTIONAL_PACKAGES[group])
+
+    def selected_optional(self):
+        """The optional groups ticked (and available here), in :data:`OPTIONAL_PACKAGES` order."""
+        return [group for group, check in self.optional_boxes.items() if check.isChecked() and check.isEnabled()]
+
+    def _update_command(self, *_args):
+        self.command.setText(install_command(self.python, self.target, self.requirements,
+                                             optional=self.selected_optional()))
+
     # --- status -------------------------------------------------------------------------------
     def refresh(self):
         """Fill the table from package metadata (nothing is imported)."""
         add_deps_folder_to_sys_path(self.target)
         self.rows = learner_status(self.import_names)
-        self.table.setRowCount(len(self.rows))
-        for r, row in enumerate(self.rows):
-            values = (row["requirement"].split("==")[0], row["requirement"], row["installed"] or "-",
-                      tr(row["state"]))
+        self.optional_rows = []
+        for group in self.optional_groups:
+            available = self.group_available(group)
+            for row in learner_status(OPTIONAL_PACKAGES[group]):
+                if not available and row["state"] == "missing":
+                    row["state"] = "not available"
+                self.optional_rows.append(dict(row, group=group))
+        shown = self.rows + self.optional_rows
+        self.table.setRowCount(len(shown))
+        for r, row in enumerate(shown):
+            if "group" in row:
+                use = tr("optional: {}").format(tr(OPTIONAL_USES.get(row["group"], (row["group"],))[0]))
+            else:
+                use = tr(LEARNER_USES.get(row["import"], "required"))
+            pin = row["requirement"].split(";")[0].strip()   # the marker is said in the optional box
+            package = pin.split("==")[0]
+            installed = row["installed"] or "-"
+            if installed.startswith(package + " "):
+                installed = installed[len(package) + 1:]
+            values = (package, pin, installed, tr(row["state"]), use)
             for c, value in enumerate(values):
                 item = QTableWidgetItem(value)
-                if c == 3 and row["state"] != "ok":
+                item.setToolTip(row["requirement"] if c == 1 else value)
+                if c == 3 and row["state"] != "ok" and "group" not in row:
                     font = item.font()
                     font.setBold(True)
                     item.setFont(font)
@@ -145,10 +238,15 @@ class DependencyDialog(QDialog):
         self.table.setFixedHeight(height + 2)
         problems = [row for row in self.rows if row["state"] != "ok"]
         if problems:
-            self.status.setText(tr("{} of {} learner package(s) need installing: {}.").format(
-                len(problems), len(self.rows), ", ".join(row["requirement"] for row in problems)))
+            text = tr("{} of {} learner package(s) need installing: {}.").format(
+                len(problems), len(self.rows), ", ".join(row["requirement"] for row in problems))
         else:
-            self.status.setText(tr("All learner packages are installed at the pinned versions."))
+            text = tr("All learner packages are installed at the pinned versions.")
+        optional = [row for row in self.optional_rows if row["state"] in ("missing", "wrong version")]
+        if optional:
+            text += " " + tr("Optional, not installed at the pinned version: {} (the plugin works "
+                             "without them).").format(", ".join(row["requirement"].split(";")[0] for row in optional))
+        self.status.setText(text)
         self.install_button.setEnabled(self.python is not None and not self.running())
         return self.rows
 
@@ -164,8 +262,10 @@ class DependencyDialog(QDialog):
         if self.running() or not self.python:
             return False
         os.makedirs(self.target, exist_ok=True)
-        args = install_arguments(self.python, self.target, self.requirements)
-        self.output.appendPlainText("$ " + install_command(self.python, self.target, self.requirements))
+        optional = self.selected_optional()
+        args = install_arguments(self.python, self.target, self.requirements, optional=optional)
+        self.output.appendPlainText("$ " + install_command(self.python, self.target, self.requirements,
+                                                           optional=optional))
         self.process = QProcess(self)
         self.process.setProcessChannelMode(QProcess.MergedChannels)
         env = QProcessEnvironment.systemEnvironment()
