@@ -93,7 +93,30 @@ def worker_path(path):
     return os.path.abspath(text)
 
 
+def _quiet_dataframe_notice():
+    """distributed imports dask.dataframe when pandas is installed, which warns (FutureWarning,
+    in QGIS's log and every worker's) that its optional query planner dask-expr is missing;
+    nothing here uses dataframes, so without dask-expr the planner is switched off for this
+    process and the workers it starts (the environment is what spawned workers read)."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("dask_expr") is not None:
+            return
+    except (ImportError, ValueError):
+        return
+    os.environ.setdefault("DASK_DATAFRAME__QUERY_PLANNING", "False")
+    try:
+        import dask
+
+        if dask.config.get("dataframe.query-planning", None) is None:
+            dask.config.set({"dataframe.query-planning": False})
+    except ImportError:
+        pass
+
+
 def _import_distributed():
+    _quiet_dataframe_notice()
     try:
         import distributed
     except ImportError as error:
@@ -165,10 +188,7 @@ def _local_cluster(distributed, n_workers):
         try:
             cluster = distributed.LocalCluster(
                 n_workers=n_workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                dashboard_address=None, silence_logs=logging.ERROR,
-                # dask.dataframe (imported by distributed when pandas is there) warns about its
-                # optional query planner on every worker; nothing here uses dataframes
-                env={"DASK_DATAFRAME__QUERY_PLANNING": "False"})
+                dashboard_address=None, silence_logs=logging.ERROR)
         except Exception as error:  # noqa: BLE001 - any start failure is one message
             raise SmdError(f"The local Dask cluster of {n_workers} worker(s) could not start ({error}); "
                            "leave the Dask scheduler empty to run in this process.") from error
