@@ -114,6 +114,9 @@ def build():
         (QgsProcessingParameterNumber("THREADS", "Threads per learner (0 = all cores)",
                                       QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0),
          "CPU threads each learner uses.", advanced),
+        (QgsProcessingParameterString("DASK_SCHEDULER", "Dask scheduler (empty = this process)", optional=True),
+         "Prepare, train and predict on Dask: local:N starts N worker processes on this machine; "
+         "tcp://host:8786 uses a running cluster (every worker must read the input paths).", advanced),
     ]
     assert [definition.name() for definition, _h, _f in inputs] == list(INPUT_ORDER)
     for row, (definition, help_text, flags) in enumerate(inputs):
@@ -149,19 +152,20 @@ def build():
         "PREDICTORS": param("PREDICTORS"), "COARSE_SM": param("COARSE_SM"),
         "CATEGORICAL": param("CATEGORICAL"), "MASK_CLASSES": param("MASK_CLASSES"),
         "FINE_RESOLUTION": param("FINE_RESOLUTION"),
-        "MIN_VALID_FRACTION": Source.fromStaticValue(0.5),
+        "MIN_VALID_FRACTION": Source.fromStaticValue(0.5), "DASK_SCHEDULER": param("DASK_SCHEDULER"),
     }, [output("preprocess", "OUTPUT", OUTPUT_NAMES["dataset"], "Prepared dataset folder")])
     child("smdownscale:train", "train", "Train downscaling model", 420, 300, {
         "DATASET": Source.fromChildOutput("preprocess", "OUTPUT"),
         "PARTITIONS": param("PARTITIONS"), "PARTITION_FIELD": param("PARTITION_FIELD"),
         "N_ESTIMATORS": param("N_ESTIMATORS"), "FOLDS": param("FOLDS"),
         "MIN_SAMPLES": param("MIN_SAMPLES"), "THREADS": param("THREADS"),
+        "DASK_SCHEDULER": param("DASK_SCHEDULER"),
     }, [output("train", "OUTPUT_MODEL", OUTPUT_NAMES["model"], "Model file"),
         output("train", "OUTPUT_REPORT", OUTPUT_NAMES["report"], "Training report (Table 3)")])
     child("smdownscale:predict", "predict", "Predict fine soil moisture", 420, 480, {
         "DATASET": Source.fromChildOutput("preprocess", "OUTPUT"),
         "MODEL": Source.fromChildOutput("train", "OUTPUT_MODEL"),
-        "RESIDUAL_CORRECTION": param("RESIDUAL_CORRECTION"),
+        "RESIDUAL_CORRECTION": param("RESIDUAL_CORRECTION"), "DASK_SCHEDULER": param("DASK_SCHEDULER"),
     }, [output("predict", "OUTPUT", OUTPUT_NAMES["downscaled"], "Downscaled soil moisture")])
     child("smdownscale:validate", "validate", "Validate against stations", 420, 660, {
         "DOWNSCALED": Source.fromChildOutput("predict", "OUTPUT"),

@@ -286,3 +286,26 @@ def test_qgis_process_runs_the_steps_on_dask(scene, cli_cluster, tmp_path, tmp_p
                           f"OUTPUT={tmp_path / 'bad.tif'}", check=False)
     assert failed.returncode != 0 and "local:N" in failed.stdout + failed.stderr
     assert not (tmp_path / "bad.tif").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/qgis_process.bin"), reason="no qgis_process.bin")
+def test_the_shipped_chain_runs_its_heavy_steps_on_dask(scene, cli_cluster, tmp_path, tmp_path_factory):
+    """The Graphical Modeler chain passes its DASK_SCHEDULER input to preprocess, train and predict."""
+    from test_qgis_process import qgis_process
+
+    from smdownscale.core.predict import predict
+
+    scenario = scene["scenario"]
+    profile = str(tmp_path_factory.mktemp("qgis-profile-chain-dask"))
+    args = [f"PREDICTORS={path}" for path in scenario["predictors"]] + [
+        f"COARSE_SM={scenario['soil_moisture']}", "MASK_CLASSES=lc:0", "CATEGORICAL=lc",
+        f"STATIONS={scenario['stations']}", "N_ESTIMATORS=20", "FOLDS=2", "MIN_SAMPLES=10",
+        f"DASK_SCHEDULER={cli_cluster.address}",
+        f"preprocess:Prepared dataset={tmp_path / 'dataset'}", f"train:Model file={tmp_path / 'model.smdmodel.zip'}",
+        f"predict:Downscaled soil moisture={tmp_path / 'sm.tif'}",
+        f"validate:Validation points={tmp_path / 'validation.gpkg'}"]
+    done = qgis_process(profile, "run", "smdownscale:downscaling_chain", "--", *args)
+    log = done.stdout + done.stderr
+    assert log.count(f"Dask: scheduler {cli_cluster.address}") == 3, log[-3000:]
+    local = predict(str(tmp_path / "dataset"), str(tmp_path / "model.smdmodel.zip"), str(tmp_path / "local.tif"))
+    np.testing.assert_array_equal(read_all(local.output)[0], read_all(str(tmp_path / "sm.tif"))[0])

@@ -228,7 +228,10 @@ def test_shipped_model_chains_the_four_steps(provider):
     # workflow order: predictors, categorical, mask, coarse SM, partitions + field, stations + fields, options
     assert inputs == ["PREDICTORS", "CATEGORICAL", "MASK_CLASSES", "COARSE_SM", "PARTITIONS", "PARTITION_FIELD",
                       "STATIONS", "SITE_FIELD", "DATE_FIELD", "VALUE_FIELD", "FINE_RESOLUTION",
-                      "RESIDUAL_CORRECTION", "N_ESTIMATORS", "FOLDS", "MIN_SAMPLES", "THREADS"]
+                      "RESIDUAL_CORRECTION", "N_ESTIMATORS", "FOLDS", "MIN_SAMPLES", "THREADS", "DASK_SCHEDULER"]
+    # the one execution option reaches the three heavy steps
+    for step in ("preprocess", "train", "predict"):
+        assert [s.parameterName() for s in children[step].parameterSources()["DASK_SCHEDULER"]] == ["DASK_SCHEDULER"]
     from smdownscale.processing.models.chain_layout import output_parameter_names
 
     assert set(output_parameter_names().values()) == {

@@ -7,7 +7,7 @@ the order an analyst fills them and the readable names of the outputs. Plain Pyt
 #: :func:`order_model_inputs` restores this one)
 INPUT_ORDER = ("PREDICTORS", "CATEGORICAL", "MASK_CLASSES", "COARSE_SM", "PARTITIONS", "PARTITION_FIELD",
                "STATIONS", "SITE_FIELD", "DATE_FIELD", "VALUE_FIELD", "FINE_RESOLUTION", "RESIDUAL_CORRECTION",
-               "N_ESTIMATORS", "FOLDS", "MIN_SAMPLES", "THREADS")
+               "N_ESTIMATORS", "FOLDS", "MIN_SAMPLES", "THREADS", "DASK_SCHEDULER")
 
 #: role -> model output name (QGIS names loaded layers after it; parameter ``<child>:<name>``)
 OUTPUT_NAMES = {
