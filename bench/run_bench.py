@@ -537,7 +537,8 @@ def main():
         with open(previous_path) as handle:
             previous = json.load(handle)
         results.update({name: previous[name] for name in args.skip if name in previous})
-    for name in ("data", "prep_ref", "train", "train_es", "naive", "predict", "predict_compiled", "raw", "big"):
+    for name in ("data", "prep_ref", "train", "train_es", "naive", "predict", "predict_compiled", "raw", "big",
+                 "dask"):
         if name in args.skip:
             continue
         print(f"phase {name} ...", file=sys.stderr, flush=True)
@@ -553,7 +554,10 @@ def main():
             ("preprocess_vs_gdal_single_pass", lambda: data["preprocess_s"] / ref["gdal_single_pass_s"]),
             ("training_es_speedup_vs_naive", lambda: naive["train_s"] / es["train_es_s"]),
             ("test_rmse_es_minus_naive", lambda: es["test_rmse_stack_es"] - naive["test_rmse_stack"]),
-            ("test_rmse_es_minus_no_es", lambda: es["test_rmse_stack_es"] - train["test_rmse_stack"])):
+            ("test_rmse_es_minus_no_es", lambda: es["test_rmse_stack_es"] - train["test_rmse_stack"]),
+            ("dask_predict_local_2_vs_in_process",
+             lambda: results["dask"]["predict"]["local_2"]["pixels_per_s"]
+             / results["dask"]["predict"]["in_process"]["pixels_per_s"])):
         try:
             ratios[key] = round(compute(), 5 if "rmse" in key else 2)
         except (KeyError, TypeError, ZeroDivisionError):
