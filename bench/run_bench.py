@@ -198,7 +198,7 @@ def phase_predict(work, compiled_mode="off"):
 
     lines = []
     progress = Progress()
-    progress.info = lambda message: lines.append(message) if "LightGBM" in message else None
+    progress.info = lambda message: lines.append(message) if ("LightGBM" in message or "XGBoost" in message) else None
     started = time.time()
     info = predict(p["dataset"], p["model"], output, progress=progress)
     wall = time.time() - started
