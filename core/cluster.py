@@ -25,6 +25,7 @@ model file's bytes and are verified by :func:`.modelfile.load_model` on each wor
 """
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -131,6 +132,66 @@ def _import_distributed():
     return distributed
 
 
+ENVIRONMENT_HELP = ("the scheduler and every worker need the same Python, GDAL and packages as this "
+                    "machine (the plugin's requirements.txt) and the same smdownscale plugin: put the folder "
+                    "holding the smdownscale plugin folder on their PYTHONPATH (README: running on a "
+                    "cluster)")
+
+
+@functools.lru_cache(maxsize=1)
+def _core_digest():
+    """sha256 of the plugin's core code (every .py below core/): equal on every machine that
+    runs the same plugin version."""
+    import hashlib
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, root).encode("utf-8"))
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def environment():
+    """What must be equal on the client, the scheduler and every worker for their results to be
+    this machine's: Python (major.minor), GDAL, the learners' and numpy's versions, the plugin's
+    core code. Runs as a task too (:func:`check_environment`)."""
+    import platform
+
+    import rasterio
+
+    from .modelfile import library_versions
+
+    return {"python": ".".join(platform.python_version_tuple()[:2]), "gdal": rasterio.__gdal_version__,
+            **library_versions(), "smdownscale core code": _core_digest()[:12]}
+
+
+def check_environment(client):
+    """SmdError, before any work, when the scheduler or a worker cannot load the plugin's tasks
+    or runs other versions than this machine (:func:`environment`)."""
+    mine = environment()
+    try:
+        # a submitted task is unpickled by the scheduler and a worker; run() reaches every worker
+        found = {"a worker (through the scheduler)": client.submit(environment, pure=False).result(
+            timeout=WORKER_WAIT_SECONDS)}
+        found.update(client.run(environment))
+    except SmdError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a deserialization RuntimeError, ImportError, ...
+        text = " ".join(str(error).split())
+        cause = text.split(". ")[0].rstrip(".") if text else type(error).__name__
+        raise SmdError(f"The Dask cluster cannot run the plugin's tasks ({cause}): {ENVIRONMENT_HELP}.") from error
+    for where, theirs in found.items():
+        different = [f"{key} {theirs.get(key)} there, {value} here" for key, value in mine.items()
+                     if theirs.get(key) != value]
+        if different:
+            raise SmdError(f"The Dask worker {where} runs another environment ({'; '.join(different)}): "
+                           f"{ENVIRONMENT_HELP}.")
+
+
 @contextlib.contextmanager
 def dask_client(scheduler, progress=None):
     """A :class:`distributed.Client` for ``scheduler`` (parsed by :func:`parse_scheduler`) for
@@ -138,12 +199,14 @@ def dask_client(scheduler, progress=None):
 
     Raises SmdError, before any work, when Dask is missing, the local cluster cannot start, the
     scheduler cannot be reached in :data:`CONNECT_TIMEOUT_SECONDS`, or has no worker within
-    :data:`WORKER_WAIT_SECONDS`.
+    :data:`WORKER_WAIT_SECONDS`, or a worker cannot run the plugin's tasks or runs other versions
+    (:func:`check_environment`).
     """
     scheduler = parse_scheduler(scheduler)
     distributed = _import_distributed()
     if scheduler.local_workers:
         with _local_cluster(distributed, scheduler.local_workers) as client:
+            check_environment(client)
             if progress is not None:
                 progress.info(f"Dask: local cluster of {scheduler.local_workers} worker process(es), "
                               f"{_threads(client)} thread(s) in all")
@@ -163,6 +226,7 @@ def dask_client(scheduler, progress=None):
         except (TimeoutError, OSError) as error:
             raise SmdError(f"The Dask scheduler {scheduler.address} has no worker ({WORKER_WAIT_SECONDS} s "
                            f"waited); start one with: dask worker {scheduler.address}") from error
+        check_environment(client)
         if progress is not None:
             progress.info(f"Dask: scheduler {scheduler.address}, {len(client.scheduler_info()['workers'])} "
                           f"worker(s), {_threads(client)} thread(s)")

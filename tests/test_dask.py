@@ -32,10 +32,12 @@ def free_port():
 class CliCluster:
     """`dask scheduler` and `dask worker` processes (no nanny: a killed worker stays dead)."""
 
-    def __init__(self, folder, n_workers):
+    def __init__(self, folder, n_workers, *, plugin_on_path=True):
         self.address = f"tcp://127.0.0.1:{free_port()}"
-        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".plugin-path"),
-                   DASK_DATAFRAME__QUERY_PLANNING="False")
+        env = dict(os.environ, DASK_DATAFRAME__QUERY_PLANNING="False")
+        env.pop("PYTHONPATH", None)
+        if plugin_on_path:
+            env["PYTHONPATH"] = os.path.join(ROOT, ".plugin-path")
         port = self.address.rsplit(":", 1)[1]
         log = open(os.path.join(folder, "dask.log"), "w")  # noqa: SIM115 - closed in stop()
         self.log = log
@@ -309,3 +311,30 @@ def test_the_shipped_chain_runs_its_heavy_steps_on_dask(scene, cli_cluster, tmp_
     assert log.count(f"Dask: scheduler {cli_cluster.address}") == 3, log[-3000:]
     local = predict(str(tmp_path / "dataset"), str(tmp_path / "model.smdmodel.zip"), str(tmp_path / "local.tif"))
     np.testing.assert_array_equal(read_all(local.output)[0], read_all(str(tmp_path / "sm.tif"))[0])
+
+
+def test_a_cluster_without_the_plugin_is_refused_before_any_work(scene, tmp_path_factory, tmp_path):
+    """Scheduler and worker started without the plugin on their PYTHONPATH: one message saying
+    what to install where, before anything is read or written."""
+    from smdownscale.core.predict import predict
+
+    bare = CliCluster(tmp_path_factory.mktemp("dask-bare"), 1, plugin_on_path=False)
+    try:
+        with pytest.raises(SmdError, match="cannot run the plugin's tasks.*PYTHONPATH"):
+            predict(scene["dataset"], scene["model"], str(tmp_path / "p.tif"), scheduler=bare.address)
+    finally:
+        bare.stop()
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_environment_check_names_what_differs(scene, cli_cluster, monkeypatch):
+    """Other plugin code (or versions) on the workers is refused: their results would not be this
+    machine's. Here the client's own core digest is changed; the workers compute theirs."""
+    real = cluster._core_digest()[:12]
+    monkeypatch.setattr(cluster, "_core_digest", lambda: "0" * 64)
+    from distributed import Client
+
+    with Client(cli_cluster.address, set_as_default=False) as client:
+        with pytest.raises(SmdError, match=f"another environment \\(smdownscale core code {real} there, "
+                                           "000000000000 here\\)"):
+            cluster.check_environment(client)
