@@ -20,8 +20,14 @@ with one message.
 Workers import ``smdownscale.core`` (the plugin folder on their PYTHONPATH) and need the
 learners of ``requirements.txt``; they read inputs themselves, so every path given to a run
 must be readable from every worker (a shared file system, or GDAL virtual file systems such as
-``/vsicurl/`` and ``/vsis3/``). Nothing in a task is a pickle of a booster: models travel as the
-model file's bytes and are verified by :func:`.modelfile.load_model` on each worker.
+``/vsicurl/`` and ``/vsis3/``). Models travel as the model file's bytes (never as booster
+objects) and are verified by :func:`.modelfile.load_model` on each worker; model files stay JSON
+and the boosters' native files.
+
+Trust: Dask's own protocol serialises tasks and results with pickle, so whoever can reach the
+scheduler can run code on its workers and hand results to this process. A cluster is therefore
+trusted like this machine (README: running on a cluster - private network or ``tls://`` with
+Dask's certificates); nothing read from a model file or an input ever goes through that path.
 """
 import contextlib
 import dataclasses
@@ -209,7 +215,7 @@ def dask_client(scheduler, progress=None):
             check_environment(client)
             if progress is not None:
                 progress.info(f"Dask: local cluster of {scheduler.local_workers} worker process(es), "
-                              f"{_threads(client)} thread(s) in all")
+                              f"{total_threads(client)} thread(s) in all")
             yield client
         return
     try:
@@ -229,7 +235,7 @@ def dask_client(scheduler, progress=None):
         check_environment(client)
         if progress is not None:
             progress.info(f"Dask: scheduler {scheduler.address}, {len(client.scheduler_info()['workers'])} "
-                          f"worker(s), {_threads(client)} thread(s)")
+                          f"worker(s), {total_threads(client)} thread(s)")
         yield client
     finally:
         client.close()
@@ -268,13 +274,9 @@ def _local_cluster(distributed, n_workers):
         multiprocessing.set_executable(previous)
 
 
-def _threads(client):
-    return sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-
-
 def total_threads(client):
     """Threads of every worker of ``client``'s cluster (at least 1)."""
-    return max(1, _threads(client))
+    return max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
 
 
 def run_tasks(client, function, units, *, progress, args=(), in_flight=None, label="task"):
@@ -308,14 +310,7 @@ def run_tasks(client, function, units, *, progress, args=(), in_flight=None, lab
         while len(running) < limit and submit_next():
             pass
         while running:
-            progress.check()
-            try:
-                with client.as_current():  # wait() takes the current client, not an argument
-                    done, _ = distributed.wait(list(running), timeout=POLL_SECONDS,
-                                               return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                continue
-            for future in done:
+            for future in _wait(distributed, client, list(running), progress):
                 unit = running.pop(future)
                 result = _result(distributed, future, label)
                 yield unit, result
@@ -345,11 +340,8 @@ def ordered_results(client, function, units, *, progress, args=(), ahead=2, labe
         fill()
         while queue:
             future = queue[0]
-            while not future.done():
-                progress.check()
-                with contextlib.suppress(TimeoutError):
-                    with client.as_current():
-                        distributed.wait([future], timeout=POLL_SECONDS)
+            while not _wait(distributed, client, [future], progress):
+                pass
             result = _result(distributed, future, label)
             queue.popleft()
             fill()
@@ -360,6 +352,17 @@ def ordered_results(client, function, units, *, progress, args=(), ahead=2, labe
 
 
 _END = object()
+
+
+def _wait(distributed, client, futures, progress):
+    """The futures done after at most :data:`POLL_SECONDS` (maybe none); checks cancellation."""
+    progress.check()
+    try:
+        with client.as_current():  # wait() takes the current client, not an argument
+            done, _ = distributed.wait(futures, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
+    except TimeoutError:
+        return set()
+    return done
 
 
 def _result(distributed, future, label):

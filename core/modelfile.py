@@ -37,6 +37,7 @@ signature by a trusted key (:mod:`.signing`) shows that the content is what its 
 """
 import datetime as _dt
 import hashlib
+import io
 import json
 import re
 import stat
@@ -621,12 +622,29 @@ def _legacy_message(archive, infos, label):
             "modified or is not an smdownscale model file. Use the original model file or train again.")
 
 
-def read_verified(path, *, require_signed=False, trusted_keys=(), learners=True):
+def read_model_bytes(path):
+    """A model file's bytes, read once (at most :data:`MAX_TOTAL_BYTES`), to verify and send
+    exactly those (``data=`` of :func:`load_model`); SmdError when unreadable or too large."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_TOTAL_BYTES + 1)
+    except OSError:
+        open_archive(path)  # raises the one message for a missing, folder or unreadable path
+        raise
+    if len(data) > MAX_TOTAL_BYTES:
+        raise _damaged(str(path), f"is larger than {MAX_TOTAL_BYTES} bytes")
+    return data
+
+
+def read_verified(path, *, require_signed=False, trusted_keys=(), learners=True, data=None):
     """Verify a model file without loading any learner.
 
     Parameters
     ----------
     path : str
+        The model file (with ``data``: only its name in messages).
+    data : bytes or None
+        The file's bytes already read (:func:`read_model_bytes`): these are verified.
     require_signed : bool
         Refuse a model that is not signed by one of ``trusted_keys``.
     trusted_keys : sequence of str
@@ -642,7 +660,7 @@ def read_verified(path, *, require_signed=False, trusted_keys=(), learners=True)
     signature : dict (:func:`.signing.signature_status`)
     """
     label = str(path)
-    archive = open_archive(path)
+    archive = open_archive(path if data is None else io.BytesIO(data))
     with archive:
         infos = check_directory(archive, label)
         if MANIFEST_DIGEST not in infos or MANIFEST not in infos:
@@ -692,7 +710,7 @@ def read_manifest(path, *, require_signed=False, trusted_keys=()):
     return read_verified(path, require_signed=require_signed, trusted_keys=trusted_keys)[0]
 
 
-def load_model(path, *, n_threads=None, require_signed=False, trusted_keys=()):
+def load_model(path, *, n_threads=None, require_signed=False, trusted_keys=(), data=None):
     """Read and verify a model file written by :func:`save_model`.
 
     Runs every check of :func:`read_verified`; then loads each booster member once in a child
@@ -708,6 +726,9 @@ def load_model(path, *, n_threads=None, require_signed=False, trusted_keys=()):
         Refuse a model not signed by one of ``trusted_keys``.
     trusted_keys : sequence of str
         Public key files or folders (see :mod:`.signing`).
+    data : bytes or None
+        The file's bytes already read (:func:`read_model_bytes`), verified instead of reading
+        ``path`` (which then only names the file in messages).
 
     Returns
     -------
@@ -724,7 +745,7 @@ def load_model(path, *, n_threads=None, require_signed=False, trusted_keys=()):
     from . import native_guard
 
     manifest, members, signature = read_verified(path, require_signed=require_signed,
-                                                 trusted_keys=trusted_keys)
+                                                 trusted_keys=trusted_keys, data=data)
     checksums = manifest["checksums"]
     items = []
     for member_dir, _ in _model_dirs(manifest):

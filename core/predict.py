@@ -370,7 +370,7 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
         dataset that cannot be read, block_size not a whole number >= 1.
     """
     from .cluster import parse_scheduler
-    from .modelfile import load_model
+    from .modelfile import load_model, read_model_bytes
 
     progress = Progress.wrap(progress)
     block_size = parse_block_size(block_size)
@@ -383,10 +383,10 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
 
             client = stack.enter_context(dask_client(scheduler, progress))
         progress.update(0.0, "loading the model")
-        model_bytes = _read_model_bytes(model_path) if scheduler else None
-        loaded = load_model(model_path, require_signed=require_signed, trusted_keys=trusted_keys)
-        if model_bytes is not None and _sha256_of_file(model_path) != _sha256(model_bytes):
-            raise SmdError(f"The model file {model_path} changed while it was being loaded; run again.")
+        # on Dask the workers get the very bytes verified here
+        model_bytes = read_model_bytes(model_path) if scheduler else None
+        loaded = load_model(model_path, require_signed=require_signed, trusted_keys=trusted_keys,
+                            data=model_bytes)
         stack.enter_context(gdal_cache_limit())
         dataset = stack.enter_context(Dataset.open(dataset_folder))
         columns = match_predictors(loaded.predictors, [p.to_json() for p in dataset.predictors])
@@ -409,7 +409,8 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
             blocks = _BlockPredictor(dataset, columns, maps, pixel_models, report, ticker)
         else:
             job = _BlockJob(dataset_folder=os.path.abspath(dataset_folder),
-                            dataset_id=dataset.dataset_id, model_sha256=_sha256(model_bytes),
+                            dataset_id=dataset.dataset_id, model_name=os.path.basename(model_path),
+                            model_sha256=_sha256(model_bytes),
                             columns=tuple(columns), use_global=bool(use_global),
                             global_only=bool(global_only), need_cells=bool(residual_correction),
                             n_rows=n_rows)
@@ -437,31 +438,10 @@ def predict(dataset_folder, model_path, output_path, *, dates=None, residual_cor
     return report
 
 
-def _read_model_bytes(path):
-    from .modelfile import MAX_TOTAL_BYTES
-
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_TOTAL_BYTES:
-            return None  # load_model refuses it with its own message
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None  # load_model names the problem
-
-
 def _sha256(data):
     import hashlib
 
-    return hashlib.sha256(data or b"").hexdigest()
-
-
-def _sha256_of_file(path):
-    try:
-        with open(path, "rb") as handle:
-            return _sha256(handle.read())
-    except OSError:
-        return None
+    return hashlib.sha256(data).hexdigest()
 
 
 def _accelerate(loaded, n_rows, progress):
@@ -524,6 +504,7 @@ class _BlockJob:
 
     dataset_folder: str
     dataset_id: str
+    model_name: str
     model_sha256: str
     columns: tuple
     use_global: bool
@@ -545,40 +526,28 @@ class _DaskBlockPredictor:
     def predict_many(self, units):
         from .cluster import run_tasks
 
-        tasks = (((date_index, _window_box(window)), (band, date_index, window))
-                 for band, date_index, window in units)
-        originals = {}
-
-        def task_units():
-            for task_unit, unit in tasks:
-                originals[task_unit] = unit
-                yield task_unit
-
-        for task_unit, (values, cells, counts) in run_tasks(
-                self.client, _predict_block_task, task_units(), progress=self.progress,
+        for (band, date_index, window), (values, cells, counts) in run_tasks(
+                self.client, _predict_block_task, units, progress=self.progress,
                 args=(self.job, self.model), label="block prediction"):
-            unit = originals.pop(task_unit)
-            self.ticker.tick(unit[0] - 1, "predicting")
+            self.ticker.tick(band - 1, "predicting")
             self.report.add(counts, values)
-            yield unit, values, cells
+            yield (band, date_index, window), values, cells
 
 
 def _window_box(window):
     return (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
 
 
-#: per worker thread: the (job, model digest) it last served and the opened model and dataset
+#: per worker thread: the job it last served, its opened dataset and block predictor
 _worker_local = threading.local()
 
 
 def _predict_block_task(unit, job, model_bytes):
-    """Dask task: ``(values, cells, counts)`` of one block (unit = (date_index, window box)).
+    """Dask task: ``(values, cells, counts)`` of one block (unit = (band, date_index, window)).
 
     The model is loaded from ``model_bytes`` once per worker thread and job (verified by
     load_model exactly as in the client), the dataset opened once, and both kept for the
     following blocks of the run."""
-    from rasterio.windows import Window
-
     state = getattr(_worker_local, "state", None)
     if state is None or state[0] != job:
         if state is not None:
@@ -587,24 +556,18 @@ def _predict_block_task(unit, job, model_bytes):
         _worker_local.state = (job, *_open_worker_job(job, model_bytes))
         state = _worker_local.state
     _, dataset, blocks = state
-    date_index, (col_off, row_off, width, height) = unit
-    return blocks.predict(date_index, Window(col_off, row_off, width, height))
+    _, date_index, window = unit
+    return blocks.predict(date_index, window)
 
 
 def _open_worker_job(job, model_bytes):
-    import tempfile
-
     from .modelfile import load_model
 
     if _sha256(model_bytes) != job.model_sha256:
         raise SmdError("The model bytes received by a Dask worker differ from the client's model file.")
-    # load_model reads a file: a private temporary copy, removed as soon as it is loaded
-    with tempfile.TemporaryDirectory(prefix="smdownscale-worker-") as folder:
-        path = os.path.join(folder, "model.smdmodel.zip")
-        with open(path, "wb") as handle:
-            handle.write(model_bytes)
-        # one booster thread per task: the worker's threads are the parallelism
-        loaded = load_model(path, n_threads=1)
+    # verified here as in the client; one booster thread per task: the worker's threads are the
+    # parallelism
+    loaded = load_model(job.model_name, n_threads=1, data=model_bytes)
     dataset = Dataset.open(job.dataset_folder)
     try:
         if dataset.dataset_id != job.dataset_id:

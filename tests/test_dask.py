@@ -338,3 +338,20 @@ def test_the_environment_check_names_what_differs(scene, cli_cluster, monkeypatc
         with pytest.raises(SmdError, match=f"another environment \\(smdownscale core code {real} there, "
                                            "000000000000 here\\)"):
             cluster.check_environment(client)
+
+
+def test_the_model_bytes_sent_to_workers_are_the_ones_verified(scene, tmp_path):
+    """load_model(data=) verifies the given bytes (what predict scatters), named after the path."""
+    from smdownscale.core.modelfile import load_model, read_model_bytes
+
+    data = read_model_bytes(scene["model"])
+    with open(scene["model"], "rb") as handle:
+        assert data == handle.read()
+    loaded = load_model("model-on-the-client.zip", data=data)
+    assert set(loaded.models) == set(load_model(scene["model"]).models)
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF
+    with pytest.raises(SmdError, match="model-on-the-client.zip"):
+        load_model("model-on-the-client.zip", data=bytes(flipped))
+    with pytest.raises(SmdError, match="does not exist"):
+        read_model_bytes(str(tmp_path / "missing.smdmodel.zip"))
