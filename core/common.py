@@ -279,14 +279,6 @@ def gdal_cache_limit(max_bytes=256 * 2**20):
         gdal.SetCacheMax(previous)
 
 
-
-def atomic_output(path, **kwargs):
-    """:func:`core.outputs.atomic_output` (its home), for the modules importing it from here."""
-    from .outputs import atomic_output as atomic
-
-    return atomic(path, **kwargs)
-
-
 def is_number(value):
     """A finite real number (int, float, numpy scalar), not a bool and not text."""
     import numbers

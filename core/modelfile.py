@@ -43,7 +43,8 @@ import re
 import stat
 import zipfile
 
-from .common import SmdError, atomic_output, is_number
+from .common import SmdError, is_number
+from .outputs import atomic_output
 from .stack import BASE_MODELS, MODEL_FILES, StackEnsemble, make_encoder
 
 FORMAT = "smdownscale-model"

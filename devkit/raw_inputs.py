@@ -33,7 +33,8 @@ import os
 
 import numpy as np
 
-from ..core.common import Progress, SmdError, atomic_output
+from ..core.common import Progress, SmdError
+from ..core.outputs import atomic_output
 
 #: MOD09A1 storage: int16 reflectance x 10000, fill value.
 REFLECTANCE_SCALE = 0.0001

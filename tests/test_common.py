@@ -6,8 +6,8 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from smdownscale.core.common import (Cancelled, Progress, SmdError, atomic_output, gdal_cache_limit,
-                                     read_band_dates, write_series)
+from smdownscale.core.common import Cancelled, Progress, SmdError, gdal_cache_limit, read_band_dates, write_series
+from smdownscale.core.outputs import atomic_output
 
 
 def test_atomic_output_renames_on_success_and_cleans_up_on_failure(tmp_path):

@@ -298,7 +298,7 @@ def test_feedback_progress_and_error_conversion(qgis_app):
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
     from smdownscale.core.common import Cancelled, SmdError
-    from smdownscale.processing.algorithms.base import feedback_progress, run_core
+    from smdownscale.processing.algorithms.base import core_errors, feedback_progress
 
     feedback = QgsProcessingFeedback()
     logged = []
@@ -316,5 +316,8 @@ def test_feedback_progress_and_error_conversion(qgis_app):
         raise SmdError("Band 3 has no date; describe it as YYYY-MM-DD.")
 
     with pytest.raises(QgsProcessingException, match="Band 3 has no date; describe it as YYYY-MM-DD."):
-        run_core(failing)
-    assert run_core(lambda a, b=0: a + b, 2, b=3) == 5
+        with core_errors():
+            failing()
+    with core_errors():
+        value = (lambda a, b=0: a + b)(2, b=3)
+    assert value == 5

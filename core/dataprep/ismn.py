@@ -20,6 +20,7 @@ import zlib
 from collections import OrderedDict, namedtuple
 
 from .. import common
+from ..outputs import atomic_output
 from ..common import SmdError
 
 #: One station-day: the mean over its sensors' daily values inside the depth range.
@@ -429,7 +430,7 @@ def write_station_points(records, output_path, progress=None):
     ogr_types = {"str": ogr.OFTString, "real": ogr.OFTReal, "int": ogr.OFTInteger,
                  "date": ogr.OFTString if csv or ext == ".geojson" else ogr.OFTDate}
     layer_name = os.path.splitext(os.path.basename(output_path))[0]
-    with common.atomic_output(output_path) as tmp:
+    with atomic_output(output_path) as tmp:
         with _ogr_exceptions():
             datasource = ogr.GetDriverByName(drivers[ext]).CreateDataSource(tmp)
             try:

@@ -139,18 +139,6 @@ def core_errors():
         raise QgsProcessingException(core_error_message(err)) from err
 
 
-def run_core(function, *args, **kwargs):
-    """Call a core function, turning its errors into ``QgsProcessingException``.
-
-    ``SmdError`` (bad input, cancellation) keeps its message; a missing learner gives the pip
-    command. Other exceptions reach :func:`user_facing_errors`, which logs their traceback.
-    """
-    try:
-        return function(*args, **kwargs)
-    except (SmdError, ImportError) as err:
-        raise QgsProcessingException(core_error_message(err)) from err
-
-
 def error_log_path():
     """The file unexpected errors' tracebacks are appended to (in the QGIS profile folder)."""
     folder = QgsApplication.qgisSettingsDirPath() or os.path.expanduser("~")
@@ -282,10 +270,6 @@ class SmdAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def progress(feedback):
         return feedback_progress(feedback)
-
-    @staticmethod
-    def run_core(function, *args, **kwargs):
-        return run_core(function, *args, **kwargs)
 
     def add_parameter(self, param, help_text, *, advanced=False):
         """Add ``param`` with its (already translated) help text, flagged advanced if asked.
