@@ -105,6 +105,9 @@ class SeriesWarper:
             self._load(band)
         return self._chunk.pop(band)
 
+    def close(self):
+        """Nothing to release: the source stays open with the caller (as DaskSeriesWarper.close)."""
+
     def _context(self):
         import contextlib
 

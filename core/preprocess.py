@@ -626,8 +626,7 @@ def _write(plan, progress, Resampling, client=None):
             for handle in outputs.values():
                 handle.abort()
             for warper in warpers.values():
-                if hasattr(warper, "close"):
-                    warper.close()  # Dask: cancels the dates read ahead
+                warper.close()  # Dask: cancels the dates read ahead
             raise
         for handle in outputs.values():
             handle.close()  # verifies what was written
