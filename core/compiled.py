@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -87,6 +88,9 @@ _LOCK = threading.Lock()
 _LOADED = {}      # cache key -> compiled lleaves.Model (one per process)
 _FAILED = set()   # cache keys that failed to build or to check in this process
 _LOGGED = set()   # messages already logged once
+_BUILDER = None   # ThreadPoolExecutor of pending builds (:func:`_builder`)
+#: longest a build process may take (s) before the member stays native
+BUILD_TIMEOUT_S = 900
 
 
 class NotCompilable(ValueError):
@@ -415,10 +419,12 @@ def decide(member_bytes, n_rows, native_s_per_row, *, speedup=None, learner="lig
 
 def load_or_compile(member_bytes, learner="lightgbm"):
     """A compiled ``lleaves.Model`` for a member (LightGBM text, or XGBoost through
-    :func:`xgboost_text`), from the cache or compiled now.
+    :func:`xgboost_text`), from the cache or compiled now (:func:`build_object`).
 
-    Returns ``(model, info)``; info: ``{"cached": bool, "compile_s": float, "key": str}``.
-    Raises whatever lleaves raises (the caller falls back to native).
+    Returns ``(model, info)``; info: ``{"cached": bool, "compile_s": float, "key": str,
+    "separate_process": bool}``. Raises whatever building or lleaves raises (the caller falls
+    back to native). Safe to call from several threads: builds of different members run side by
+    side (each in its own process); loading into this process is one at a time.
     """
     import lleaves
 
@@ -426,43 +432,115 @@ def load_or_compile(member_bytes, learner="lightgbm"):
     key = cache_key(member_bytes, learner)
     with _LOCK:
         if key in _LOADED:
-            return _LOADED[key], {"cached": True, "compile_s": 0.0, "key": key, "in_process": True}
-        folder = _safe_cache_dir(create=True)
-        target = os.path.join(folder, key + ".o") if folder else None
-        started = time.perf_counter()
-        text = model_text(member_bytes, learner)   # lleaves reads the text even for a cached object
-        codegen = contextlib.nullcontext()
-        if learner == "xgboost":
-            ok, why = in_order_supported()
-            if not ok:
-                raise NotCompilable(why)
-            codegen = _summing_in_tree_order()
-        with tempfile.TemporaryDirectory(prefix="smd-lleaves-") as scratch, codegen:
-            text_path = os.path.join(scratch, "lightgbm.txt")
-            with open(text_path, "wb") as stream:
-                stream.write(text)
-            model = lleaves.Model(model_file=text_path)
-            cached = bool(target and os.path.isfile(target))
-            if cached:
-                model.compile(cache=target, **options)
-            else:
-                # build into a scratch object, then move it into the cache in one rename
-                scratch_object = os.path.join(scratch, "compiled.o")
-                model.compile(cache=scratch_object, **options)
-                if target and os.path.isfile(scratch_object):
-                    tmp = os.path.join(folder, f".{key}.{os.getpid()}.tmp")
+            return _LOADED[key], {"cached": True, "compile_s": 0.0, "key": key, "in_process": True,
+                                  "separate_process": False}
+    folder = _safe_cache_dir(create=True)
+    target = os.path.join(folder, key + ".o") if folder else None
+    started = time.perf_counter()
+    text = model_text(member_bytes, learner)   # lleaves reads the text even for a cached object
+    if learner == "xgboost":
+        ok, why = in_order_supported()
+        if not ok:
+            raise NotCompilable(why)
+    separate = False
+    with tempfile.TemporaryDirectory(prefix="smd-lleaves-") as scratch:
+        text_path = os.path.join(scratch, "lightgbm.txt")
+        with open(text_path, "wb") as stream:
+            stream.write(text)
+        cached = bool(target and os.path.isfile(target))
+        object_path = target
+        if not cached:
+            # build into a scratch object, then move it into the cache in one rename
+            object_path = os.path.join(scratch, "compiled.o")
+            separate = build_object(text_path, learner, object_path)
+            if target:
+                tmp = os.path.join(folder, f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
+                try:
+                    with open(object_path, "rb") as src, open(tmp, "wb") as dst:
+                        dst.write(src.read())
+                    os.replace(tmp, target)
+                except OSError:  # a full or read-only cache is not an error
                     try:
-                        with open(scratch_object, "rb") as src, open(tmp, "wb") as dst:
-                            dst.write(src.read())
-                        os.replace(tmp, target)
-                    except OSError:  # a full or read-only cache is not an error
-                        try:
-                            os.remove(tmp)
-                        except OSError:
-                            pass
-        elapsed = time.perf_counter() - started
-        _LOADED[key] = model
-        return model, {"cached": cached, "compile_s": elapsed, "key": key, "in_process": False}
+                        os.remove(tmp)
+                    except OSError:
+                        pass
+        with _LOCK:   # one lleaves/LLVM load at a time in this process
+            model = lleaves.Model(model_file=text_path)
+            model.compile(cache=object_path, **options)   # an existing object: loaded, no code generation
+            _LOADED[key] = model
+    elapsed = time.perf_counter() - started
+    return model, {"cached": cached, "compile_s": elapsed, "key": key, "in_process": False,
+                   "separate_process": separate}
+
+
+#: Python run in a separate process by :func:`build_object` (job as JSON on stdin)
+_BUILD_CHILD = """
+import json, sys
+from {module} import compile_object
+job = json.loads(sys.stdin.read())
+compile_object(job["text_path"], job["learner"], job["object_path"])
+"""
+
+
+def build_object(text_path, learner, object_path):
+    """Compile the LightGBM text at ``text_path`` into the object file ``object_path``.
+
+    The build runs in a separate Python process (the interpreter QGIS runs on,
+    :func:`.common.python_interpreter`): most of lleaves' code generation is Python holding the
+    GIL, so builds in threads would run one after the other, while processes build several
+    members side by side on as many cores; and an LLVM crash ends that process, not QGIS. When no
+    interpreter can be started (or ``SMDOWNSCALE_COMPILE_IN_PROCESS=1``) it is built in this
+    process. Returns True when a separate process built it; raises RuntimeError when the build
+    failed (its output's last lines in the message).
+    """
+    from .common import python_interpreter, signal_name
+
+    python = python_interpreter()
+    if python is None or os.environ.get("SMDOWNSCALE_COMPILE_IN_PROCESS") == "1":
+        with _LOCK:
+            compile_object(text_path, learner, object_path)
+        return False
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # the packages this process sees (QGIS adds the plugin folders at run time)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    kwargs = {"creationflags": 0x08000000} if os.name == "nt" else {}   # no console window in QGIS
+    job = json.dumps({"text_path": text_path, "learner": learner, "object_path": object_path})
+    try:
+        done = subprocess.run([python, "-c", _BUILD_CHILD.format(module=__name__)], input=job,
+                              capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S,
+                              cwd=os.path.dirname(object_path), **kwargs)
+    except OSError:
+        with _LOCK:
+            compile_object(text_path, learner, object_path)
+        return False
+    except subprocess.TimeoutExpired as err:
+        raise RuntimeError(f"the build took longer than {BUILD_TIMEOUT_S} s") from err
+    if done.returncode != 0 or not os.path.isfile(object_path):
+        tail = " ".join((done.stderr or "").split()[-25:])
+        how = signal_name(done.returncode) if done.returncode < 0 else f"exit code {done.returncode}"
+        raise RuntimeError(f"the build process failed ({how}){': ' + tail if tail else ''}")
+    return True
+
+
+def compile_object(text_path, learner, object_path):
+    """lleaves: LightGBM text -> object file (XGBoost summed in tree order), in this process."""
+    import lleaves
+
+    codegen = _summing_in_tree_order() if learner == "xgboost" else contextlib.nullcontext()
+    with codegen:
+        lleaves.Model(model_file=text_path).compile(cache=object_path, **LEARNERS[learner].options)
+
+
+def _builder():
+    """The thread pool that waits on builds: as many side by side as this machine has cores."""
+    global _BUILDER
+    with _LOCK:
+        if _BUILDER is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _BUILDER = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                          thread_name_prefix="smd-compile")
+        return _BUILDER
 
 
 def forget(member_bytes, learner="lightgbm"):
@@ -506,8 +584,10 @@ class CompiledPredictor:
         Names the booster in log lines (e.g. the partition).
 
     The first call predicts natively and measures the native time per row; then
-    :func:`decide` says whether to compile for the rows still to come. A compiled model is
-    checked against the native predictions of its first rows before it is used.
+    :func:`decide` says whether to compile for the rows still to come. The build starts in the
+    background (so the first calls of a job's other boosters start theirs and all build side by
+    side) and the next call waits for it. A compiled model is checked against the native
+    predictions of its first rows before it is used.
     """
 
     learner = None
@@ -520,8 +600,9 @@ class CompiledPredictor:
         self.label = label
         self.compiled = None
         self.decided = False
-        self.path = "native"
-        self.reason = "not decided yet"
+        self._pending = None   # (future, decision, check rows, their native values) while building
+        self._path = "native"
+        self._reason = "not decided yet"
         self.compile_s = 0.0
         self.rows_done = 0
 
@@ -547,19 +628,30 @@ class CompiledPredictor:
         remaining = None if self.expected_rows is None else max(0, self.expected_rows - self.rows_done)
         if remaining is None:
             remaining = 0
-        name = self._name
         decision = decide(self.member_bytes, remaining, native_s_per_row, learner=self.learner)
         if not decision.compile:
-            self.path, self.reason = "native", decision.reason
-            self._say(f"{name} native prediction ({decision.reason})")
+            self._path, self._reason = "native", decision.reason
+            self._say(f"{self._name} native prediction ({decision.reason})")
             return
+        # built in the background (side by side with the job's other members, see
+        # build_object); the next predict() waits for it
+        future = _builder().submit(load_or_compile, self.member_bytes, learner=self.learner)
+        self._pending = (future, decision, sample, native_values)
+
+    def _resolve(self):
+        """Wait for a pending build, check it against the native rows, choose the path."""
+        if self._pending is None:
+            return
+        future, decision, sample, native_values = self._pending
+        self._pending = None
+        name = self._name
         try:
-            compiled, info = load_or_compile(self.member_bytes, learner=self.learner)
+            compiled, info = future.result()
             check = self._compiled_predict(compiled, sample, 1)
             worst = float(np.max(np.abs(check - native_values))) if check.size else 0.0
             if not worst <= CHECK_TOLERANCE:
                 forget(self.member_bytes, self.learner)
-                self.path, self.reason = "native", f"compiled model differs from native by {worst:.2e}"
+                self._path, self._reason = "native", f"compiled model differs from native by {worst:.2e}"
                 self._say(f"{name} native prediction (the compiled model differs from native by {worst:.2e}; "
                           "cached build removed)")
                 return
@@ -568,21 +660,37 @@ class CompiledPredictor:
                 _FAILED.add(cache_key(self.member_bytes, self.learner))
             except Exception:  # noqa: BLE001
                 pass
-            self.path, self.reason = "native", f"compiling failed ({type(err).__name__}: {err})"
+            self._path, self._reason = "native", f"compiling failed ({type(err).__name__}: {err})"
             _log_once(self.log, f"{name} compiled prediction unavailable, using native "
                                 f"({type(err).__name__}: {err})")
             return
         self.compiled = compiled
         self.compile_s = info["compile_s"]
-        self.path = "compiled"
-        how = "loaded from the cache" if info["cached"] else f"compiled in {info['compile_s']:.1f} s"
-        self.reason = f"{decision.reason}; {how}"
+        self._path = "compiled"
+        if info["cached"]:
+            how = "loaded from the cache"
+        else:
+            where = " in a separate process" if info.get("separate_process") else ""
+            how = f"compiled in {info['compile_s']:.1f} s{where}"
+        self._reason = f"{decision.reason}; {how}"
         self._say(f"{name} compiled prediction (lleaves; {decision.reason}; {how})")
+
+    @property
+    def path(self):
+        """"native" or "compiled" (waits for a pending build)."""
+        self._resolve()
+        return self._path
+
+    @property
+    def reason(self):
+        self._resolve()
+        return self._reason
 
     def predict(self, X, n_threads):
         X = np.asarray(X, dtype=np.float32)
         if X.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
+        self._resolve()
         if self.compiled is not None:
             self.rows_done += X.shape[0]
             return self._compiled_predict(self.compiled, X, n_threads)

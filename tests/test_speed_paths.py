@@ -143,6 +143,59 @@ def test_build_failure_and_wrong_cached_object_fall_back(cache, lightgbm_model, 
 
 
 @needs_lleaves
+def test_builds_run_in_separate_processes_side_by_side_and_equal_in_process(cache, lightgbm_model, monkeypatch):
+    import lightgbm as lgb
+
+    booster, member, X = lightgbm_model
+    monkeypatch.setenv(compiled.ENV_MODE, "always")
+    # a second member (other trees): two builds pending at once, as a job's boosters start them
+    other = lgb.train({"objective": "regression", "verbosity": -1, "num_threads": 1, "seed": 2,
+                       "num_leaves": 7}, lgb.Dataset(np.nan_to_num(X[:4000]), np.nan_to_num(X[:4000, 0])),
+                      num_boost_round=30)
+    other_member = other.model_to_string().encode("utf-8")
+    lines = []
+    first = compiled.LightGBMPredictor(booster, member, log=lines.append, label="a")
+    second = compiled.LightGBMPredictor(other, other_member, log=lines.append, label="b")
+    first.predict(X[:100], 1)
+    second.predict(X[:100], 1)
+    assert first._pending is not None and second._pending is not None   # both building now
+    assert lines == []                                                     # said when resolved
+    values = first.predict(X, 1), second.predict(X, 1)
+    assert first.path == second.path == "compiled"
+    assert len(lines) == 2 and all("in a separate process" in line for line in lines)
+    assert np.max(np.abs(values[0] - _native(booster, X))) <= 1e-6
+    assert np.max(np.abs(values[1] - _native(other, X))) <= 1e-6
+
+    # the same object built in this process (no interpreter to start) predicts the same numbers
+    compiled.clear_process_state()
+    for key in (compiled.cache_key(member),):
+        os.remove(cache / f"{key}.o")
+    monkeypatch.setenv("SMDOWNSCALE_COMPILE_IN_PROCESS", "1")
+    lines.clear()
+    again = compiled.LightGBMPredictor(booster, member, log=lines.append)
+    again.predict(X[:100], 1)
+    assert np.array_equal(again.predict(X, 1), values[0])
+    assert again.path == "compiled" and "compiled in" in lines[0] and "separate process" not in lines[0]
+
+
+@needs_lleaves
+def test_a_build_process_that_crashes_leaves_native_and_one_line(cache, lightgbm_model, monkeypatch, tmp_path):
+    booster, member, X = lightgbm_model
+    crashing = tmp_path / "python"
+    crashing.write_text("#!/bin/sh\necho 'LLVM ERROR: out of memory' >&2\nkill -SEGV $$\n")
+    crashing.chmod(0o755)
+    monkeypatch.setenv("SMDOWNSCALE_PYTHON", str(crashing))
+    monkeypatch.setenv(compiled.ENV_MODE, "always")
+    lines = []
+    predictor = compiled.LightGBMPredictor(booster, member, log=lines.append)
+    for _ in range(3):
+        assert np.array_equal(predictor.predict(X, 1), _native(booster, X))
+    assert predictor.path == "native" and len(lines) == 1
+    assert "unavailable, using native" in lines[0] and "SIGSEGV" in lines[0] and "out of memory" in lines[0]
+    assert not os.path.exists(cache) or os.listdir(cache) == []    # nothing half-built is cached
+
+
+@needs_lleaves
 def test_a_cache_folder_writable_by_others_is_not_used(cache, lightgbm_model, monkeypatch):
     if not hasattr(os, "getuid"):
         pytest.skip("POSIX permissions")
