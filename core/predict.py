@@ -475,10 +475,12 @@ class _BlockPredictor:
         self.dataset, self.columns, self.maps = dataset, columns, maps
         self.pixel_models, self.report, self.ticker = pixel_models, report, ticker
 
-    def predict(self, date_index, window):
+    def predict(self, date_index, window, features=None):
         """``(values, cells, counts)``: float32 (rows*cols,) prediction of one block, the coarse
-        cell ids of its pixels (None without residual correction) and its :class:`BlockCounts`."""
-        features = self.dataset.fine_features(date_index, window)[:, self.columns]
+        cell ids of its pixels (None without residual correction) and its :class:`BlockCounts`.
+        ``features``: the block's :meth:`read` when already read."""
+        if features is None:
+            features = self.read(date_index, window)
         valid = np.isfinite(features).all(axis=1)
         partition, cells = self.maps.get(window)
         values = np.full(features.shape[0], np.nan, dtype="float32")
@@ -486,15 +488,34 @@ class _BlockPredictor:
             features[valid], None if partition is None else partition[valid])
         return values, cells, counts
 
+    def read(self, date_index, window):
+        """The model's feature columns of one block, float32 (rows*cols, n)."""
+        return self.dataset.fine_features(date_index, window)[:, self.columns]
+
     def predict_many(self, units):
         """Yield ``(unit, values, cells)`` for units ``(band, date_index, window)``, counted in
-        the report, with a progress tick each (here in order; on Dask as they complete)."""
-        for unit in units:
-            band, date_index, window = unit
-            self.ticker.tick(band - 1, "predicting")
-            values, cells, counts = self.predict(date_index, window)
-            self.report.add(counts, values)
-            yield unit, values, cells
+        the report, with a progress tick each (here in order; on Dask as they complete).
+
+        The next unit's features are read in a thread while this one is predicted (GDAL reads
+        and decompresses without the GIL); only that thread reads the fine rasters meanwhile."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        units = list(units)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="smd-read") as reader:
+            ahead = reader.submit(self.read, *units[0][1:]) if units else None
+            try:
+                for position, unit in enumerate(units):
+                    band, date_index, window = unit
+                    self.ticker.tick(band - 1, "predicting")
+                    features = ahead.result()
+                    ahead = (reader.submit(self.read, *units[position + 1][1:])
+                             if position + 1 < len(units) else None)
+                    values, cells, counts = self.predict(date_index, window, features)
+                    self.report.add(counts, values)
+                    yield unit, values, cells
+            finally:
+                if ahead is not None:
+                    ahead.cancel()
 
 
 @dataclasses.dataclass(frozen=True)

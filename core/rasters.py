@@ -10,6 +10,7 @@ do. ``SmdError`` (including cancellation) passes through unchanged.
 import contextlib
 import os
 import sys
+import threading
 
 from .common import SmdError
 
@@ -50,6 +51,17 @@ def unreadable(path, what, err, hint=_HINT):
     return SmdError(f"Cannot read the {_label(path, what)}: {_detail(err)}. {hint}")
 
 
+_HOOK_LOCK = threading.Lock()
+_hook_depth = 0            # blocks inside _quiet_undecodable_gdal_messages, over all threads
+_previous_hook = None
+
+
+def _drop_undecodable(unraisable):
+    if isinstance(unraisable.exc_value, UnicodeError) and "rasterio" in repr(unraisable.object):
+        return
+    (_previous_hook or sys.__unraisablehook__)(unraisable)
+
+
 @contextlib.contextmanager
 def _quiet_undecodable_gdal_messages():
     """Drop rasterio's "Exception ignored in: 'rasterio._env.log_error'" tracebacks.
@@ -57,21 +69,25 @@ def _quiet_undecodable_gdal_messages():
     A damaged file can make GDAL report an error whose text holds the file's bytes; rasterio's
     logging callback then fails to decode it and Python prints a traceback on stderr (the error
     itself still reaches us as an exception). Only that one kind of unraisable error is dropped,
-    and only inside the block; everything else goes to the previous hook.
+    and only while a block is open; everything else goes to the previous hook. Blocks may open in
+    several threads at once (predict reads ahead in a thread): the hook is installed by the first
+    and removed by the last.
     """
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, UnicodeError) and "rasterio" in repr(unraisable.object):
-            return
-        previous(unraisable)
-
-    sys.unraisablehook = hook
+    global _hook_depth, _previous_hook
+    with _HOOK_LOCK:
+        if _hook_depth == 0:
+            _previous_hook = sys.unraisablehook
+            sys.unraisablehook = _drop_undecodable
+        _hook_depth += 1
     try:
         yield
     finally:
-        if sys.unraisablehook is hook:
-            sys.unraisablehook = previous
+        with _HOOK_LOCK:
+            _hook_depth -= 1
+            if _hook_depth == 0:
+                if sys.unraisablehook is _drop_undecodable:
+                    sys.unraisablehook = _previous_hook
+                _previous_hook = None
 
 
 def open_raster(path, what="raster", *, hint=_HINT):
