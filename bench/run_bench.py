@@ -18,7 +18,9 @@ raw          the same three boosters of the trained model called directly on the
              time from a cold cache reported apart, and the stack figure including it)
 prep_ref     preprocess reference: each input raster warped once with GDAL (all its bands in one
              gdal.Warp) onto the fine grid; and reading the inputs band by band (today) against
-             core.fastread.SeriesWarper (every date of an input per read)
+             core.fastread.SeriesWarper (every date of an input per read), on the inputs as
+             written (INTERLEAVE=BAND) and on INTERLEAVE=PIXEL copies of the multi-band inputs
+             (per band on PIXEL_PER_BAND_INPUTS only, both readers on the same ones)
 big          one date of a 10,000 x 10,000 fine grid, block-wise; peak RSS
 dask         scale-out (core.cluster) on its own demo-size scenario (150 x 120 km, 61 dates,
              default 300 trees): predict in this process, on a LocalCluster of 1 and of 2 worker
@@ -316,15 +318,91 @@ def phase_raw(work):
     return out
 
 
-def phase_prep_ref(work):
-    """Preprocess reference: each input warped once with GDAL; per-band reading vs SeriesWarper."""
+#: multi-band inputs whose pixel-interleaved copies prep_ref times band by band (today's reader
+#: would take an estimated ~45 min over all nine at bench scale on 2 cores): one of the 1 km inputs SeriesWarper
+#: copies (on the fine grid) and one of the 500 m inputs it warps; the series reader is timed on
+#: the same two, so the ratio compares equal work (all copies are used when none of these exist)
+PIXEL_PER_BAND_INPUTS = ("albedo.tif", "evi.tif")
+
+
+def _time_band_reads(inputs, grid):
+    """Per-band ``_warp`` (today) against SeriesWarper over every band of ``inputs``.
+
+    Returns (bands, per_band_s, series_s, checked, identical): the first, middle and last band
+    of each input are compared between the two readers (NaNs equal), outside the timings.
+    """
     import rasterio
-    from osgeo import gdal
     from rasterio.enums import Resampling
 
-    from smdownscale.core.dataset import Dataset
     from smdownscale.core.fastread import SeriesWarper
     from smdownscale.core.preprocess import _warp
+
+    per_band = series = 0.0
+    bands = checked = 0
+    identical = True
+    with rasterio.Env():
+        for path in inputs:
+            with rasterio.open(path) as src:
+                nodata = src.nodata if src.nodata is not None else float("nan")
+                order = list(range(1, src.count + 1))
+                check = {order[0], order[len(order) // 2], order[-1]}
+                bands += len(order)
+                kept, got = {}, {}
+                started = time.perf_counter()
+                for band in order:
+                    values = _warp(rasterio.band(src, band), nodata, grid, Resampling.average)
+                    if band in check:
+                        kept[band] = values
+                per_band += time.perf_counter() - started
+                started = time.perf_counter()
+                warper = SeriesWarper(src, nodata, grid, Resampling.average, order)
+                for band in order:
+                    values = warper.get(band)
+                    if band in check:
+                        got[band] = values
+                series += time.perf_counter() - started
+                for band in check:
+                    checked += 1
+                    identical &= bool(np.array_equal(kept[band], got[band], equal_nan=True))
+    return bands, per_band, series, checked, identical
+
+
+def _pixel_interleaved_copy(path, folder):
+    """A copy of ``path`` written INTERLEAVE=PIXEL with the original's compression and blocks."""
+    from osgeo import gdal
+
+    source = gdal.Open(path)
+    structure = source.GetMetadata("IMAGE_STRUCTURE")
+    block_x, block_y = source.GetRasterBand(1).GetBlockSize()
+    options = ["INTERLEAVE=PIXEL"]
+    if structure.get("COMPRESSION"):
+        options.append(f"COMPRESS={structure['COMPRESSION']}")
+    if structure.get("PREDICTOR"):
+        options.append(f"PREDICTOR={structure['PREDICTOR']}")
+    if block_x < source.RasterXSize:
+        options += ["TILED=YES", f"BLOCKXSIZE={block_x}", f"BLOCKYSIZE={block_y}"]
+    else:
+        options.append(f"BLOCKYSIZE={block_y}")  # strips of the same height
+    target = os.path.join(folder, os.path.basename(path))
+    gdal.Translate(target, source, format="GTiff", creationOptions=options)
+    source = None
+    return target
+
+
+def _interleave(path):
+    from osgeo import gdal
+
+    return gdal.Open(path).GetMetadata("IMAGE_STRUCTURE").get("INTERLEAVE")
+
+
+def phase_prep_ref(work):
+    """Preprocess reference: each input warped once with GDAL; per-band reading vs SeriesWarper,
+    on the inputs as written (band-interleaved) and on pixel-interleaved copies of them."""
+    import shutil
+
+    from osgeo import gdal
+
+    from smdownscale.core.dataset import Dataset
 
     p = paths(work)
     grid = Dataset.open(p["dataset"]).fine_grid
@@ -332,34 +410,43 @@ def phase_prep_ref(work):
     inputs = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".tif"))
     scratch = tempfile.mkdtemp(prefix="prep-ref-", dir=work)
     gdal.UseExceptions()
-    started = time.perf_counter()
-    for path in inputs:
-        categorical = os.path.basename(path).startswith("lc")
-        gdal.Warp(os.path.join(scratch, os.path.basename(path)), path, format="GTiff",
-                  outputBounds=grid.bounds, width=grid.width, height=grid.height, dstSRS=grid.crs.to_wkt(),
-                  resampleAlg="mode" if categorical else "average", dstNodata=float("nan"),
-                  outputType=gdal.GDT_Float32, creationOptions=["TILED=YES", "COMPRESS=DEFLATE"])
-    reference = time.perf_counter() - started
-    per_band = series = 0.0
-    bands = 0
-    with rasterio.Env():
+    try:
+        started = time.perf_counter()
         for path in inputs:
-            with rasterio.open(path) as src:
-                nodata = src.nodata if src.nodata is not None else float("nan")
-                order = list(range(1, src.count + 1))
-                bands += len(order)
-                started = time.perf_counter()
-                for band in order:
-                    _warp(rasterio.band(src, band), nodata, grid, Resampling.average)
-                per_band += time.perf_counter() - started
-                started = time.perf_counter()
-                warper = SeriesWarper(src, nodata, grid, Resampling.average, order)
-                for band in order:
-                    warper.get(band)
-                series += time.perf_counter() - started
-    return {"inputs": len(inputs), "bands": bands, "gdal_single_pass_s": round(reference, 2),
-            "fine_warps_per_band_s": round(per_band, 2), "fine_warps_series_s": round(series, 2),
-            "series_speedup": round(per_band / series, 2)}
+            categorical = os.path.basename(path).startswith("lc")
+            gdal.Warp(os.path.join(scratch, os.path.basename(path)), path, format="GTiff",
+                      outputBounds=grid.bounds, width=grid.width, height=grid.height, dstSRS=grid.crs.to_wkt(),
+                      resampleAlg="mode" if categorical else "average", dstNodata=float("nan"),
+                      outputType=gdal.GDT_Float32, creationOptions=["TILED=YES", "COMPRESS=DEFLATE"])
+        reference = time.perf_counter() - started
+        bands, per_band, series, checked, identical = _time_band_reads(inputs, grid)
+        out = {"inputs": len(inputs), "bands": bands, "gdal_single_pass_s": round(reference, 2),
+               "fine_warps_per_band_s": round(per_band, 2), "fine_warps_series_s": round(series, 2),
+               "series_speedup": round(per_band / series, 2), "arrays_checked": checked,
+               "arrays_identical": identical,
+               "interleave_inputs": sorted({str(_interleave(path)) for path in inputs})}
+
+        # Pixel-interleaved copies of the multi-band inputs (single-band inputs are skipped:
+        # interleaving does not apply to them).
+        pixel_folder = os.path.join(scratch, "pixel")
+        os.makedirs(pixel_folder)
+        multi = [path for path in inputs if gdal.Open(path).RasterCount > 1]
+        started = time.perf_counter()
+        copies = [_pixel_interleaved_copy(path, pixel_folder) for path in multi]
+        copy_s = time.perf_counter() - started
+        timed = [path for path in copies if os.path.basename(path) in PIXEL_PER_BAND_INPUTS] or copies
+        bands, per_band, series, checked, identical = _time_band_reads(timed, grid)
+        out.update({
+            "pixel_interleaved_copies": len(copies), "pixel_copy_s": round(copy_s, 1),
+            "pixel_copies_interleave": sorted({str(_interleave(path)) for path in copies}),
+            "pixel_interleaved_inputs": [os.path.basename(path) for path in timed],
+            "pixel_interleaved_bands": bands,
+            "pixel_fine_warps_per_band_s": round(per_band, 2), "pixel_fine_warps_series_s": round(series, 2),
+            "pixel_series_speedup": round(per_band / series, 2), "pixel_arrays_checked": checked,
+            "pixel_arrays_identical": identical})
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def phase_big(work):
@@ -552,6 +639,9 @@ def main():
             ("prediction_compiled_vs_native", lambda: fast["pixels_per_s"] / pred["pixels_per_s"]),
             ("raw_stack_compiled_vs_native", lambda: raw["compiled"]["stack_speedup_vs_native"]),
             ("preprocess_vs_gdal_single_pass", lambda: data["preprocess_s"] / ref["gdal_single_pass_s"]),
+            # only when both readers gave the same arrays (None -> TypeError -> left out)
+            ("preprocess_series_vs_per_band_pixel_interleaved",
+             lambda: ref["pixel_series_speedup"] if ref["pixel_arrays_identical"] else None),
             ("training_es_speedup_vs_naive", lambda: naive["train_s"] / es["train_es_s"]),
             ("test_rmse_es_minus_naive", lambda: es["test_rmse_stack_es"] - naive["test_rmse_stack"]),
             ("test_rmse_es_minus_no_es", lambda: es["test_rmse_stack_es"] - train["test_rmse_stack"]),
