@@ -167,6 +167,8 @@ def phase_naive(work):
         n_test += test_rows.size
         fitted[index] = stack
     train_wall = time.time() - started
+    if os.environ.get("SMD_BENCH_NAIVE_TRAIN_ONLY") == "1":   # paired training comparisons
+        return {"train_s": round(train_wall, 1), "test_rmse_stack": round(float(np.sqrt(squared_errors / n_test)), 5)}
 
     # whole arrays in memory: every pixel of PREDICT_DATES dates at once, float64
     from smdownscale.core.partitions import partition_index_on_grid
