@@ -42,16 +42,27 @@ figcaption{font-size:12px;color:#444;margin-top:3px}ul{margin:4px 0 8px 0}
 """
 
 
-def format_metric(value):
-    """A metric as text with 4 significant digits (0.0105, 0.9704, 0.0008440), 'n/a' when undefined."""
-    if value is None or isinstance(value, bool):
-        return "n/a" if value is None else str(value)
+def _finite_number(value):
+    """``(number, None)`` for a finite number, else ``(None, text to show)``: 'n/a' for None,
+    NaN and infinities, the value itself as text for anything that is not a number."""
+    if value is None:
+        return None, "n/a"
     try:
         number = float(value)
     except (TypeError, ValueError):
-        return str(value)
+        return None, str(value)
     if not math.isfinite(number):
-        return "n/a"
+        return None, "n/a"
+    return number, None
+
+
+def format_metric(value):
+    """A metric as text with 4 significant digits (0.0105, 0.9704, 0.0008440), 'n/a' when undefined."""
+    if isinstance(value, bool):
+        return str(value)
+    number, text = _finite_number(value)
+    if number is None:
+        return text
     if number == 0:
         return "0"
     if 1e-4 <= abs(number) < 1e6:
@@ -68,15 +79,8 @@ def format_metric(value):
 
 def format_count(value):
     """A count as an integer with thousands separators ('n/a' when undefined)."""
-    if value is None:
-        return "n/a"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(number):
-        return "n/a"
-    return f"{int(round(number)):,}"
+    number, text = _finite_number(value)
+    return text if number is None else f"{int(round(number)):,}"
 
 
 def format_percent(value):
