@@ -132,3 +132,19 @@ def test_bad_arguments_raise_smderror():
         small_stack().fit(X, np.where(y > 0.5, np.nan, y))
     with pytest.raises(SmdError, match="not fitted"):
         StackEnsemble().predict(X)
+
+
+def test_fits_side_by_side_give_the_boosters_of_one_after_the_other():
+    # one pool for every learner's binning, fold fits and refits: the order the jobs run in
+    # (2 workers side by side vs 1 worker in turn) must not change a single number
+    rng = np.random.default_rng(4)
+    X = rng.uniform(size=(3000, 4)).astype(np.float32)
+    X[:, 3] = rng.integers(0, 3, 3000)
+    y = (X[:, 0] + np.sin(3 * X[:, 1]) + 0.1 * X[:, 3] + rng.normal(0, 0.05, 3000)).astype(np.float32)
+    params = {name: {"n_estimators": 30} for name in ("xgboost", "lightgbm", "catboost")}
+    fits = [StackEnsemble(seed=3, n_threads=threads, params=params, categorical={"x3": None}).fit(X, y)
+            for threads in (1, 2)]
+    assert np.array_equal(fits[0].oof_, fits[1].oof_)
+    assert np.array_equal(fits[0].weights_, fits[1].weights_)
+    assert np.array_equal(fits[0].predict(X[:500]), fits[1].predict(X[:500]))
+    assert fits[0].trees_ == fits[1].trees_ == {name: {"folds": [30] * 5, "refit": 30} for name in params}
