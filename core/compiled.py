@@ -432,8 +432,7 @@ def load_or_compile(member_bytes, learner="lightgbm"):
     key = cache_key(member_bytes, learner)
     with _LOCK:
         if key in _LOADED:
-            return _LOADED[key], {"cached": True, "compile_s": 0.0, "key": key, "in_process": True,
-                                  "separate_process": False}
+            return _LOADED[key], {"cached": True, "compile_s": 0.0, "key": key, "separate_process": False}
     folder = _safe_cache_dir(create=True)
     target = os.path.join(folder, key + ".o") if folder else None
     started = time.perf_counter()
@@ -469,8 +468,7 @@ def load_or_compile(member_bytes, learner="lightgbm"):
             model.compile(cache=object_path, **options)   # an existing object: loaded, no code generation
             _LOADED[key] = model
     elapsed = time.perf_counter() - started
-    return model, {"cached": cached, "compile_s": elapsed, "key": key, "in_process": False,
-                   "separate_process": separate}
+    return model, {"cached": cached, "compile_s": elapsed, "key": key, "separate_process": separate}
 
 
 #: Python run in a separate process by :func:`build_object` (job as JSON on stdin)
@@ -495,11 +493,14 @@ def build_object(text_path, learner, object_path):
     """
     from .common import python_interpreter, signal_name
 
-    python = python_interpreter()
-    if python is None or os.environ.get("SMDOWNSCALE_COMPILE_IN_PROCESS") == "1":
-        with _LOCK:
+    def build_here():
+        with _LOCK:   # lleaves' code generation patches a module (XGBoost): one at a time
             compile_object(text_path, learner, object_path)
         return False
+
+    python = python_interpreter()
+    if python is None or os.environ.get("SMDOWNSCALE_COMPILE_IN_PROCESS") == "1":
+        return build_here()
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     # the packages this process sees (QGIS adds the plugin folders at run time)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
@@ -509,10 +510,8 @@ def build_object(text_path, learner, object_path):
         done = subprocess.run([python, "-c", _BUILD_CHILD.format(module=__name__)], input=job,
                               capture_output=True, text=True, env=env, timeout=BUILD_TIMEOUT_S,
                               cwd=os.path.dirname(object_path), **kwargs)
-    except OSError:
-        with _LOCK:
-            compile_object(text_path, learner, object_path)
-        return False
+    except OSError:   # the interpreter cannot be started
+        return build_here()
     except subprocess.TimeoutExpired as err:
         raise RuntimeError(f"the build took longer than {BUILD_TIMEOUT_S} s") from err
     if done.returncode != 0 or not os.path.isfile(object_path):

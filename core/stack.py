@@ -499,8 +499,7 @@ class StackEnsemble:
             done = 0
             fitted = {}
             for name in names:
-                native, rounds = _split_params(name, (self.params or {}).get(name), self.seed,
-                                               1 if threads > 1 else threads)
+                native, rounds = self._fold_settings(name, threads)
                 with _naming_failures(name):
                     binned = _Binned(name, Xe, y, native)
                     fitted[name] = self._fit_stopping(name, binned, folds, native, rounds, stopping,
@@ -524,6 +523,11 @@ class StackEnsemble:
         progress.update(1.0, "stack fitted")
         return self
 
+    def _fold_settings(self, name, threads):
+        """``(native params, rounds)`` of one side-by-side fit: one booster thread each when
+        there are several threads to share."""
+        return _split_params(name, (self.params or {}).get(name), self.seed, 1 if threads > 1 else threads)
+
     def _fit_all_side_by_side(self, names, Xe, y, folds, threads, progress, steps):
         """Every learner's K fold fits and refit as independent jobs in one pool of ``threads``
         workers, one booster thread each (the boosters release the GIL). On a 2-core machine
@@ -536,8 +540,7 @@ class StackEnsemble:
         refit, trees record)."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        settings = {name: _split_params(name, (self.params or {}).get(name), self.seed,
-                                        1 if threads > 1 else threads) for name in names}
+        settings = {name: self._fold_settings(name, threads) for name in names}
 
         def bin_job(name):
             with _naming_failures(name):
