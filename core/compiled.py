@@ -71,6 +71,13 @@ XGBOOST_EXPECTED_SPEEDUP = 2.0
 #: lleaves version whose row loop :func:`_summing_in_tree_order` replaces
 IN_ORDER_LLEAVES = "1.3.0"
 ENV_MODE = "SMDOWNSCALE_COMPILED"
+#: which accelerator: ``auto`` (the QuickScorer kernel where the model fits it, else lleaves),
+#: ``quickscorer`` or ``lleaves`` (only that one; tests and the bench)
+ENV_ACCELERATOR = "SMDOWNSCALE_ACCELERATOR"
+#: expected one-time cost of compiling the QuickScorer kernel for one leaf type (s; measured
+#: 0.4-0.9 s) plus reading a 300-tree model into arrays (0.02 s LightGBM, 0.14 s XGBoost)
+KERNEL_COMPILE_S = 1.0
+KERNEL_READ_S_PER_NODE = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +85,14 @@ class _Learner:
     label: str
     options: dict
     speedup: float
-    dtype: type        # what the compiled code reads
+    dtype: type          # what the lleaves code reads
+    kernel_speedup: float   # QuickScorer kernel / native, measured (2 cores, bench model)
+    sums_in: type        # what the library sums leaves in (the kernel does the same)
 
 
-LEARNERS = {"lightgbm": _Learner("LightGBM", COMPILE_OPTIONS, EXPECTED_SPEEDUP, np.float64),
-            "xgboost": _Learner("XGBoost", XGBOOST_COMPILE_OPTIONS, XGBOOST_EXPECTED_SPEEDUP, np.float32)}
+LEARNERS = {"lightgbm": _Learner("LightGBM", COMPILE_OPTIONS, EXPECTED_SPEEDUP, np.float64, 9.4, np.float64),
+            "xgboost": _Learner("XGBoost", XGBOOST_COMPILE_OPTIONS, XGBOOST_EXPECTED_SPEEDUP, np.float32,
+                                2.8, np.float32)}
 
 _LOCK = threading.Lock()
 _LOADED = {}      # cache key -> compiled lleaves.Model (one per process)
@@ -372,23 +382,81 @@ class Decision:
     reason: str
     cached: bool = False
     expected_compile_s: float = 0.0
+    accelerator: str = "lleaves"     # or "quickscorer"
+
+
+def accelerator():
+    value = (os.environ.get(ENV_ACCELERATOR) or "auto").strip().lower()
+    return value if value in ("auto", "quickscorer", "lleaves") else "auto"
+
+
+def _kernel_key(member_bytes, learner):
+    return f"quickscorer:{learner}:{hashlib.sha256(member_bytes).hexdigest()}"
+
+
+@functools.lru_cache(maxsize=32)   # decide() then load_kernel_model() of each member of a job
+def _forest(member_bytes, learner):
+    """The member as QuickScorer arrays (raises NotSupported / NotCompilable)."""
+    from . import quickscorer
+
+    return quickscorer.from_lightgbm_text(model_text(member_bytes, learner), LEARNERS[learner].sums_in)
+
+
+def _decide_kernel(member_bytes, n_rows, native_s_per_row, learner, current):
+    """The QuickScorer kernel's :class:`Decision`, or ``(None, why it cannot take the member)``."""
+    from . import quickscorer
+
+    ok, why = quickscorer.available()
+    if not ok:
+        return None, f"numba not available ({why})"
+    try:
+        _forest(bytes(member_bytes), learner)
+    except (quickscorer.NotSupported, NotCompilable) as err:
+        return None, f"the kernel does not take it: {err}"
+    except Exception as err:  # noqa: BLE001 - a member the library cannot read or dump
+        return None, f"the kernel does not take it ({type(err).__name__}: {err})"
+    if _kernel_key(member_bytes, learner) in _FAILED:
+        return None, "the kernel failed on it earlier in this process"
+    warm = quickscorer.is_warm(LEARNERS[learner].sums_in)
+    expected = 0.0 if warm else KERNEL_COMPILE_S
+    if current == "always":
+        return Decision(True, f"{ENV_MODE}=always", warm, expected, "quickscorer"), ""
+    if warm:
+        return Decision(True, "the kernel is compiled in this process", True, 0.0, "quickscorer"), ""
+    saving = n_rows * native_s_per_row * (1.0 - 1.0 / LEARNERS[learner].kernel_speedup)
+    if saving > expected:
+        return Decision(True, f"{n_rows:,} rows x {native_s_per_row * 1e6:.2f} us/row native: expected "
+                        f"saving {saving:.1f} s > kernel compile {expected:.1f} s", False, expected,
+                        "quickscorer"), ""
+    return Decision(False, f"{n_rows:,} rows: expected saving {saving:.1f} s <= kernel compile "
+                    f"{expected:.1f} s", False, expected, "quickscorer"), ""
 
 
 def decide(member_bytes, n_rows, native_s_per_row, *, speedup=None, learner="lightgbm"):
-    """Whether compiling this member pays for a job of ``n_rows`` rows.
+    """Whether and how accelerating this member pays for a job of ``n_rows`` rows.
 
-    ``native_s_per_row``: measured native predict time per row of this booster (s). The saving
-    per row is ``native_s_per_row * (1 - 1/speedup)`` (default: the learner's measured speedup,
-    :data:`EXPECTED_SPEEDUP` / :data:`XGBOOST_EXPECTED_SPEEDUP`); compiling pays when a cached
-    build exists or ``n_rows * saving > expected compile time`` (:func:`expected_compile_s`).
+    The QuickScorer kernel (:mod:`.quickscorer`) takes the member when it can (``auto``, see
+    :data:`ENV_ACCELERATOR`): it costs one kernel compilation per process, not one per model.
+    Otherwise lleaves: ``native_s_per_row`` is the measured native predict time per row of this
+    booster (s), the saving per row ``native_s_per_row * (1 - 1/speedup)`` (default: the
+    learner's measured speedup, :data:`EXPECTED_SPEEDUP` / :data:`XGBOOST_EXPECTED_SPEEDUP`);
+    compiling pays when a cached build exists or ``n_rows * saving > expected compile time``
+    (:func:`expected_compile_s`).
     """
     speedup = LEARNERS[learner].speedup if speedup is None else speedup
     current = mode()
     if current == "off":
         return Decision(False, f"{ENV_MODE}=off")
+    chosen = accelerator()
+    kernel_why = ""
+    if chosen != "lleaves":
+        kernel, kernel_why = _decide_kernel(member_bytes, n_rows, native_s_per_row, learner, current)
+        if kernel is not None or chosen == "quickscorer":
+            return kernel or Decision(False, kernel_why, accelerator="quickscorer")
+        kernel_why = f"; QuickScorer: {kernel_why}"
     ok, why = available()
     if not ok:
-        return Decision(False, f"lleaves not available ({why})")
+        return Decision(False, f"lleaves not available ({why}){kernel_why}")
     if learner != "lightgbm":
         ok, why = in_order_supported()
         if not ok:
@@ -471,6 +539,20 @@ def load_or_compile(member_bytes, learner="lightgbm"):
     return model, {"cached": cached, "compile_s": elapsed, "key": key, "separate_process": separate}
 
 
+def load_kernel_model(member_bytes, learner="lightgbm"):
+    """The member as a :class:`.quickscorer.ForestModel`, the kernel compiled for its leaf type
+    (once per process). Returns ``(model, info)`` as :func:`load_or_compile` does."""
+    from . import quickscorer
+
+    started = time.perf_counter()
+    sums_in = LEARNERS[learner].sums_in
+    warm = quickscorer.is_warm(sums_in)
+    quickscorer.warm(sums_in)
+    model = quickscorer.ForestModel(_forest(bytes(member_bytes), learner))
+    return model, {"cached": warm, "compile_s": time.perf_counter() - started, "key": None,
+                   "separate_process": False}
+
+
 #: Python run in a separate process by :func:`build_object` (job as JSON on stdin)
 _BUILD_CHILD = """
 import json, sys
@@ -542,8 +624,11 @@ def _builder():
         return _BUILDER
 
 
-def forget(member_bytes, learner="lightgbm"):
+def forget(member_bytes, learner="lightgbm", accelerator="lleaves"):
     """Drop a compiled member from this process and the cache (after a failed check)."""
+    if accelerator == "quickscorer":
+        _FAILED.add(_kernel_key(member_bytes, learner))
+        return
     try:
         key = cache_key(member_bytes, learner)
     except Exception:  # noqa: BLE001
@@ -615,8 +700,13 @@ class CompiledPredictor:
         return _predict_booster(self.learner, self.booster, X, n_threads)
 
     def _compiled_predict(self, model, X, n_threads):
-        data = np.ascontiguousarray(X, dtype=LEARNERS[self.learner].dtype)
-        return model.predict(data, n_jobs=int(n_threads)).astype(np.float64, copy=False)
+        # the kernel reads float32 (as both libraries compare); lleaves what it was built for
+        data = np.ascontiguousarray(X, dtype=getattr(model, "input_dtype", LEARNERS[self.learner].dtype))
+        values = model.predict(data, n_jobs=int(n_threads)).astype(np.float64, copy=False)
+        missing = np.isnan(values)   # the kernel leaves rows with a NaN feature to the booster
+        if missing.any():
+            values[missing] = self._native(X[missing], n_threads)
+        return values
 
     def _say(self, message):
         if self.log is not None:
@@ -634,7 +724,8 @@ class CompiledPredictor:
             return
         # built in the background (side by side with the job's other members, see
         # build_object); the next predict() waits for it
-        future = _builder().submit(load_or_compile, self.member_bytes, learner=self.learner)
+        load = load_kernel_model if decision.accelerator == "quickscorer" else load_or_compile
+        future = _builder().submit(load, self.member_bytes, learner=self.learner)
         self._pending = (future, decision, sample, native_values)
 
     def _resolve(self):
@@ -649,14 +740,15 @@ class CompiledPredictor:
             check = self._compiled_predict(compiled, sample, 1)
             worst = float(np.max(np.abs(check - native_values))) if check.size else 0.0
             if not worst <= CHECK_TOLERANCE:
-                forget(self.member_bytes, self.learner)
+                forget(self.member_bytes, self.learner, decision.accelerator)
                 self._path, self._reason = "native", f"compiled model differs from native by {worst:.2e}"
                 self._say(f"{name} native prediction (the compiled model differs from native by {worst:.2e}; "
                           "cached build removed)")
                 return
         except Exception as err:  # noqa: BLE001 - any accelerator failure: stay native
             try:
-                _FAILED.add(cache_key(self.member_bytes, self.learner))
+                _FAILED.add(_kernel_key(self.member_bytes, self.learner) if decision.accelerator == "quickscorer"
+                            else cache_key(self.member_bytes, self.learner))
             except Exception:  # noqa: BLE001
                 pass
             self._path, self._reason = "native", f"compiling failed ({type(err).__name__}: {err})"
@@ -666,13 +758,16 @@ class CompiledPredictor:
         self.compiled = compiled
         self.compile_s = info["compile_s"]
         self._path = "compiled"
-        if info["cached"]:
-            how = "loaded from the cache"
+        if decision.accelerator == "quickscorer":
+            tool = "QuickScorer kernel"
+            how = "kernel compiled earlier" if info["cached"] else f"kernel ready in {info['compile_s']:.1f} s"
+        elif info["cached"]:
+            tool, how = "lleaves", "loaded from the cache"
         else:
             where = " in a separate process" if info.get("separate_process") else ""
-            how = f"compiled in {info['compile_s']:.1f} s{where}"
-        self._reason = f"{decision.reason}; {how}"
-        self._say(f"{name} compiled prediction (lleaves; {decision.reason}; {how})")
+            tool, how = "lleaves", f"compiled in {info['compile_s']:.1f} s{where}"
+        self._reason = f"{tool}; {decision.reason}; {how}"
+        self._say(f"{name} compiled prediction ({tool}; {decision.reason}; {how})")
 
     @property
     def path(self):

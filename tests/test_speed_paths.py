@@ -17,6 +17,8 @@ def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("SMDOWNSCALE_CACHE_DIR", str(folder))
     monkeypatch.delenv(compiled.ENV_MODE, raising=False)
+    # these tests are about lleaves; tests/test_quickscorer.py has the kernel's
+    monkeypatch.setenv(compiled.ENV_ACCELERATOR, "lleaves")
     compiled.clear_process_state()
     yield folder / "compiled"
     compiled.clear_process_state()
@@ -128,6 +130,7 @@ def test_build_failure_and_wrong_cached_object_fall_back(cache, lightgbm_model, 
     monkeypatch.undo()
     monkeypatch.setenv("SMDOWNSCALE_CACHE_DIR", str(cache.parent))
     monkeypatch.setenv(compiled.ENV_MODE, "always")
+    monkeypatch.setenv(compiled.ENV_ACCELERATOR, "lleaves")
     compiled.clear_process_state()
 
     class Wrong:
