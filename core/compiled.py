@@ -453,10 +453,16 @@ def decide(member_bytes, n_rows, native_s_per_row, *, speedup=None, learner="lig
         kernel, kernel_why = _decide_kernel(member_bytes, n_rows, native_s_per_row, learner, current)
         if kernel is not None or chosen == "quickscorer":
             return kernel or Decision(False, kernel_why, accelerator="quickscorer")
-        kernel_why = f"; QuickScorer: {kernel_why}"
+    decision = _decide_lleaves(member_bytes, n_rows, native_s_per_row, speedup, learner, current)
+    if kernel_why:
+        decision = dataclasses.replace(decision, reason=f"{decision.reason}; QuickScorer: {kernel_why}")
+    return decision
+
+
+def _decide_lleaves(member_bytes, n_rows, native_s_per_row, speedup, learner, current):
     ok, why = available()
     if not ok:
-        return Decision(False, f"lleaves not available ({why}){kernel_why}")
+        return Decision(False, f"lleaves not available ({why})")
     if learner != "lightgbm":
         ok, why = in_order_supported()
         if not ok:

@@ -512,14 +512,19 @@ def test_stack_with_compiled_boosters_equals_native(cache, monkeypatch):
     native = loaded.predict(X)
     native_xgb = loaded.base_predict(X)[:, loaded.base_model_names_.index("xgboost")]
     monkeypatch.setenv(compiled.ENV_MODE, "always")
-    lines = []
-    loaded.accelerate(X.shape[0], log=lines.append, label="p0")
-    fast = np.concatenate([loaded.predict(X[:700]), loaded.predict(X[700:])])
-    assert {name: p.path for name, p in loaded.accelerated_.items()} == {"lightgbm": "compiled", "xgboost": "compiled"}
-    assert np.max(np.abs(fast - native)) <= 1e-6
-    assert np.array_equal(loaded.base_predict(X)[:, loaded.base_model_names_.index("xgboost")], native_xgb)
-    assert len(lines) == 2 and all(line.endswith("[p0]") for line in lines)
-    assert any(line.startswith("XGBoost compiled prediction") for line in lines)
+    for accelerator in ("lleaves", "quickscorer"):
+        monkeypatch.setenv(compiled.ENV_ACCELERATOR, accelerator)
+        lines = []
+        loaded.accelerate(X.shape[0], log=lines.append, label="p0")
+        fast = np.concatenate([loaded.predict(X[:700]), loaded.predict(X[700:])])
+        assert {name: p.path for name, p in loaded.accelerated_.items()} == {"lightgbm": "compiled",
+                                                                              "xgboost": "compiled"}
+        assert np.max(np.abs(fast - native)) <= 1e-6
+        assert np.array_equal(loaded.base_predict(X)[:, loaded.base_model_names_.index("xgboost")], native_xgb)
+        assert len(lines) == 2 and all(line.endswith("[p0]") for line in lines)
+        assert any(line.startswith("XGBoost compiled prediction") for line in lines)
+        if accelerator == "quickscorer":
+            assert np.array_equal(fast, native) and all("QuickScorer kernel" in line for line in lines)
 
 
 def _all_bits(folder):
@@ -596,19 +601,24 @@ def test_predict_compiled_equals_native_and_logs_the_path(tmp_path, cache, monke
         early_stopping_rounds=5))
     assert all(isinstance(row.get("trees"), int) and row["trees"] >= 1 for row in report.rows())
     outputs, logs = {}, {}
-    for mode in ("off", "always"):
+    for mode, accelerator in (("off", "auto"), ("always", "lleaves"), ("always", "quickscorer")):
         monkeypatch.setenv(compiled.ENV_MODE, mode)
+        monkeypatch.setenv(compiled.ENV_ACCELERATOR, accelerator)
         compiled.clear_process_state()
         lines = []
         progress = Progress()
         monkeypatch.setattr(progress, "info", lines.append, raising=False)
-        predict(dataset, model, str(tmp_path / f"{mode}.tif"), progress=progress)
-        with rasterio.open(str(tmp_path / f"{mode}.tif")) as src:
-            outputs[mode] = src.read()
-        logs[mode] = [line for line in lines if "LightGBM" in line or "XGBoost" in line]
-    assert np.array_equal(np.isnan(outputs["off"]), np.isnan(outputs["always"]))
-    assert np.nanmax(np.abs(outputs["off"] - outputs["always"])) <= 1e-6
+        run = mode if mode == "off" else accelerator
+        predict(dataset, model, str(tmp_path / f"{run}.tif"), progress=progress)
+        with rasterio.open(str(tmp_path / f"{run}.tif")) as src:
+            outputs[run] = src.read()
+        logs[run] = [line for line in lines if "LightGBM" in line or "XGBoost" in line]
     assert logs["off"] and all("native" in line for line in logs["off"])
-    assert logs["always"] and all("compiled prediction" in line for line in logs["always"])
-    for learner in ("LightGBM", "XGBoost"):
-        assert sum(line.startswith(learner) for line in logs["always"]) == len(logs["always"]) // 2
+    for run, tool in (("lleaves", "(lleaves;"), ("quickscorer", "(QuickScorer kernel;")):
+        assert np.array_equal(np.isnan(outputs["off"]), np.isnan(outputs[run]))
+        assert np.nanmax(np.abs(outputs["off"] - outputs[run])) <= 1e-6
+        assert logs[run] and all("compiled prediction " + tool in line for line in logs[run]), logs[run]
+        for learner in ("LightGBM", "XGBoost"):
+            assert sum(line.startswith(learner) for line in logs[run]) == len(logs[run]) // 2
+    # the kernel gives the native boosters' own numbers, so the maps are the same to the bit
+    assert np.array_equal(outputs["off"].view(np.uint32), outputs["quickscorer"].view(np.uint32))
