@@ -14,8 +14,11 @@ naive_train  sklearn StackingRegressor(XGB, LGBM, CatBoost; LinearRegression(pos
 predict      core.predict.predict over all 214 dates (block-wise, end to end incl. I/O)
 raw          the same three boosters of the trained model called directly on the same pixels
              (PREDICT_DATES dates, features already in memory): the boosters' own throughput,
-             each learner and the stack, native and with LightGBM compiled by lleaves (compile
-             time from a cold cache reported apart, and the stack figure including it)
+             each learner and the stack, native, through the QuickScorer kernel (its one
+             compilation per process reported apart) and compiled by lleaves (compile time from
+             a cold cache reported apart, and the stack figure including it)
+predict_compiled  predict with SMDOWNSCALE_COMPILED=auto (SMD_BENCH_COMPILED), cold cache: the
+             kernel where it takes the model, else lleaves (SMDOWNSCALE_ACCELERATOR picks one)
 prep_ref     preprocess reference: each input raster warped once with GDAL (all its bands in one
              gdal.Warp) onto the fine grid; and reading the inputs band by band (today) against
              core.fastread.SeriesWarper (every date of an input per read), on the inputs as
@@ -28,7 +31,8 @@ dask         scale-out (core.cluster) on its own demo-size scenario (150 x 120 k
              preprocess, and the scheduling overhead per task (no-op tasks through run_tasks)
 
 Compiled prediction (``SMDOWNSCALE_COMPILED``) is timed from a cold per-user cache: every phase
-that compiles gets a fresh ``SMDOWNSCALE_CACHE_DIR`` inside the work folder.
+that compiles gets a fresh ``SMDOWNSCALE_CACHE_DIR`` inside the work folder, and every phase is a
+new process (the kernel is compiled in each).
 """
 import argparse
 import json
@@ -252,9 +256,47 @@ def _raw_features(work):
     return model, partitions, encoded, which[valid], features.shape[0]
 
 
+def _raw_kernel(model, rows, per_learner, stack_native, all_pixels, n_valid, threads, timed, work):
+    """LightGBM and XGBoost through the QuickScorer kernel on the raw phase's rows (its one
+    compilation per leaf type included, as in a new process)."""
+    from smdownscale.core import compiled, quickscorer
+    from smdownscale.core.stack import _predict_booster
+
+    ok, why = quickscorer.available()
+    if not ok:
+        return {"error": why}
+    started = time.perf_counter()
+    for learner in ("lightgbm", "xgboost"):
+        quickscorer.warm(compiled.LEARNERS[learner].sums_in)
+    warm_s = time.perf_counter() - started
+    out = {"accelerator": why, "kernel_compile_s": round(warm_s, 2)}
+    kernel_s = {}
+    for learner in ("lightgbm", "xgboost"):
+        members = compiled.booster_members(paths(work)["model"], learner)
+        read_s, kernel_s[learner], worst = 0.0, 0.0, 0.0
+        for name, X in rows.items():
+            started = time.perf_counter()
+            forest, _ = compiled.load_kernel_model(members[name], learner)
+            read_s += time.perf_counter() - started
+            kernel_s[learner] += timed(lambda: forest.predict(X, n_jobs=threads))
+            sample = X[:20000]
+            worst = max(worst, float(np.max(np.abs(forest.predict(sample, n_jobs=threads).astype(np.float64)
+                                                   - _predict_booster(learner, model.models[name].boosters_[learner],
+                                                                      sample, threads)))))
+        out[f"{learner}_read_s"] = round(read_s, 2)
+        out[f"{learner}_rows_per_s"] = round(n_valid / kernel_s[learner])
+        out[f"{learner}_speedup"] = round(per_learner[learner] / kernel_s[learner], 2)
+        out[f"{learner}_max_abs_diff_vs_native"] = worst
+    overhead = stack_native - sum(per_learner.values())
+    stack_kernel = per_learner["catboost"] + kernel_s["lightgbm"] + kernel_s["xgboost"] + overhead
+    out["stack_pixels_per_s"] = round(all_pixels / stack_kernel)
+    out["stack_speedup_vs_native"] = round(stack_native / stack_kernel, 2)
+    return out
+
+
 def phase_raw(work):
     """The trained boosters called directly on the same pixels: native, then LightGBM and XGBoost
-    compiled."""
+    through the QuickScorer kernel and compiled by lleaves."""
     from smdownscale.core import compiled
     from smdownscale.core.stack import _predict_booster
 
@@ -278,6 +320,8 @@ def phase_raw(work):
     out = {"pixels": int(all_pixels), "valid_pixels": n_valid, "boosters_s": round(stack_native, 2),
            "pixels_per_s": round(all_pixels / stack_native), "valid_pixels_per_s": round(n_valid / stack_native),
            "native_rows_per_s": {k: round(n_valid / v) for k, v in per_learner.items()}}
+    out["kernel"] = _raw_kernel(model, rows, per_learner, stack_native, all_pixels, n_valid, threads, timed,
+                                work)
     ok, why = compiled.available()
     if not ok:
         out["compiled"] = {"error": why}
@@ -643,6 +687,7 @@ def main():
             ("prediction_compiled_vs_naive", lambda: fast["pixels_per_s"] / naive["predict_pixels_per_s"]),
             ("prediction_compiled_vs_native", lambda: fast["pixels_per_s"] / pred["pixels_per_s"]),
             ("raw_stack_compiled_vs_native", lambda: raw["compiled"]["stack_speedup_vs_native"]),
+            ("raw_stack_kernel_vs_native", lambda: raw["kernel"]["stack_speedup_vs_native"]),
             ("preprocess_vs_gdal_single_pass", lambda: data["preprocess_s"] / ref["gdal_single_pass_s"]),
             # only when both readers gave the same arrays (None -> TypeError -> left out)
             ("preprocess_series_vs_per_band_pixel_interleaved",

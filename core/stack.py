@@ -20,6 +20,7 @@ import tempfile
 import numpy as np
 
 from . import early_stopping
+from .compiled import predict_exactly
 from .common import Progress, SmdError, is_integer, is_number
 
 # XGBoost and LightGBM use OpenMP, whose idle threads spin by default. When anything else wants
@@ -511,7 +512,7 @@ class StackEnsemble:
             boosters, trees = fitted[name]
             with _naming_failures(name):
                 for fold, (_, test) in enumerate(folds):
-                    oof[test, k] = _predict_booster(name, boosters[fold], Xe[test], threads)
+                    oof[test, k] = predict_exactly(name, boosters[fold], Xe[test], threads)
             self.boosters_[name] = boosters[-1]
             self.trees_[name] = trees
         meta = LinearRegression(positive=True).fit(oof, y.astype(np.float64))
@@ -649,7 +650,7 @@ class StackEnsemble:
             if name in accelerated:
                 out[:, k] = accelerated[name].predict(Xe, threads)
             else:
-                out[:, k] = _predict_booster(name, self.boosters_[name], Xe, threads)
+                out[:, k] = predict_exactly(name, self.boosters_[name], Xe, threads)
         return out
 
     def accelerate(self, expected_rows, *, log=None, label=""):

@@ -227,3 +227,31 @@ def test_a_kernel_that_fails_or_differs_leaves_native_and_one_line(kernel, light
     predictor = compiled.LightGBMPredictor(booster, member, log=lines.append)
     assert np.array_equal(predictor.predict(X, 1), _native(booster, X))
     assert predictor.path == "native" and "differs from native" in lines[0]
+
+
+def test_training_predictions_through_the_kernel_are_the_native_numbers(kernel, monkeypatch):
+    """Out-of-fold and metric predictions of LightGBM go through the kernel (predict_exactly):
+    the fitted stack is the same to the bit as with native predictions."""
+    from smdownscale.core.stack import StackEnsemble
+
+    rng = np.random.default_rng(11)
+    X = rng.uniform(0, 1, size=(40000, 4)).astype(np.float32)
+    X[rng.random(X.shape) < 0.02] = np.nan
+    y = (0.2 + 0.3 * np.nan_to_num(X[:, 0]) + 0.1 * np.sin(7 * np.nan_to_num(X[:, 1]))).astype(np.float32)
+    params = {name: {"n_estimators": 30} for name in ("xgboost", "lightgbm", "catboost")}
+    calls = []
+    kernel_predict = quickscorer.predict
+    monkeypatch.setattr(quickscorer, "predict", lambda *a, **k: calls.append(1) or kernel_predict(*a, **k))
+    fits = {}
+    for mode in ("off", "auto"):
+        monkeypatch.setenv(compiled.ENV_MODE, mode)
+        fitted = StackEnsemble(params=params, n_folds=2, seed=3, n_threads=2).fit(X, y)
+        fits[mode] = (fitted.oof_.copy(), fitted.weights_.copy(), fitted.predict(X))
+        assert bool(calls) == (mode == "auto")     # 20,000-row folds and the 40,000-row prediction
+    for off, auto in zip(fits["off"], fits["auto"]):
+        assert np.array_equal(off, auto)
+    booster = fitted.boosters_["lightgbm"]
+    assert np.array_equal(compiled.predict_exactly("lightgbm", booster, X, 2), _native(booster, X))
+    few = len(calls)
+    compiled.predict_exactly("lightgbm", booster, X[:compiled.KERNEL_MIN_ROWS - 1], 2)   # too few to pay
+    assert len(calls) == few
