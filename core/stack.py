@@ -192,6 +192,11 @@ def encode(X, encoder):
     return out
 
 
+#: a fit's time relative to XGBoost's with the default parameters (bench, 30 fits each: CatBoost
+#: 82.0 s, LightGBM 46.8 s, XGBoost 46.7 s of CPU); only orders the side-by-side jobs
+_RELATIVE_FIT_COST = {"catboost": 1.75, "xgboost": 1.0, "lightgbm": 1.0}
+
+
 def _split_params(model_name, params, seed, n_threads):
     """Native parameter dict and number of boosting rounds for one base model."""
     merged = dict(DEFAULT_PARAMS[model_name])
@@ -555,8 +560,10 @@ class StackEnsemble:
                 return _train_booster(name, binned.subset(None if fold is None else folds[fold][0]),
                                       native, rounds)
 
-        # the refits (the largest fits) first, so the pool ends on the smaller fold fits
-        jobs = [(name, None) for name in names] + [(name, fold) for fold in range(len(folds)) for name in names]
+        # longest first, so the pool ends on short jobs (no core idles long while the last one
+        # runs): the refits (the most rows), then the fold fits, CatBoost's before the others'
+        by_cost = sorted(names, key=lambda name: -_RELATIVE_FIT_COST.get(name, 1.0))
+        jobs = [(name, None) for name in by_cost] + [(name, fold) for name in by_cost for fold in range(len(folds))]
         fits = {name: [None] * (len(folds) + 1) for name in names}
         done = 0
         with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
