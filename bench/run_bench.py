@@ -315,7 +315,13 @@ def phase_raw(work):
         per_learner[learner] = timed(lambda: [
             _predict_booster(learner, model.models[name].boosters_[learner], X, threads)
             for name, X in rows.items() if learner in model.models[name].boosters_])
+    previous = os.environ.get(compiled.ENV_MODE)
+    os.environ[compiled.ENV_MODE] = "off"   # else base_predict takes LightGBM through the kernel
     stack_native = timed(lambda: [model.models[name].base_predict(X, encoded=True) for name, X in rows.items()])
+    if previous is None:
+        del os.environ[compiled.ENV_MODE]
+    else:
+        os.environ[compiled.ENV_MODE] = previous
 
     out = {"pixels": int(all_pixels), "valid_pixels": n_valid, "boosters_s": round(stack_native, 2),
            "pixels_per_s": round(all_pixels / stack_native), "valid_pixels_per_s": round(n_valid / stack_native),

@@ -564,6 +564,23 @@ def load_kernel_model(member_bytes, learner="lightgbm"):
 KERNEL_MIN_ROWS = 10_000
 
 
+def _warm_kernel(learner):
+    from . import quickscorer
+
+    try:
+        if quickscorer.available()[0]:
+            quickscorer.warm(LEARNERS[learner].sums_in)
+    except Exception:  # noqa: BLE001 - predict_exactly tries again and falls back to native
+        pass
+
+
+def prepare_exact_predictions(learners):
+    """Compile the kernel :func:`predict_exactly` uses in the background now (training calls this
+    before its fits, so its first out-of-fold prediction does not wait ~1 s for it)."""
+    if "lightgbm" in learners and mode() != "off" and accelerator() != "lleaves":
+        _builder().submit(_warm_kernel, "lightgbm")
+
+
 def predict_exactly(learner, booster, X, n_threads):
     """A fitted booster's predictions (float64), the same numbers as its native predict: LightGBM
     of at least :data:`KERNEL_MIN_ROWS` rows through the QuickScorer kernel when it takes the

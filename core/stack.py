@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 
 from . import early_stopping
-from .compiled import predict_exactly
+from .compiled import predict_exactly, prepare_exact_predictions
 from .common import Progress, SmdError, is_integer, is_number
 
 # XGBoost and LightGBM use OpenMP, whose idle threads spin by default. When anything else wants
@@ -500,6 +500,7 @@ class StackEnsemble:
         self.boosters_ = {}
         self.trees_ = {}
         stopping = early_stopping.check_early_stopping_rounds(self.early_stopping_rounds or 0)
+        prepare_exact_predictions(names)
         steps = len(names) * (len(folds) + 1)
         if stopping:
             done = 0

@@ -48,9 +48,11 @@ LEARNER_USES = {
 #: the optional groups of ``resources.OPTIONAL_PACKAGES``: (check box title, what it is for)
 OPTIONAL_USES = {
     "compiled": ("Faster prediction",
-                 "compiles LightGBM models to machine code (lleaves, with numba and llvmlite) when "
-                 "a prediction is large enough to pay for the compile; without it LightGBM predicts "
-                 "natively, with the same results (lleaves has no Windows build)"),
+                 "predicts LightGBM and XGBoost several times faster: a QuickScorer kernel (numba, "
+                 "which shap needs anyway) and, for models with trees of more than 64 leaves, code "
+                 "compiled per model (lleaves, with llvmlite) when a prediction is large enough to pay "
+                 "for it; without them the boosters predict natively, with the same results (lleaves "
+                 "has no Windows build)"),
     "dask": ("Dask scale-out",
              "needed only for the Dask scheduler option (DASK_SCHEDULER: local:N worker processes or "
              "a cluster) of Prepare, Train and Predict; without it they run in the QGIS process"),
