@@ -574,11 +574,15 @@ def _warm_kernel(learner):
         pass
 
 
-def prepare_exact_predictions(learners):
+def prepare_exact_predictions(learners, largest_rows):
     """Compile the kernel :func:`predict_exactly` uses in the background now (training calls this
-    before its fits, so its first out-of-fold prediction does not wait ~1 s for it)."""
-    if "lightgbm" in learners and mode() != "off" and accelerator() != "lleaves":
-        _builder().submit(_warm_kernel, "lightgbm")
+    before its fits, so its first out-of-fold prediction does not wait ~1 s for it), when a
+    prediction of ``largest_rows`` will use it at all (small trainings never pay the compile).
+    Returns the compile's future, or None when there is nothing to compile."""
+    if ("lightgbm" in learners and largest_rows >= KERNEL_MIN_ROWS and mode() != "off"
+            and accelerator() != "lleaves"):
+        return _builder().submit(_warm_kernel, "lightgbm")
+    return None
 
 
 def predict_exactly(learner, booster, X, n_threads):

@@ -500,7 +500,8 @@ class StackEnsemble:
         self.boosters_ = {}
         self.trees_ = {}
         stopping = early_stopping.check_early_stopping_rounds(self.early_stopping_rounds or 0)
-        prepare_exact_predictions(names)
+        # the largest exact prediction of a fit is the metrics pass over every training row
+        prepare_exact_predictions(names, len(y))
         steps = len(names) * (len(folds) + 1)
         if stopping:
             done = 0

@@ -255,3 +255,16 @@ def test_training_predictions_through_the_kernel_are_the_native_numbers(kernel, 
     few = len(calls)
     compiled.predict_exactly("lightgbm", booster, X[:compiled.KERNEL_MIN_ROWS - 1], 2)   # too few to pay
     assert len(calls) == few
+
+
+def test_training_compiles_the_kernel_only_when_a_prediction_will_use_it(kernel, monkeypatch):
+    warmed = []
+    monkeypatch.setattr(compiled, "_warm_kernel", warmed.append)
+    small = compiled.KERNEL_MIN_ROWS - 1
+    assert compiled.prepare_exact_predictions(["xgboost", "lightgbm", "catboost"], small) is None
+    assert compiled.prepare_exact_predictions(["xgboost", "catboost"], 10**6) is None
+    monkeypatch.setenv(compiled.ENV_MODE, "off")
+    assert compiled.prepare_exact_predictions(["lightgbm"], 10**6) is None
+    monkeypatch.delenv(compiled.ENV_MODE)
+    compiled.prepare_exact_predictions(["lightgbm"], compiled.KERNEL_MIN_ROWS).result(timeout=60)
+    assert warmed == ["lightgbm"]
