@@ -258,16 +258,20 @@ def _raw_features(work):
 
 def _raw_kernel(model, rows, per_learner, stack_native, all_pixels, n_valid, threads, timed, work):
     """LightGBM and XGBoost through the QuickScorer kernel on the raw phase's rows (its one
-    compilation per leaf type included, as in a new process)."""
+    compilation per leaf and mask type included, as in a new process)."""
     from smdownscale.core import compiled, quickscorer
     from smdownscale.core.stack import _predict_booster
 
     ok, why = quickscorer.available()
     if not ok:
         return {"error": why}
-    started = time.perf_counter()
+    types = set()   # the (leaf, mask) dtypes the models need; the first one of each learner tells
     for learner in ("lightgbm", "xgboost"):
-        quickscorer.warm(compiled.LEARNERS[learner].sums_in)
+        first = next(iter(compiled.booster_members(paths(work)["model"], learner).values()))
+        types.add(quickscorer.kernel_types(compiled._forest(bytes(first), learner)))
+    started = time.perf_counter()
+    for leaf_dtype, mask_dtype in sorted(types, key=str):
+        quickscorer.warm(leaf_dtype, mask_dtype)
     warm_s = time.perf_counter() - started
     out = {"accelerator": why, "kernel_compile_s": round(warm_s, 2)}
     kernel_s = {}

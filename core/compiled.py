@@ -97,6 +97,8 @@ LEARNERS = {"lightgbm": _Learner("LightGBM", COMPILE_OPTIONS, EXPECTED_SPEEDUP, 
 _LOCK = threading.Lock()
 _LOADED = {}      # cache key -> compiled lleaves.Model (one per process)
 _FAILED = set()   # cache keys that failed to build or to check in this process
+#: (learner, accelerator) measured slower than native on this machine in this process
+_SLOWER = {}
 _LOGGED = set()   # messages already logged once
 _BUILDER = None   # ThreadPoolExecutor of pending builds (:func:`_builder`)
 #: longest a build process may take (s) before the member stays native
@@ -417,7 +419,9 @@ def _decide_kernel(member_bytes, n_rows, native_s_per_row, learner, current):
         return None, f"the kernel does not take it ({type(err).__name__}: {err})"
     if _kernel_key(member_bytes, learner) in _FAILED:
         return None, "the kernel failed on it earlier in this process"
-    warm = quickscorer.is_warm(LEARNERS[learner].sums_in)
+    if current != "always" and (learner, "quickscorer") in _SLOWER:
+        return None, _SLOWER[(learner, "quickscorer")]
+    warm = quickscorer.is_warm(*quickscorer.kernel_types(_forest(bytes(member_bytes), learner)))
     expected = 0.0 if warm else KERNEL_COMPILE_S
     if current == "always":
         return Decision(True, f"{ENV_MODE}=always", warm, expected, "quickscorer"), ""
@@ -481,6 +485,8 @@ def _decide_lleaves(member_bytes, n_rows, native_s_per_row, speedup, learner, cu
         return Decision(False, "compiling failed earlier in this process", cached, expected)
     if current == "always":
         return Decision(True, f"{ENV_MODE}=always", cached, expected)
+    if (learner, "lleaves") in _SLOWER:
+        return Decision(False, _SLOWER[(learner, "lleaves")], cached, expected)
     if cached:
         return Decision(True, "a compiled build is cached", True, expected)
     saving = n_rows * native_s_per_row * (1.0 - 1.0 / speedup)
@@ -551,10 +557,10 @@ def load_kernel_model(member_bytes, learner="lightgbm"):
     from . import quickscorer
 
     started = time.perf_counter()
-    sums_in = LEARNERS[learner].sums_in
-    warm = quickscorer.is_warm(sums_in)
-    quickscorer.warm(sums_in)
-    model = quickscorer.ForestModel(_forest(bytes(member_bytes), learner))
+    forest = _forest(bytes(member_bytes), learner)
+    warm = quickscorer.is_warm(*quickscorer.kernel_types(forest))
+    quickscorer.warm(*quickscorer.kernel_types(forest))
+    model = quickscorer.ForestModel(forest)
     return model, {"cached": warm, "compile_s": time.perf_counter() - started, "key": None,
                    "separate_process": False}
 
@@ -569,7 +575,8 @@ def _warm_kernel(learner):
 
     try:
         if quickscorer.available()[0]:
-            quickscorer.warm(LEARNERS[learner].sums_in)
+            # LightGBM's default 31 leaves take 32-bit masks; more leaves compile on first use
+            quickscorer.warm(LEARNERS[learner].sums_in, np.uint32)
     except Exception:  # noqa: BLE001 - predict_exactly tries again and falls back to native
         pass
 
@@ -600,7 +607,7 @@ def predict_exactly(learner, booster, X, n_threads):
         return _predict_booster(learner, booster, X, n_threads)
     try:
         forest = quickscorer.from_lightgbm_text(booster.model_to_string(), LEARNERS[learner].sums_in)
-        quickscorer.warm(LEARNERS[learner].sums_in)
+        quickscorer.warm(*quickscorer.kernel_types(forest))
         values = quickscorer.predict(forest, X, n_threads).astype(np.float64, copy=False)
     except Exception:  # noqa: BLE001 - NotSupported or a kernel failure: native, same numbers
         return _predict_booster(learner, booster, X, n_threads)
@@ -709,6 +716,7 @@ def clear_process_state():
     """Forget in-process builds, failures and logged lines (tests)."""
     _LOADED.clear()
     _FAILED.clear()
+    _SLOWER.clear()
     _LOGGED.clear()
 
 
@@ -747,6 +755,8 @@ class CompiledPredictor:
         self.compiled = None
         self.decided = False
         self._pending = None   # (future, decision, check rows, their native values) while building
+        self._native_s_per_row = None   # measured on the first call
+        self._accelerator = None        # of the compiled path, until its speed is measured
         self._path = "native"
         self._reason = "not decided yet"
         self.compile_s = 0.0
@@ -780,6 +790,7 @@ class CompiledPredictor:
         if remaining is None:
             remaining = 0
         decision = decide(self.member_bytes, remaining, native_s_per_row, learner=self.learner)
+        self._native_s_per_row = native_s_per_row
         if not decision.compile:
             self._path, self._reason = "native", decision.reason
             self._say(f"{self._name} native prediction ({decision.reason})")
@@ -820,6 +831,8 @@ class CompiledPredictor:
         self.compiled = compiled
         self.compile_s = info["compile_s"]
         self._path = "compiled"
+        # its speed is measured on the next call, unless the user asked for it (always)
+        self._accelerator = None if mode() == "always" else decision.accelerator
         if decision.accelerator == "quickscorer":
             tool = "QuickScorer kernel"
             how = "kernel compiled earlier" if info["cached"] else f"kernel ready in {info['compile_s']:.1f} s"
@@ -849,7 +862,12 @@ class CompiledPredictor:
         self._resolve()
         if self.compiled is not None:
             self.rows_done += X.shape[0]
-            return self._compiled_predict(self.compiled, X, n_threads)
+            if self._accelerator is None:
+                return self._compiled_predict(self.compiled, X, n_threads)
+            started = time.perf_counter()
+            values = self._compiled_predict(self.compiled, X, n_threads)
+            self._check_speed((time.perf_counter() - started) / X.shape[0])
+            return values
         if self.decided:
             self.rows_done += X.shape[0]
             return self._native(X, n_threads)
@@ -860,6 +878,24 @@ class CompiledPredictor:
         rows = min(CHECK_ROWS, X.shape[0])
         self._decide(per_row, X[:rows], values[:rows])
         return values
+
+
+    def _check_speed(self, compiled_s_per_row):
+        """The expected speed-ups were measured on the bench machine; vector units and caches
+        differ between CPUs (the kernel ran 0.5x native for XGBoost on one AVX2 machine), so the
+        compiled path's first call is compared with the native first call on this machine and
+        the slower path is dropped for the rest of the process."""
+        accelerator, self._accelerator = self._accelerator, None
+        native = self._native_s_per_row
+        if native is None or compiled_s_per_row < native:
+            return
+        tool = "QuickScorer kernel" if accelerator == "quickscorer" else "lleaves"
+        why = (f"the {tool} measured {compiled_s_per_row * 1e6:.2f} us/row against native "
+               f"{native * 1e6:.2f} us/row on this machine")
+        _SLOWER[(self.learner, accelerator)] = why
+        self.compiled = None
+        self._path, self._reason = "native", why
+        self._say(f"{self._name} native prediction ({why})")
 
 
 class LightGBMPredictor(CompiledPredictor):

@@ -99,7 +99,7 @@ def test_masks_and_values_of_a_hand_made_forest():
     assert forest.n_trees == 2 and forest.n_features == 2
     # leaves left to right: 10, 20, 30, 40; each split clears the leaves of its left subtree
     assert forest.leaf_value.tolist() == [10, 20, 30, 40, 0.5]
-    assert forest.mask.tolist() == [0b1000, 0b1100, 0b1110]
+    assert forest.mask.tolist() == [0b1000, 0b1100, 0b1110] and forest.mask.dtype == np.uint32
     # 1.0000000000000002 is not a float32: x <= it  <=>  x <= 1.0 for float32 x
     assert forest.threshold.tolist() == [0.5, 1.0, 0.25]
     assert forest.feature.tolist() == [0, 1, 0] and forest.split_start.tolist() == [0, 3, 3]
@@ -157,7 +157,7 @@ def test_the_kernel_decision_counts_its_compilation_once_per_process(kernel, lig
     small = compiled.decide(member, few, 5e-6)
     assert not small.compile and small.accelerator == "quickscorer" and "kernel compile" in small.reason
     assert compiled.decide(member, int(1.1 * compiled.KERNEL_COMPILE_S / saving), 5e-6).compile
-    quickscorer.warm(np.float64)
+    quickscorer.warm(np.float64, np.uint32)
     warm = compiled.decide(member, 10, 5e-6)
     assert warm.compile and warm.cached and "compiled in this process" in warm.reason
 
@@ -268,3 +268,38 @@ def test_training_compiles_the_kernel_only_when_a_prediction_will_use_it(kernel,
     monkeypatch.delenv(compiled.ENV_MODE)
     compiled.prepare_exact_predictions(["lightgbm"], compiled.KERNEL_MIN_ROWS).result(timeout=60)
     assert warmed == ["lightgbm"]
+
+
+def test_an_accelerator_slower_than_native_on_this_machine_is_dropped(kernel, lightgbm_model, monkeypatch):
+    """The expected speed-ups come from the bench machine; the first accelerated call is timed
+    against the first native one here, and a slower path is left for the rest of the process."""
+    booster, member, X = lightgbm_model
+    monkeypatch.setenv(compiled.ENV_ACCELERATOR, "auto")
+    monkeypatch.setenv(compiled.ENV_MODE, "auto")
+    quickscorer.warm(np.float64, np.uint32)          # compiled in this process: the kernel pays
+    lines = []
+    first = compiled.LightGBMPredictor(booster, member, expected_rows=10 * X.shape[0], log=lines.append)
+    values = [first.predict(X[:1000], 1)]
+    assert first.path == "compiled" and "QuickScorer kernel" in lines[-1]
+    first._native_s_per_row = 1e-12                  # as if native had measured faster than any kernel
+    values += [first.predict(X[1000:2000], 1), first.predict(X[2000:], 1)]
+    assert np.array_equal(np.concatenate(values), _native(booster, X))
+    assert first.path == "native" and first.compiled is None
+    assert re.search(r"LightGBM native prediction \(the QuickScorer kernel measured [0-9.]+ us/row against "
+                     r"native 0\.00 us/row on this machine\)$", lines[-1]), lines[-1]
+    monkeypatch.setenv(compiled.ENV_ACCELERATOR, "quickscorer")
+    later = compiled.decide(member, 10**8, 5e-6)
+    assert not later.compile and "measured" in later.reason
+    monkeypatch.setenv(compiled.ENV_MODE, "always")   # what the user asks for still runs
+    assert compiled.decide(member, 10, 5e-6).compile
+
+
+@pytest.mark.parametrize("leaves, mask_dtype", [(32, np.uint32), (33, np.uint64), (64, np.uint64)])
+def test_trees_of_up_to_32_leaves_take_32_bit_masks_more_take_64_the_same_numbers(leaves, mask_dtype):
+    rng = np.random.default_rng(5)
+    X = rng.uniform(0, 1, size=(20000, 5)).astype(np.float32)
+    y = np.sin(9 * X[:, 0]) + X[:, 1] * X[:, 2] + 0.1 * rng.standard_normal(20000)
+    booster, member = _lightgbm({"num_leaves": leaves, "min_data_in_leaf": 5}, X, y, rounds=20)
+    forest = quickscorer.from_lightgbm_text(member)
+    assert forest.mask.dtype == mask_dtype and int(np.diff(forest.leaf_start).max()) == leaves
+    assert np.array_equal(quickscorer.predict(forest, X, 2), _native(booster, X))
