@@ -603,7 +603,8 @@ def predict_exactly(learner, booster, X, n_threads):
 
     X = np.asarray(X, dtype=np.float32)
     if (learner != "lightgbm" or X.shape[0] < KERNEL_MIN_ROWS or mode() == "off"
-            or accelerator() == "lleaves" or not quickscorer.available()[0]):
+            or accelerator() == "lleaves" or (learner, "quickscorer") in _SLOWER
+            or not quickscorer.available()[0]):
         return _predict_booster(learner, booster, X, n_threads)
     try:
         forest = quickscorer.from_lightgbm_text(booster.model_to_string(), LEARNERS[learner].sums_in)
@@ -878,7 +879,6 @@ class CompiledPredictor:
         rows = min(CHECK_ROWS, X.shape[0])
         self._decide(per_row, X[:rows], values[:rows])
         return values
-
 
     def _check_speed(self, compiled_s_per_row):
         """The expected speed-ups were measured on the bench machine; vector units and caches
