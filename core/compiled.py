@@ -412,7 +412,7 @@ def _decide_kernel(member_bytes, n_rows, native_s_per_row, learner, current):
     if not ok:
         return None, f"numba not available ({why})"
     try:
-        _forest(bytes(member_bytes), learner)
+        forest = _forest(bytes(member_bytes), learner)
     except (quickscorer.NotSupported, NotCompilable) as err:
         return None, f"the kernel does not take it: {err}"
     except Exception as err:  # noqa: BLE001 - a member the library cannot read or dump
@@ -421,7 +421,7 @@ def _decide_kernel(member_bytes, n_rows, native_s_per_row, learner, current):
         return None, "the kernel failed on it earlier in this process"
     if current != "always" and (learner, "quickscorer") in _SLOWER:
         return None, _SLOWER[(learner, "quickscorer")]
-    warm = quickscorer.is_warm(*quickscorer.kernel_types(_forest(bytes(member_bytes), learner)))
+    warm = quickscorer.is_warm(*quickscorer.kernel_types(forest))
     expected = 0.0 if warm else KERNEL_COMPILE_S
     if current == "always":
         return Decision(True, f"{ENV_MODE}=always", warm, expected, "quickscorer"), ""
@@ -757,7 +757,7 @@ class CompiledPredictor:
         self.decided = False
         self._pending = None   # (future, decision, check rows, their native values) while building
         self._native_s_per_row = None   # measured on the first call
-        self._accelerator = None        # of the compiled path, until its speed is measured
+        self._unmeasured = None         # the compiled path's accelerator until its speed is measured
         self._path = "native"
         self._reason = "not decided yet"
         self.compile_s = 0.0
@@ -833,7 +833,7 @@ class CompiledPredictor:
         self.compile_s = info["compile_s"]
         self._path = "compiled"
         # its speed is measured on the next call, unless the user asked for it (always)
-        self._accelerator = None if mode() == "always" else decision.accelerator
+        self._unmeasured = None if mode() == "always" else decision.accelerator
         if decision.accelerator == "quickscorer":
             tool = "QuickScorer kernel"
             how = "kernel compiled earlier" if info["cached"] else f"kernel ready in {info['compile_s']:.1f} s"
@@ -863,7 +863,7 @@ class CompiledPredictor:
         self._resolve()
         if self.compiled is not None:
             self.rows_done += X.shape[0]
-            if self._accelerator is None:
+            if self._unmeasured is None:
                 return self._compiled_predict(self.compiled, X, n_threads)
             started = time.perf_counter()
             values = self._compiled_predict(self.compiled, X, n_threads)
@@ -882,10 +882,10 @@ class CompiledPredictor:
 
     def _check_speed(self, compiled_s_per_row):
         """The expected speed-ups were measured on the bench machine; vector units and caches
-        differ between CPUs (the kernel ran 0.5x native for XGBoost on one AVX2 machine), so the
+        differ between CPUs (an earlier kernel ran 0.5x native for XGBoost on an AMD machine), so the
         compiled path's first call is compared with the native first call on this machine and
         the slower path is dropped for the rest of the process."""
-        accelerator, self._accelerator = self._accelerator, None
+        accelerator, self._unmeasured = self._unmeasured, None
         native = self._native_s_per_row
         if native is None or compiled_s_per_row < native:
             return
