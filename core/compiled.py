@@ -96,6 +96,7 @@ LEARNERS = {"lightgbm": _Learner("LightGBM", COMPILE_OPTIONS, EXPECTED_SPEEDUP, 
 
 _LOCK = threading.Lock()
 _LOADED = {}      # cache key -> compiled lleaves.Model (one per process)
+_BUILDING = {}    # cache key -> lock held while that member is built or loaded (one build each)
 _FAILED = set()   # cache keys that failed to build or to check in this process
 #: (learner, accelerator) measured slower than native on this machine in this process
 _SLOWER = {}
@@ -508,11 +509,20 @@ def load_or_compile(member_bytes, learner="lightgbm"):
     """
     import lleaves
 
-    options = LEARNERS[learner].options
     key = cache_key(member_bytes, learner)
     with _LOCK:
-        if key in _LOADED:
-            return _LOADED[key], {"cached": True, "compile_s": 0.0, "key": key, "separate_process": False}
+        member_lock = _BUILDING.setdefault(key, threading.Lock())
+    # A second thread asking for a member that is being built (two predictions of one model at
+    # once) waits for that build and takes its result, instead of building it again.
+    with member_lock:
+        with _LOCK:
+            if key in _LOADED:
+                return _LOADED[key], {"cached": True, "compile_s": 0.0, "key": key, "separate_process": False}
+        return _load_or_build(lleaves, member_bytes, learner, key)
+
+
+def _load_or_build(lleaves, member_bytes, learner, key):
+    options = LEARNERS[learner].options
     folder = _safe_cache_dir(create=True)
     target = os.path.join(folder, key + ".o") if folder else None
     started = time.perf_counter()
@@ -716,6 +726,7 @@ def forget(member_bytes, learner="lightgbm", accelerator="lleaves"):
 def clear_process_state():
     """Forget in-process builds, failures and logged lines (tests)."""
     _LOADED.clear()
+    _BUILDING.clear()
     _FAILED.clear()
     _SLOWER.clear()
     _LOGGED.clear()

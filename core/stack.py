@@ -281,6 +281,31 @@ def _naming_failures(name):
         raise SmdError(f"Training {name} failed: {err}. Check its parameters.") from err
 
 
+@contextlib.contextmanager
+def _job_pool(workers):
+    """A pool of ``workers`` threads for side-by-side fits (the boosters release the GIL); when
+    the caller fails (a fit raised, cancel), the jobs not started yet are cancelled and the
+    running ones are waited for before the error goes on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=max(1, int(workers)))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _as_finished(futures):
+    """``(key, result)`` of each future of ``{future: key}`` as it finishes; a job's error is
+    raised here."""
+    from concurrent.futures import as_completed
+
+    for future in as_completed(futures):
+        yield futures[future], future.result()
+
+
 def _train_booster(model_name, data, native, rounds):
     if model_name == "xgboost":
         import xgboost as xgb
@@ -546,8 +571,6 @@ class StackEnsemble:
         from it inside the fold's job (at most ``threads`` fold subsets in memory). Fits are
         seeded, so the result does not depend on the order. Returns name -> (fold boosters +
         refit, trees record)."""
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
         settings = {name: self._fold_settings(name, threads) for name in names}
 
         def bin_job(name):
@@ -568,19 +591,14 @@ class StackEnsemble:
         jobs = [(name, None) for name in by_cost] + [(name, fold) for name in by_cost for fold in range(len(folds))]
         fits = {name: [None] * (len(folds) + 1) for name in names}
         done = 0
-        with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+        with _job_pool(threads) as pool:
             binning = {name: pool.submit(bin_job, name) for name in names}
             futures = {pool.submit(fit_job, name, fold): (name, fold) for name, fold in jobs}
-            try:
-                for future in as_completed(futures):
-                    name, fold = futures[future]
-                    fits[name][len(folds) if fold is None else fold] = future.result()
-                    done += 1
-                    label = "refit on all training samples" if fold is None else f"fold {fold + 1}/{len(folds)}"
-                    progress.update(done / steps, f"{name}: {label}")
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+            for (name, fold), booster in _as_finished(futures):
+                fits[name][len(folds) if fold is None else fold] = booster
+                done += 1
+                label = "refit on all training samples" if fold is None else f"fold {fold + 1}/{len(folds)}"
+                progress.update(done / steps, f"{name}: {label}")
         rounds = {name: settings[name][1] for name in names}
         return {name: (fits[name], {"folds": [rounds[name]] * len(folds), "refit": rounds[name]})
                 for name in names}
@@ -610,26 +628,19 @@ class StackEnsemble:
 
         With ``valid`` (one validation set per dataset) and ``stopping`` > 0 each result is
         ``(booster, best iteration count)``."""
-        from concurrent.futures import ThreadPoolExecutor, as_completed
-
         def job(index, data):
             if valid is not None:
                 return early_stopping.train_stopping(name, data, valid[index], native, rounds, stopping)
             return _train_booster(name, data, native, rounds)
 
         boosters = [None] * len(datasets)
-        with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        with _job_pool(workers) as pool:
             futures = {pool.submit(job, index, data): index for index, data in enumerate(datasets)}
-            try:
-                for future in as_completed(futures):
-                    boosters[futures[future]] = future.result()
-                    done += 1
-                    label = "refit on all training samples" if final else \
-                        f"fold {futures[future] + 1}/{len(datasets)}"
-                    progress.update(done / steps, f"{name}: {label}")
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+            for index, booster in _as_finished(futures):
+                boosters[index] = booster
+                done += 1
+                label = "refit on all training samples" if final else f"fold {index + 1}/{len(datasets)}"
+                progress.update(done / steps, f"{name}: {label}")
         return boosters
 
     # -- prediction ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 from . import metrics
 from .common import (SOIL_MOISTURE_RANGE, Progress, SmdError, is_nodata, parse_date, read_band_dates,
                      soil_moisture_units_hint, whole_number)
-from .outputs import write_text_temporary, write_together
+from .outputs import check_outputs, write_text_temporary, write_together
 from .train import REPORT_EXTENSIONS
 
 PER_SITE_FIELDS = ("product", "site_id", "x", "y", "n") + metrics.METRIC_NAMES
@@ -407,6 +407,22 @@ def check_report_path(path):
     return ext
 
 
+def summary_csv_path(path):
+    """The per-product summary a .csv validation report writes beside it (``report.csv`` ->
+    ``report_summary.csv``)."""
+    return os.path.splitext(os.fspath(path))[0] + "_summary.csv"
+
+
+def report_outputs(path):
+    """``(path, kind)`` of every file the validation report at ``path`` writes, for
+    :func:`.outputs.check_outputs`: a .csv report also writes :func:`summary_csv_path`. Raises
+    SmdError for an unknown report format (:func:`check_report_path`)."""
+    outputs = [(os.fspath(path), "report")]
+    if check_report_path(path) == ".csv":
+        outputs.append((summary_csv_path(path), "report"))
+    return outputs
+
+
 def write_validation_report(result, path):
     """Write ``result`` as .csv, .json or .html (chosen by the extension of ``path``).
 
@@ -447,8 +463,9 @@ def write_validation_report(result, path):
         writer.writeheader()
         for row in result.summary:
             writer.writerow({f: _cell(v) for f, v in row.items()})
-        texts = [(path, buffer.getvalue()),
-                 (os.path.splitext(path)[0] + "_summary.csv", summary_buffer.getvalue())]
+        texts = [(path, buffer.getvalue()), (summary_csv_path(path), summary_buffer.getvalue())]
+        # again at write time, as the HTML writer does: e.g. a folder made during the run
+        check_outputs(report_outputs(path))
     else:  # the page of core.reports.validation: sentences, classes, Figures 5-8, every site
         from .reports import validation_html, write_report
 

@@ -182,6 +182,28 @@ def test_builds_run_in_separate_processes_side_by_side_and_equal_in_process(cach
 
 
 @needs_lleaves
+def test_two_threads_asking_for_one_member_build_it_once(cache, lightgbm_model, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    booster, member, X = lightgbm_model
+    builds = []
+    real_build = compiled.build_object
+
+    def counting_build(*args):   # the real build, counted
+        builds.append(args[2])
+        return real_build(*args)
+
+    monkeypatch.setattr(compiled, "build_object", counting_build)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: compiled.load_or_compile(member), range(2)))
+    assert len(builds) == 1
+    assert results[0][0] is results[1][0]
+    assert sorted(info["cached"] for _, info in results) == [False, True]
+    assert np.max(np.abs(results[0][0].predict(np.nan_to_num(X).astype(np.float64), n_jobs=1)
+                         - _native(booster, np.nan_to_num(X)))) <= 1e-6
+
+
+@needs_lleaves
 def test_a_build_process_that_crashes_leaves_native_and_one_line(cache, lightgbm_model, monkeypatch, tmp_path):
     booster, member, X = lightgbm_model
     crashing = tmp_path / "python"

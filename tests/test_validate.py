@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -188,6 +189,23 @@ def test_bad_inputs_raise_smderror(scene, tmp_path):
     with pytest.raises(SmdError, match="two locations"):
         validate({"downscaled": scene["fine"]}, [Observation("A", DATES[0], 0.2, 15.0, 45.0),
                                                 Observation("A", DATES[1], 0.2, 15.1, 45.0)])
+
+
+def test_report_outputs_name_every_file_a_report_writes(scene, tmp_path):
+    from smdownscale.core.validate import report_outputs
+
+    assert report_outputs(tmp_path / "r.csv") == [(str(tmp_path / "r.csv"), "report"),
+                                                   (str(tmp_path / "r_summary.csv"), "report")]
+    assert report_outputs(tmp_path / "r.json") == [(str(tmp_path / "r.json"), "report")]
+    with pytest.raises(SmdError, match="unknown report format"):
+        report_outputs(tmp_path / "r.txt")
+    # checked again at write time: a folder in the summary's place is refused, nothing written
+    result = validate({"downscaled": scene["fine"]}, scene["stations"])
+    out = tmp_path / "out"
+    (out / "r_summary.csv").mkdir(parents=True)
+    with pytest.raises(SmdError, match="r_summary.csv is an existing folder"):
+        write_validation_report(result, out / "r.csv")
+    assert os.listdir(out) == ["r_summary.csv"]
 
 
 def test_reports_in_three_formats(scene, tmp_path):

@@ -25,7 +25,7 @@ from qgis.PyQt.QtCore import QVariant
 from ...core.common import whole_number
 from ...core.outputs import check_outputs
 from ...core.stations import DEFAULT_DATE_FIELD, DEFAULT_SITE_FIELD, DEFAULT_VALUE_FIELD, station_fields
-from ...core.validate import ALL_SITES, PER_SITE_FIELDS, check_report_path
+from ...core.validate import ALL_SITES, PER_SITE_FIELDS, check_report_path, report_outputs
 from ..layers import (CheckedSink, UbrmseStyle, crs_wkt, observations_from_source, partitions_from_source,
                       raster_path, source_file, style_on_load)
 from .base import SmdAlgorithm, core_error, core_errors, tr
@@ -228,8 +228,7 @@ class ValidateAlgorithm(SmdAlgorithm):
         report_path = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         with core_errors():
             if report_path:
-                check_report_path(report_path)
-                check_outputs([(source_file(output.destination), "vector"), (report_path, "report")],
+                check_outputs([(source_file(output.destination), "vector"), *report_outputs(report_path)],
                               inputs=[path for _, path in protected if path])
             fields = self.station_fields(parameters, context, source)
         observations, skipped = observations_from_source(source, *fields)

@@ -416,6 +416,20 @@ def test_validate_report_failure_removes_the_sink_it_created(processing_module, 
     assert os.listdir(out) == [] and _entries(read_only) == []
 
 
+def test_validate_csv_report_refuses_a_summary_path_holding_the_users_folder(processing_module, product,
+                                                                           tmp_path):
+    # a .csv report also writes <stem>_summary.csv: that name is checked before the run too
+    stations = _station_gpkg(tmp_path / "stations.gpkg", product["stations"])
+    out = tmp_path / "out"
+    (out / "report_summary.csv").mkdir(parents=True)
+    (out / "report_summary.csv" / "mine.txt").write_text("keep")
+    _raises(processing_module, "smdownscale:validate", {
+        "DOWNSCALED": product["raster"], "STATIONS": stations, "OUTPUT": str(out / "v.gpkg"),
+        "OUTPUT_REPORT": str(out / "report.csv")}, "report_summary.csv is an existing folder")
+    assert sorted(os.listdir(out)) == ["report_summary.csv"]
+    assert (out / "report_summary.csv" / "mine.txt").read_text() == "keep"
+
+
 def test_validate_percent_stations_through_processing(processing_module, product, tmp_path):
     stations = _station_gpkg(tmp_path / "stations.gpkg",
                              [o._replace(value=o.value * 100) for o in product["stations"]])
