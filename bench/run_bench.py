@@ -636,7 +636,10 @@ def phase_dask(work):
             result["predict"][label]["equal_to_in_process"] = bool(np.array_equal(reference, b.read(), equal_nan=True))
     with zipfile.ZipFile(os.path.join(folder, "model_in_process.smdmodel.zip")) as a, \
             zipfile.ZipFile(os.path.join(folder, "model_local_2.smdmodel.zip")) as b:
-        result["train"]["members_differing_local_2"] = sorted(n for n in a.namelist() if a.read(n) != b.read(n))
+        differing = sorted(n for n in a.namelist() if a.read(n) != b.read(n))
+        result["train"]["members_differing_local_2"] = differing
+        result["train"]["catboost_differences_local_2"] = _catboost_differences(
+            [(a.read(n), b.read(n)) for n in differing if n.endswith("catboost.cbm")])
     # scheduling overhead: no-op tasks, bounded in flight as the steps submit them
     n_tasks = 2000
     with dask_client("local:2") as client:
@@ -652,6 +655,34 @@ def phase_dask(work):
     result["predict"]["tasks"] = tasks
     result["predict"]["block_size"] = 64
     return result
+
+
+def _catboost_differences(pairs):
+    """What differs between CatBoost members trained in process and on the cluster: parameters,
+    metadata keys, and the largest prediction difference on random rows (all members)."""
+    from catboost import CatBoost
+
+    params, metadata, largest = set(), set(), 0.0
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, pair in enumerate(pairs):
+            models = []
+            for side, data in zip("ab", pair):
+                path = os.path.join(scratch, f"{index}{side}.cbm")
+                with open(path, "wb") as handle:
+                    handle.write(data)
+                model = CatBoost()
+                model.load_model(path)
+                models.append(model)
+            a, b = models
+            pa, pb = a.get_all_params(), b.get_all_params()
+            params |= {k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k)}
+            ma, mb = dict(a.get_metadata()), dict(b.get_metadata())
+            metadata |= {k for k in set(ma) | set(mb) if ma.get(k) != mb.get(k)}
+            X = rng.uniform(0, 1, size=(20_000, len(a.feature_names_)))
+            largest = max(largest, float(np.max(np.abs(a.predict(X) - b.predict(X)))))
+    return {"members": len(pairs), "params": sorted(params), "metadata": sorted(metadata),
+            "max_abs_prediction_diff": largest}
 
 
 def _noop(unit):
