@@ -8,10 +8,10 @@ Phases
 data         synthetic scenario (500 x 450 km at 1 km, 214 daily dates, 5 partitions) + preprocess
 train        core.train.train_model, per partition, no global model
 train_es     the same with EARLY_STOPPING_ROUNDS (env SMD_BENCH_ES, default 20): time, trees, test RMSE
-naive_train  sklearn StackingRegressor(XGB, LGBM, CatBoost; LinearRegression(positive=True), cv=5),
-             the boosters with their library defaults (OpenMP wait policy included)
-             per partition on the same samples and the same 7:3 split; then whole-array
-             prediction of PREDICT_DATES dates held in memory at once
+naive_train  sklearn StackingRegressor(XGB, LGBM, CatBoost; LinearRegression(positive=True), cv=5)
+             per partition on the same samples and the same 7:3 split, the boosters with their
+             library defaults (the OpenMP wait policy included); then whole-array prediction of
+             PREDICT_DATES dates held in memory at once
 predict      core.predict.predict over all 214 dates (block-wise, end to end incl. I/O)
 raw          the same three boosters of the trained model called directly on the same pixels
              (PREDICT_DATES dates, features already in memory): the boosters' own throughput,

@@ -507,8 +507,6 @@ def load_or_compile(member_bytes, learner="lightgbm"):
     back to native). Safe to call from several threads: builds of different members run side by
     side (each in its own process); loading into this process is one at a time.
     """
-    import lleaves
-
     key = cache_key(member_bytes, learner)
     with _LOCK:
         member_lock = _BUILDING.setdefault(key, threading.Lock())
@@ -518,10 +516,12 @@ def load_or_compile(member_bytes, learner="lightgbm"):
         with _LOCK:
             if key in _LOADED:
                 return _LOADED[key], {"cached": True, "compile_s": 0.0, "key": key, "separate_process": False}
-        return _load_or_build(lleaves, member_bytes, learner, key)
+        return _load_or_build(member_bytes, learner, key)
 
 
-def _load_or_build(lleaves, member_bytes, learner, key):
+def _load_or_build(member_bytes, learner, key):
+    import lleaves
+
     options = LEARNERS[learner].options
     folder = _safe_cache_dir(create=True)
     target = os.path.join(folder, key + ".o") if folder else None

@@ -464,8 +464,8 @@ def write_validation_report(result, path):
         for row in result.summary:
             writer.writerow({f: _cell(v) for f, v in row.items()})
         texts = [(path, buffer.getvalue()), (summary_csv_path(path), summary_buffer.getvalue())]
-        # again at write time, as the HTML writer does: e.g. a folder made during the run
-        check_outputs(report_outputs(path))
+        # checked again at write time, as the HTML writer does: e.g. a folder made during the run
+        check_outputs([(final, "report") for final, _ in texts])
     else:  # the page of core.reports.validation: sentences, classes, Figures 5-8, every site
         from .reports import validation_html, write_report
 
