@@ -23,18 +23,12 @@ def check_early_stopping_rounds(value):
 
 def validation_set(binned, train_data, test_index):
     """The held-out fold as the library's validation data (binned like the fold's training rows)."""
-    name = binned.model_name
-    if name == "xgboost":
-        import xgboost as xgb
-
-        return xgb.QuantileDMatrix(binned.X[test_index], binned.y[test_index], ref=binned.full,
-                                   nthread=binned.native["nthread"])
-    if name == "lightgbm":
+    if binned.model_name == "lightgbm":
         import lightgbm as lgb
 
         return lgb.Dataset(binned.X[test_index], binned.y[test_index], reference=train_data,
                            params=binned.dataset_params, free_raw_data=False)
-    return binned.full.slice(np.asarray(test_index, dtype=np.int64))
+    return binned.subset(test_index)   # XGBoost and CatBoost: the training rows' binning
 
 
 def train_stopping(model_name, data, valid, native, rounds, stopping_rounds):

@@ -237,8 +237,10 @@ class _Binned:
         if model_name == "xgboost":
             import xgboost as xgb
 
-            self.full = xgb.QuantileDMatrix(X, y, max_bin=int(native.get("max_bin", 256)),
-                                            nthread=native["nthread"])
+            # every matrix binned from this reference needs its max_bin too (XGBoost refuses
+            # a mismatch with "Inconsistent max_bin")
+            self.max_bin = int(native.get("max_bin", 256))
+            self.full = xgb.QuantileDMatrix(X, y, max_bin=self.max_bin, nthread=native["nthread"])
         elif model_name == "lightgbm":
             import lightgbm as lgb
 
@@ -258,7 +260,7 @@ class _Binned:
             import xgboost as xgb
 
             # cut points come from the reference (all training rows): binning is shared, labels are not
-            return xgb.QuantileDMatrix(self.X[index], self.y[index], ref=self.full,
+            return xgb.QuantileDMatrix(self.X[index], self.y[index], ref=self.full, max_bin=self.max_bin,
                                        nthread=self.native["nthread"])
         if self.model_name == "lightgbm":
             # An independent Dataset per fold (binned from the fold's rows when trained), not

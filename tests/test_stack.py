@@ -148,3 +148,24 @@ def test_fits_side_by_side_give_the_boosters_of_one_after_the_other():
     assert np.array_equal(fits[0].weights_, fits[1].weights_)
     assert np.array_equal(fits[0].predict(X[:500]), fits[1].predict(X[:500]))
     assert fits[0].trees_ == fits[1].trees_ == {name: {"folds": [30] * 5, "refit": 30} for name in params}
+
+
+@pytest.mark.parametrize("early_stopping_rounds", [0, 5])
+def test_bin_count_overrides_reach_every_fold_and_refit(early_stopping_rounds):
+    # XGBoost bins each fold against the training rows' matrix: a max_bin override that reached
+    # only that matrix made every fold fail with "Inconsistent max_bin (256 vs. 32)".
+    rng = np.random.default_rng(5)
+    X = rng.random((800, 3)).astype("float32")
+    y = X[:, 0] + np.sin(5 * X[:, 1])
+    coarse = {"xgboost": {"n_estimators": 30, "max_bin": 32}, "lightgbm": {"n_estimators": 30, "max_bin": 31},
+              "catboost": {"n_estimators": 30, "border_count": 32}}
+    model = small_stack(params=coarse, early_stopping_rounds=early_stopping_rounds).fit(X, y)
+    fine = small_stack(params=FEW_TREES, early_stopping_rounds=early_stopping_rounds).fit(X, y)
+    # the override is used: at most 32 distinct split thresholds per feature in each booster
+    thresholds = model.boosters_["xgboost"].trees_to_dataframe()
+    splits = thresholds[thresholds["Feature"] != "Leaf"]
+    assert splits.groupby("Feature")["Split"].nunique().max() <= 32
+    fine_splits = fine.boosters_["xgboost"].trees_to_dataframe()
+    assert fine_splits[fine_splits["Feature"] != "Leaf"].groupby("Feature")["Split"].nunique().max() > 32
+    rmse = float(np.sqrt(np.mean((model.predict(X) - y) ** 2)))
+    assert rmse < 0.1 * float(np.std(y))
