@@ -116,7 +116,7 @@ def phase_train(work, early_stopping_rounds=0):
         trees.setdefault(row["model"], []).append(row.get("trees"))
     suffix = "_es" if early_stopping_rounds else ""
     return {f"train{suffix}_s": round(wall, 1), "samples": n_train + n_test,
-            f"test_rmse_stack{suffix}": round(rmse, 6), "early_stopping_rounds": early_stopping_rounds,
+            f"test_rmse_stack{suffix}": round(rmse, 7), "early_stopping_rounds": early_stopping_rounds,
             "trees_per_partition": trees, "per_partition": rows, "peak_rss_mb": round(peak_rss_mb())}
 
 
@@ -183,7 +183,7 @@ def phase_naive(work):
         fitted[index] = stack
     train_wall = time.time() - started
     if os.environ.get("SMD_BENCH_NAIVE_TRAIN_ONLY") == "1":   # paired training comparisons
-        return {"train_s": round(train_wall, 1), "test_rmse_stack": round(float(np.sqrt(squared_errors / n_test)), 5),
+        return {"train_s": round(train_wall, 1), "test_rmse_stack": round(float(np.sqrt(squared_errors / n_test)), 7),
                 "omp_wait_policy": omp_wait_policy}
 
     # whole arrays in memory: every pixel of PREDICT_DATES dates at once, float64
@@ -199,7 +199,7 @@ def phase_naive(work):
         rows = which == index
         prediction[rows] = stack.predict(encoded[rows])
     predict_wall = time.time() - started
-    return {"train_s": round(train_wall, 1), "test_rmse_stack": round(float(np.sqrt(squared_errors / n_test)), 5),
+    return {"train_s": round(train_wall, 1), "test_rmse_stack": round(float(np.sqrt(squared_errors / n_test)), 7),
             "predict_pixels": int(features.shape[0]), "predict_s": round(predict_wall, 2),
             "predict_pixels_per_s": round(features.shape[0] / predict_wall),
             "peak_rss_mb": round(peak_rss_mb()), "omp_wait_policy": omp_wait_policy}

@@ -134,20 +134,30 @@ def test_bad_arguments_raise_smderror():
         StackEnsemble().predict(X)
 
 
-def test_fits_side_by_side_give_the_boosters_of_one_after_the_other():
+@pytest.mark.parametrize("early_stopping_rounds", [0, 5])
+def test_fits_side_by_side_give_the_boosters_of_one_after_the_other(early_stopping_rounds):
     # one pool for every learner's binning, fold fits and refits: the order the jobs run in
-    # (2 workers side by side vs 1 worker in turn) must not change a single number
+    # (2 workers side by side vs 1 worker in turn) must not change a single number; with early
+    # stopping each refit starts when its own learner's folds are done, amid the others' folds
     rng = np.random.default_rng(4)
     X = rng.uniform(size=(3000, 4)).astype(np.float32)
     X[:, 3] = rng.integers(0, 3, 3000)
     y = (X[:, 0] + np.sin(3 * X[:, 1]) + 0.1 * X[:, 3] + rng.normal(0, 0.05, 3000)).astype(np.float32)
-    params = {name: {"n_estimators": 30} for name in ("xgboost", "lightgbm", "catboost")}
-    fits = [StackEnsemble(seed=3, n_threads=threads, params=params, categorical={"x3": None}).fit(X, y)
+    rounds = 200 if early_stopping_rounds else 30
+    params = {name: {"n_estimators": rounds, "learning_rate": 0.3} for name in ("xgboost", "lightgbm", "catboost")}
+    fits = [StackEnsemble(seed=3, n_threads=threads, params=params, categorical={"x3": None},
+                          early_stopping_rounds=early_stopping_rounds).fit(X, y)
             for threads in (1, 2)]
     assert np.array_equal(fits[0].oof_, fits[1].oof_)
     assert np.array_equal(fits[0].weights_, fits[1].weights_)
     assert np.array_equal(fits[0].predict(X[:500]), fits[1].predict(X[:500]))
-    assert fits[0].trees_ == fits[1].trees_ == {name: {"folds": [30] * 5, "refit": 30} for name in params}
+    assert fits[0].trees_ == fits[1].trees_
+    if not early_stopping_rounds:
+        assert fits[0].trees_ == {name: {"folds": [30] * 5, "refit": 30} for name in params}
+    else:   # every learner stopped early, and its refit has the folds' mean best count
+        for name, trees in fits[0].trees_.items():
+            assert len(trees["folds"]) == 5 and max(trees["folds"]) < rounds, (name, trees)
+            assert trees["refit"] == int(round(np.mean(trees["folds"]))), (name, trees)
 
 
 @pytest.mark.parametrize("early_stopping_rounds", [0, 5])
