@@ -52,7 +52,7 @@ def train_stopping(model_name, data, valid, native, rounds, stopping_rounds):
     from catboost import CatBoost
 
     params = {k: v for k, v in native.items() if k != "border_count"}
-    params.update(od_type="Iter", od_wait=int(stopping_rounds), use_best_model=True)
+    params.update(iterations=int(rounds), od_type="Iter", od_wait=int(stopping_rounds), use_best_model=True)
     booster = CatBoost(params).fit(data, eval_set=valid)
     best = int(booster.get_best_iteration()) + 1
     return booster, int(booster.tree_count_ or best)

@@ -216,7 +216,8 @@ def _split_params(model_name, params, seed, n_threads):
                   "force_row_wise": True}
         native.update(merged)
     else:
-        native = {"loss_function": "RMSE", "learning_rate": learning_rate, "iterations": rounds,
+        # rounds go to each fit as an argument, as for the other learners (a refit may use fewer)
+        native = {"loss_function": "RMSE", "learning_rate": learning_rate,
                   "random_seed": int(seed), "thread_count": int(n_threads), "verbose": False,
                   "allow_writing_files": False}
         native.update(merged)
@@ -598,7 +599,7 @@ class StackEnsemble:
         waiting = [] if stopping else [(name, None, settings[name][1]) for name in by_cost]
         waiting += [(name, fold, settings[name][1]) for name in by_cost for fold in range(len(folds))]
         fits = {name: [None] * (len(folds) + 1) for name in names}
-        best = {name: [None] * len(folds) for name in names}
+        trees = {name: [None] * len(folds) for name in names}
         done = 0
         with _job_pool(threads) as pool:
             binning = {name: pool.submit(bin_job, name) for name in names}
@@ -613,22 +614,16 @@ class StackEnsemble:
             for (name, fold), result in _as_finished(futures):
                 if fold is None:
                     fits[name][len(folds)] = result
-                elif stopping:
-                    fits[name][fold], best[name][fold] = result
-                    if all(count is not None for count in best[name]):
-                        waiting.insert(0, (name, None, early_stopping.refit_rounds(best[name])))
                 else:
-                    fits[name][fold] = result
+                    fits[name][fold], trees[name][fold] = result if stopping else (result, settings[name][1])
+                    if stopping and all(count is not None for count in trees[name]):
+                        waiting.insert(0, (name, None, early_stopping.refit_rounds(trees[name])))
                 if waiting:
                     start_next()
                 done += 1
                 label = "refit on all training samples" if fold is None else f"fold {fold + 1}/{len(folds)}"
                 progress.update(done / steps, f"{name}: {label}")
-        if stopping:
-            return {name: (fits[name], {"folds": best[name], "refit": early_stopping.n_trees(name, fits[name][-1])})
-                    for name in names}
-        rounds = {name: settings[name][1] for name in names}
-        return {name: (fits[name], {"folds": [rounds[name]] * len(folds), "refit": rounds[name]})
+        return {name: (fits[name], {"folds": trees[name], "refit": early_stopping.n_trees(name, fits[name][-1])})
                 for name in names}
 
     # -- prediction ---------------------------------------------------------------------------

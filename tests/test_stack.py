@@ -171,7 +171,7 @@ def test_bin_count_overrides_reach_every_fold_and_refit(early_stopping_rounds):
               "catboost": {"n_estimators": 30, "border_count": 32}}
     model = small_stack(params=coarse, early_stopping_rounds=early_stopping_rounds).fit(X, y)
     fine = small_stack(params=FEW_TREES, early_stopping_rounds=early_stopping_rounds).fit(X, y)
-    # the override is used: at most 32 distinct split thresholds per feature in each booster
+    # the override is used: XGBoost's refit has at most 32 distinct split thresholds per feature
     thresholds = model.boosters_["xgboost"].trees_to_dataframe()
     splits = thresholds[thresholds["Feature"] != "Leaf"]
     assert splits.groupby("Feature")["Split"].nunique().max() <= 32
